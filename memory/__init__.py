@@ -1,0 +1,1 @@
+"""Episodic memory: the only package that speaks SQL or opens embedding shards."""

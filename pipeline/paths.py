@@ -1,0 +1,79 @@
+"""Every file of a night lives under one root; this is the only place that spells the layout."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The memory is private: folders 0700, files 0600 (see the memory issue).
+PRIVATE_DIR_MODE = 0o700
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by the owner only; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    return path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The layout under ``root``: ``data/``, ``memory/``, ``checkpoints/``, ``reports/``."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike) -> "Paths":
+        return cls(Path(root).expanduser().resolve())
+
+    # -- the day's inputs and derived media ---------------------------------------------
+    def raw(self, date: dt.date) -> Path:
+        return self.root / "data" / "raw" / date.isoformat()
+
+    def clips(self, date: dt.date) -> Path:
+        return self.root / "data" / "clips" / date.isoformat()
+
+    def frames(self, date: dt.date) -> Path:
+        return self.root / "data" / "frames" / date.isoformat()
+
+    def audio(self, date: dt.date) -> Path:
+        return self.root / "data" / "audio" / date.isoformat()
+
+    def audio_segments(self, date: dt.date) -> Path:
+        return self.audio(date) / "segments"
+
+    # -- memory, models, reports ----------------------------------------------------------
+    @property
+    def memory(self) -> Path:
+        return self.root / "memory"
+
+    @property
+    def database(self) -> Path:
+        return self.memory / "episodic.sqlite"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.memory / "embeddings"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def report(self, date: dt.date) -> Path:
+        return self.root / "reports" / date.isoformat()
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".sleep.lock"
+
+    def raw_dates(self) -> list[dt.date]:
+        """Dates that have a ``data/raw/YYYY-MM-DD`` folder, oldest first."""
+        found = []
+        base = self.root / "data" / "raw"
+        if base.is_dir():
+            for child in base.iterdir():
+                try:
+                    found.append(dt.date.fromisoformat(child.name))
+                except ValueError:
+                    continue
+        return sorted(found)
