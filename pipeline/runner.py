@@ -1,0 +1,163 @@
+"""Run one night: the stages in order, each recorded in the ledger, then the report."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from memory import ledger
+from memory.db import make_sessionmaker, open_database
+
+from .atomic import sweep_tmp
+from .config import SleepConfig
+from .errors import UsageError
+from .lock import NightLock
+from .logs import night_log
+from .paths import Paths
+from .stages import STAGES, Night, Stage, config_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NightOutcome:
+    """What a night did: per stage ``done``, ``skipped`` (already done), ``failed`` or ``blocked``."""
+
+    date: dt.date
+    states: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report_path: str | None = None
+    stopped_early: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not any(s in ("failed", "blocked") for s in self.states.values())
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a usage error."""
+    if requested == "cpu":
+        return "cpu"
+    import torch  # only when a choice depends on it
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    return "cpu"
+
+
+def select_stages(only: list[str] | None, stages: list[Stage]) -> list[Stage]:
+    if not only:
+        return list(stages)
+    known = {s.name for s in stages}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise UsageError(f"--only: unknown stage(s) {', '.join(unknown)}; "
+                         f"stages are: {', '.join(s.name for s in stages) or '(none)'}")
+    return [s for s in stages if s.name in only]
+
+
+def run_night(
+    date: dt.date,
+    cfg: SleepConfig,
+    paths: Paths,
+    *,
+    only: list[str] | None = None,
+    force: bool = False,
+    device: str | None = None,
+    stages: list[Stage] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> NightOutcome:
+    """Run the night of ``date`` under ``paths.root``.
+
+    Args:
+        date: the day whose recordings are in ``data/raw/{date}/``.
+        cfg: the validated config.
+        paths: the layout under the root.
+        only: run just these stages (by name).
+        force: redo stages the ledger already has as done.
+        device: ``cpu``/``cuda``; ``None`` takes ``cfg.runtime.device``.
+        stages: the stage list (tests pass their own); default :data:`STAGES`.
+        should_stop: asked between stages; ``True`` ends the night cleanly (SIGTERM).
+    Returns:
+        a :class:`NightOutcome`; the report is written whatever happened.
+    Raises:
+        UsageError: no recordings folder, unknown stage, unusable device.
+        LockHeld: another night runs on this root.
+    """
+    stages = STAGES if stages is None else stages
+    selected = select_stages(only, stages)
+    raw = paths.raw(date)
+    if not raw.is_dir():
+        raise UsageError(f"no recordings for {date}: {raw} is not a folder")
+    device = resolve_device(device or cfg.runtime.device)
+    outcome = NightOutcome(date)
+
+    with NightLock(paths.lock, f"night {date}"), night_log(paths.report(date) / "sleep.log"):
+        engine = open_database(paths.database)
+        Session = make_sessionmaker(engine)
+        night = Night(date, cfg, paths, engine, Session, device, logging.getLogger("sleep.night"))
+        log.info("night %s: root %s, device %s, stages %s", date, paths.root, device,
+                 ", ".join(s.name for s in selected) or "(none)")
+        for folder in (paths.clips(date), paths.frames(date), paths.audio(date), paths.embeddings,
+                       paths.checkpoints, paths.report(date)):
+            for leftover in sweep_tmp(folder):
+                log.info("removed %s left by an interrupted run", leftover)
+
+        with Session() as session:
+            for stage in selected:
+                if should_stop():
+                    log.warning("stop requested: ending the night before %s", stage.name)
+                    outcome.stopped_early = True
+                    break
+                _run_stage(stage, night, session, stages, force, outcome)
+        engine.dispose()
+
+        from report.build import write_report
+
+        outcome.report_path = str(write_report(date, cfg, paths, stages))
+    return outcome
+
+
+def _run_stage(stage: Stage, night: Night, session, stages: list[Stage], force: bool,
+               outcome: NightOutcome) -> None:
+    day = night.day
+    wanted_hash = config_hash(stage, night.cfg, stages)
+    unmet = [n for n in stage.needs if not ledger.is_done(
+        session, day, n, config_hash(next(s for s in stages if s.name == n), night.cfg, stages))]
+    if unmet:
+        outcome.states[stage.name] = "blocked"
+        outcome.errors[stage.name] = f"needs {', '.join(unmet)}, not done with this config"
+        log.error("%s: blocked: %s", stage.name, outcome.errors[stage.name])
+        return
+    if not force and ledger.is_done(session, day, stage.name, wanted_hash):
+        previous = ledger.get(session, day, stage.name)
+        night.results[stage.name] = previous.result or {}
+        outcome.states[stage.name] = "skipped"
+        log.info("%s: already done (config %s); --force redoes it", stage.name, wanted_hash)
+        return
+
+    ledger.mark_started(session, day, stage.name, wanted_hash)
+    log.info("%s: started", stage.name)
+    started = time.perf_counter()
+    try:
+        result = stage.function()(night) or {}
+    except Exception as exc:  # a failed stage is recorded; the night goes on with the rest
+        seconds = time.perf_counter() - started
+        message = f"{type(exc).__name__}: {exc}"
+        log.exception("%s: failed after %.1fs: %s", stage.name, seconds, message)
+        ledger.mark_finished(session, day, stage.name, seconds=seconds, error=message)
+        outcome.states[stage.name] = "failed"
+        outcome.errors[stage.name] = message
+        outcome.seconds[stage.name] = seconds
+        return
+    seconds = time.perf_counter() - started
+    ledger.mark_finished(session, day, stage.name, seconds=seconds, result=result)
+    night.results[stage.name] = result
+    outcome.states[stage.name] = "done"
+    outcome.seconds[stage.name] = seconds
+    log.info("%s: done in %.1fs", stage.name, seconds)

@@ -1,0 +1,1 @@
+"""The morning report: a thin renderer of ``summary.json`` and the stages' own figures."""

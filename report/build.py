@@ -1,0 +1,140 @@
+"""Assemble ``summary.json`` from the ledger and render ``index.html`` from its sections.
+
+Section API: every stage may name a renderer (``Stage.report``) taking
+``(summary: dict, ctx: ReportContext)`` and returning an HTML fragment (or ``None`` to
+leave its section out). The summary and stage-timings sections are this package's own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from memory import ledger
+from memory.db import make_sessionmaker, open_database
+from pipeline.atomic import atomic_write_text
+from pipeline.config import SleepConfig
+from pipeline.paths import Paths
+from pipeline.stages import Stage
+
+from . import html as h
+
+log = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a section renderer may use besides the summary."""
+
+    date: dt.date
+    cfg: SleepConfig
+    paths: Paths
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    html: str
+
+
+def build_summary(date: dt.date, paths: Paths, stages: list[Stage]) -> dict:
+    """``{"date", "stages": {name: {status, seconds, error}}, <stage>: {...}, "metrics": {...}}``."""
+    engine = open_database(paths.database)
+    try:
+        with make_sessionmaker(engine)() as session:
+            states = {s.stage: s for s in ledger.night(session, date.isoformat())}
+    finally:
+        engine.dispose()
+    summary: dict = {"date": date.isoformat(), "stages": {}, "metrics": {}}
+    for stage in stages:
+        state = states.get(stage.name)
+        if state is None:
+            summary["stages"][stage.name] = {"status": "not run", "seconds": None, "error": None}
+            continue
+        entry = state.as_dict()
+        if entry["status"] == "running":
+            # The caller holds the night's lock, so nothing is really running: it was killed.
+            entry["status"] = "interrupted"
+        summary["stages"][stage.name] = entry
+        result = dict(state.result or {})
+        metrics = result.pop("metrics", None)
+        if metrics is not None:
+            summary["metrics"][stage.name] = metrics
+        if result:
+            summary[stage.name] = result
+    return summary
+
+
+def _summary_section(summary: dict, ctx: ReportContext) -> str:
+    stages = summary["stages"]
+    failed = [n for n, s in stages.items() if s["status"] in ("failed", "interrupted")]
+    total = sum(s["seconds"] or 0 for s in stages.values())
+    if not stages:
+        verdict = '<p class="muted">No stages are registered yet.</p>'
+    elif failed:
+        verdict = (f'<p class="status failed">{len(failed)} stage(s) did not finish: '
+                   f'{h.esc(", ".join(failed))}. See <code>sleep.log</code> beside this page.</p>')
+    elif all(s["status"] == "done" for s in stages.values()):
+        verdict = '<p class="status ok">Every stage completed.</p>'
+    else:
+        verdict = '<p class="status">Some stages have not run yet.</p>'
+    ingest = summary.get("ingest") or {}
+    facts = []
+    if ingest:
+        facts.append(("files processed", len(ingest.get("processed", []))))
+        facts.append(("files skipped", len(ingest.get("failed", []))))
+        for key in ("clips", "frames", "audio_segments", "footage_seconds"):
+            if key in ingest:
+                facts.append((key.replace("_", " "), ingest[key]))
+    facts.append(("time spent on stages", h.seconds(total)))
+    return verdict + h.table(["", ""], facts)
+
+
+def _timings_section(summary: dict, ctx: ReportContext) -> str:
+    rows = []
+    for name, s in summary["stages"].items():
+        rows.append((name, s["status"], h.seconds(s["seconds"]), s.get("attempts") or "-", s["error"] or ""))
+    if not rows:
+        return '<p class="muted">No stages.</p>'
+    return h.table(["stage", "status", "time", "attempts", "error"], rows)
+
+
+def render_sections(summary: dict, ctx: ReportContext, stages: list[Stage]) -> list[Section]:
+    sections = [Section("summary", "Summary", _summary_section(summary, ctx)),
+                Section("timings", "Stage timings", _timings_section(summary, ctx))]
+    for stage in stages:
+        render = stage.report_function()
+        if render is None:
+            continue
+        try:
+            fragment = render(summary, ctx)
+        except Exception:  # a broken section must not cost the user the rest of the report
+            log.exception("report section %s failed", stage.name)
+            fragment = '<p class="failed">This section could not be drawn; see sleep.log.</p>'
+        if fragment:
+            sections.append(Section(stage.name, stage.description or stage.name, fragment))
+    return sections
+
+
+def write_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Stage]) -> Path:
+    """Write ``reports/{date}/summary.json`` and ``index.html``; return the page's path."""
+    folder = paths.report(date)
+    summary = build_summary(date, paths, stages)
+    ctx = ReportContext(date, cfg, paths)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    page = env.get_template("index.html.j2").render(
+        date=date.isoformat(),
+        generated=dt.datetime.now().isoformat(timespec="seconds"),
+        root=str(paths.root),
+        sections=render_sections(summary, ctx, stages),
+    )
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    index = atomic_write_text(folder / "index.html", page)
+    log.info("report: %s", index)
+    return index
