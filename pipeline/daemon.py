@@ -292,32 +292,35 @@ class Daemon:
         """
         with self._hold_root(DAEMON_WHAT):
             scheduler = self._build_scheduler()
-            key = str(self.paths.root)
-            _DAEMONS[key] = self
             with self._state_lock:
-                if self._stop.is_set():
-                    _DAEMONS.pop(key, None)
-                    return 0
-                self._scheduler = scheduler
-            log.info("daemon up on %s: nightly at %s %s, catching up %d day(s) back",
-                     self.paths.root, self.cfg.schedule.at, scheduler.timezone,
-                     self.cfg.schedule.catch_up_days)
-            try:
-                scheduler.start()  # returns after request_stop() has shut it down
-                if self._stopper is not None:
-                    self._stopper.join()
-            except KeyboardInterrupt:
-                # Ctrl-C twice. The night runs in a worker thread that cannot be interrupted
-                # and that the interpreter would wait for at exit: leave now. The kernel frees
-                # both locks; the stage in progress reads "interrupted" and reruns.
-                log.error("interrupted again: exiting now; the next start reruns the stage "
-                          "that was running")
-                logging.shutdown()
-                os._exit(130)
-            finally:
-                _DAEMONS.pop(key, None)
+                stopping = self._stop.is_set()  # a signal during set-up
+                if not stopping:
+                    self._scheduler = scheduler
+            if not stopping:
+                self._serve(scheduler)
         log.info("daemon stopped")
         return 0
+
+    def _serve(self, scheduler) -> None:
+        key = str(self.paths.root)
+        _DAEMONS[key] = self
+        log.info("daemon up on %s: nightly at %s %s, catching up %d day(s) back",
+                 self.paths.root, self.cfg.schedule.at, scheduler.timezone,
+                 self.cfg.schedule.catch_up_days)
+        try:
+            scheduler.start()  # returns after request_stop() has shut it down
+            if self._stopper is not None:
+                self._stopper.join()
+        except KeyboardInterrupt:
+            # Ctrl-C twice. The night runs in a worker thread that cannot be interrupted and
+            # that the interpreter would wait for at exit: leave now. The kernel frees both
+            # locks; the stage in progress reads "interrupted" and reruns.
+            log.error("interrupted again: exiting now; the next start reruns the stage "
+                      "that was running")
+            logging.shutdown()
+            os._exit(130)
+        finally:
+            _DAEMONS.pop(key, None)
 
     def _build_scheduler(self):
         from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
