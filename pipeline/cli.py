@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
+from .daemon_cli import add_daemon_command
 from .dates import parse_date
 from .errors import SleepError
 from .logs import configure_console
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the date the sample day is filed under")
     demo.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     demo.set_defaults(func=cmd_demo)
+    add_daemon_command(sub, _add_common)
     return parser
 
 
@@ -99,12 +101,14 @@ def _print_outcome(outcome) -> None:
 
 def cmd_run(args) -> int:
     from .runner import run_night
+    from .signals import GracefulStop
 
     date = parse_date(args.date)
     cfg = load_config(args.config, args.overrides)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    outcome = run_night(date, cfg, Paths.at(args.root), only=only, force=args.force,
-                        device=args.device)
+    with GracefulStop() as stop:  # SIGTERM (systemctl stop): end after the current stage
+        outcome = run_night(date, cfg, Paths.at(args.root), only=only, force=args.force,
+                            device=args.device, should_stop=stop.requested)
     _print_outcome(outcome)
     return 0 if outcome.ok else 1
 
@@ -118,6 +122,9 @@ def cmd_status(args) -> int:
         return 0
     if status["running"]:
         print(f"running now: {status['running']}")
+    if status.get("daemon"):
+        print(f"daemon: pid {status['daemon']['pid']}, next scheduled run: "
+              f"{status['daemon']['next_run'] or 'not known yet'}")
     if not status["nights"]:
         print(f"no nights yet under {Path(args.root).resolve()}")
     for date, stages in status["nights"].items():

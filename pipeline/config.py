@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -61,6 +63,60 @@ class ReportConfig(_Section):
     max_listed_files: int = Field(500, ge=1)
 
 
+_CLOCK_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def parse_clock_time(text: str) -> tuple[int, int]:
+    """Parse a 24-hour ``"HH:MM"`` into ``(hour, minute)``.
+
+    Raises:
+        ValueError: naming what is wrong (``"25:00"``, ``"4.30"``).
+    """
+    match = _CLOCK_TIME.match(text.strip())
+    if not match:
+        raise ValueError("expected a 24-hour time HH:MM, e.g. 04:30")
+    hour, minute = int(match[1]), int(match[2])
+    if hour > 23 or minute > 59:
+        raise ValueError("expected a 24-hour time HH:MM, e.g. 04:30 (hour 0-23, minute 0-59)")
+    return hour, minute
+
+
+class ScheduleConfig(_Section):
+    """When ``sleep.py daemon`` runs the night, and how far back it catches up."""
+
+    # 04:30 is clear of every common DST switch hour: the US and central Europe switch at
+    # 02:00-03:00 local time, eastern Europe (EET) at 03:00-04:00, the UK and Portugal at
+    # 01:00-02:00. A run inside a switch hour happens twice or not at all on those dates.
+    at: str = Field("04:30", description="local time of the nightly run, HH:MM (quoted in YAML)")
+    timezone: str | None = Field(None, description="IANA zone such as Europe/Berlin; null = this machine's")
+    # APScheduler's default grace is 1 s, which silently drops a night missed while the
+    # machine slept; 12 h still runs it on a machine woken by the afternoon, and a night
+    # missed by more is picked up by the next run's catch-up.
+    misfire_grace_seconds: int = Field(43200, ge=1)
+    catch_up_days: int = Field(7, ge=0, le=366,
+                               description="also run unfinished nights with recordings up to N days back")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _check_at(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            # YAML 1.1 reads an unquoted 4:30 as the base-60 number 270.
+            raise ValueError('write the time in quotes, e.g. at: "04:30"')
+        hour, minute = parse_clock_time(value)
+        return f"{hour:02d}:{minute:02d}"
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as Europe/Berlin") from None
+        return value
+
+
 class SleepConfig(_Section):
     """The whole validated configuration of a night."""
 
@@ -68,6 +124,7 @@ class SleepConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     def section_hash(self, *sections: str) -> str:
         """A short stable hash of the named sub-configs; a stage reruns when it changes."""

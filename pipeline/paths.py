@@ -66,6 +66,11 @@ class Paths:
     def lock(self) -> Path:
         return self.root / ".sleep.lock"
 
+    @property
+    def daemon_lock(self) -> Path:
+        """Held by ``sleep.py daemon`` for its whole life: one scheduler per root."""
+        return self.root / ".sleep-daemon.lock"
+
     def raw_dates(self) -> list[dt.date]:
         """Dates that have a ``data/raw/YYYY-MM-DD`` folder, oldest first."""
         found = []

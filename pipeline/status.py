@@ -4,12 +4,14 @@ from __future__ import annotations
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
 
+from .daemon import daemon_status
 from .lock import lock_holder
 from .paths import Paths
 
 
 def night_status(paths: Paths) -> dict:
-    """``{"root", "running": holder-or-None, "nights": {date: {stage: {...}}}}``.
+    """``{"root", "running": holder-or-None, "daemon": {"pid", "next_run"}-or-None,
+    "nights": {date: {stage: {...}}}}``.
 
     A stage recorded as running while nobody holds the lock was killed: it reads
     ``interrupted`` and the next run of that night redoes it.
@@ -29,4 +31,5 @@ def night_status(paths: Paths) -> dict:
                         nights[date][s.stage] = entry
         finally:
             engine.dispose()
-    return {"root": str(paths.root), "running": running, "nights": nights}
+    return {"root": str(paths.root), "running": running, "daemon": daemon_status(paths),
+            "nights": nights}
