@@ -170,8 +170,10 @@ def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: s
     kept = [c for c in clips.values() if c.frames or c.audio]
     note = None
     if len(kept) < len(clips):
+        # A truncated MKV/MPEG-TS decodes up to the cut: keep that, say so, count only it.
         note = (f"damaged: only {len(kept)} of {len(clips)} clips decoded "
                 f"({decoded:.1f} s of {duration:.1f} s)")
+        duration = min(duration, decoded)
     elif stderr.strip():
         note = "decoded with errors: " + stderr.strip().splitlines()[-1][:200]
     return Extraction(job.path, duration_s=round(duration, 3), clips=kept, note=note)

@@ -78,10 +78,16 @@ def _output_folders(night: Night, key: str) -> dict[str, Path]:
 
 
 def _inspect_all(pool, files: list[Path]) -> list[Inspection]:
+    """Hash and probe every file in the pool; a crash costs that file only."""
+    futures = [pool.submit(inspect_file, str(f)) for f in files]
     results = []
     with tqdm(total=len(files), desc="ingest: hashing", unit="file", disable=not sys.stderr.isatty()) as bar:
-        for inspection in pool.map(inspect_file, [str(f) for f in files]):
-            results.append(inspection)
+        for path, future in zip(files, futures):
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                log.exception("ingest: %s: probing failed", path)
+                results.append(Inspection(str(path), 0, reason=f"ingest crashed on this file ({exc})"))
             bar.update(1)
     return results
 
@@ -215,11 +221,11 @@ def _store_source(night: Night, session, inspection: Inspection, path: str, resu
                         audio=(c.audio[0], c.audio[1], rate) if c.audio else None)
              for c in result.clips]
     source = Source(date=night.day, path=path, content_hash=inspection.content_hash,
-                    size_bytes=inspection.size, status="ok", reason=result.note,
+                    size_bytes=inspection.size, status="ok",
                     duration_s=result.duration_s, has_video=info.has_video,
                     has_audio=info.has_audio, width=info.width, height=info.height,
                     wall_start=started_at, wall_start_from=started_from,
-                    probe={"info": info.as_dict(), "settings": settings,
+                    probe={"info": info.as_dict(), "settings": settings, "note": result.note,
                            "seconds": round(result.seconds, 3)})
     stale_keys = {source_key(s.content_hash) for s in replaces} - {source_key(inspection.content_hash)}
     save_source(session, source, clips, replaces=replaces)
@@ -246,7 +252,7 @@ def _describe_day(session, day: str, raw: Path, root: Path, plan) -> tuple[list[
                  **counts.get(source.id, {"clips": 0, "frames": 0, "audio_segments": 0}),
                  "has_video": source.has_video, "has_audio": source.has_audio,
                  "wall_start": source.wall_start.isoformat() if source.wall_start else None,
-                 "wall_start_from": source.wall_start_from, "note": source.reason}
+                 "wall_start_from": source.wall_start_from, "note": (source.probe or {}).get("note")}
         if source.status == "removed":
             removed.append(entry)
         else:

@@ -52,6 +52,8 @@ def make_day(raw):
     subprocess.run([ffmpeg_path(), "-v", "error", "-y", "-display_rotation", "90", "-i", str(plain),
                     "-c", "copy", str(raw / "rotated.mp4")], check=True)
     make_media(raw / "short.mp4", seconds=0.5)
+    whole = make_media(raw.parent / "whole.mkv", seconds=10).read_bytes()
+    (raw / "cut off.mkv").write_bytes(whole[: len(whole) // 2])
     data = plain.read_bytes()
     (raw / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (raw / "empty.mp4").write_bytes(b"")
@@ -59,6 +61,7 @@ def make_day(raw):
     (raw / "notes.mp4").write_text("this is a text file with a video name\n")
     (raw / "README.txt").write_text("not a recording\n")
     plain.unlink()
+    (raw.parent / "whole.mkv").unlink()
     return raw
 
 
@@ -121,12 +124,14 @@ def test_counts_per_file(ingested, name):
 
 def test_day_totals_match_the_database(ingested):
     root, result = ingested
-    assert result["clips"] == sum(c for c, _, _ in GOOD.values())
-    assert result["frames"] == sum(f for _, f, _ in GOOD.values())
+    cut = _processed(result)["cut off.mkv"]
+    assert result["clips"] == sum(c for c, _, _ in GOOD.values()) + cut["clips"]
+    assert result["frames"] == sum(f for _, f, _ in GOOD.values()) + cut["frames"]
     counts = db_counts(root)
     assert counts["clips"] == result["clips"] and counts["frames"] == result["frames"]
-    assert counts["audio_segments"] == result["audio_segments"] == sum(a for _, _, a in GOOD.values())
-    assert counts["sources"] == len(GOOD) + len(BAD)
+    assert counts["audio_segments"] == result["audio_segments"] == \
+        sum(a for _, _, a in GOOD.values()) + cut["audio_segments"]
+    assert counts["sources"] == len(GOOD) + 1 + len(BAD)
 
 
 def test_video_without_audio_has_no_audio(ingested):
@@ -194,6 +199,14 @@ def test_bad_files_are_skipped_with_reasons(ingested, name):
     assert len(result["failed"]) == len(BAD)
 
 
+def test_truncated_mkv_keeps_what_decodes(ingested):
+    _, result = ingested
+    entry = _processed(result)["cut off.mkv"]
+    assert 1 <= entry["clips"] < 4
+    assert entry["note"].startswith(f"damaged: only {entry['clips']} of 4 clips decoded")
+    assert entry["duration_s"] < 10
+
+
 def test_non_media_extension_is_ignored(ingested):
     _, result = ingested
     assert [i["file"] for i in result["ignored"]] == ["README.txt"]
@@ -213,22 +226,25 @@ def test_rerun_adds_nothing(ingested):
 
 def test_changed_file_replaces_its_clips(fresh):
     ingest(fresh)
+    before = db_counts(fresh)["clips"]
+    frame_dirs = len(list(Paths.at(fresh).frames(DATE).iterdir()))
     raw = Paths.at(fresh).raw(DATE)
     make_media(raw / "short.mp4", seconds=7)  # same name, new content
     result = ingest(fresh)
     assert _processed(result)["short.mp4"]["clips"] == 3
     assert result["added"]["sources"] == 1
-    assert db_counts(fresh)["clips"] == sum(c for c, _, _ in GOOD.values()) - 1 + 3
-    frame_dirs = [p for p in Paths.at(fresh).frames(DATE).iterdir()]
-    assert len(frame_dirs) == 4  # the old version's folder is gone
+    assert db_counts(fresh)["clips"] == before - 1 + 3
+    # the new version has its own folder and the old version's is gone
+    assert len(list(Paths.at(fresh).frames(DATE).iterdir())) == frame_dirs
 
 
 def test_removed_file_is_reported_and_keeps_its_clips(fresh):
     ingest(fresh)
+    before = db_counts(fresh)["clips"]
     (Paths.at(fresh).raw(DATE) / "short.mp4").unlink()
     result = ingest(fresh)
     assert [r["file"] for r in result["removed"]] == ["short.mp4"]
-    assert db_counts(fresh)["clips"] == sum(c for c, _, _ in GOOD.values())
+    assert db_counts(fresh)["clips"] == before
 
 
 def test_renamed_file_is_not_decoded_again(fresh):
@@ -250,7 +266,7 @@ def test_killed_run_is_redone_cleanly(fresh):
     (folder / "99999_0.jpg").write_bytes(b"stale")
     (paths.frames(DATE) / ".abc.tmp-1-deadbeef").mkdir()  # a killed run's temp folder
     result = ingest(fresh)
-    assert result["added"]["sources"] == len(GOOD)
+    assert result["added"]["sources"] == len(GOOD) + 1
     assert files_under(fresh) == on_disk
 
 
@@ -259,7 +275,7 @@ def test_changed_settings_reextract(fresh):
     cfg = load_config(CONFIG_DIR / "tiny.yaml", ["ingest.clip_seconds=5"])
     result = ingest(fresh, cfg)
     assert _processed(result)["VID_20260115_081502.mp4"]["clips"] == 2
-    assert result["added"]["sources"] == len(GOOD)
+    assert result["added"]["sources"] == len(GOOD) + 1
 
 
 def test_cli_night_with_bad_files_exits_0_and_reports_them(tmp_path):
@@ -333,3 +349,18 @@ def test_plan_changed_duplicate_removed():
     assert [(f.path, r) for f, r in plan.extract] == [("a.mp4", [1])]
     assert plan.duplicates == [("copy of a.mp4", "a.mp4")]
     assert plan.removed == [2] and plan.dropped == [3]
+
+
+def test_clip_files_are_stream_copies_covering_each_clip(tmp_path):
+    root = tmp_path / "root"
+    make_media(Paths.at(root).raw(DATE) / "VID_20260115_100000.mp4", seconds=10, extra=["-g", "20"])
+    cfg = load_config(CONFIG_DIR / "tiny.yaml", ["ingest.write_clips=true"])
+    ingest(root, cfg)
+    engine = open_database(Paths.at(root).database)
+    with make_sessionmaker(engine)() as s:
+        clips = s.scalars(select(Clip).order_by(Clip.index)).all()
+        video_paths = [c.video_path for c in clips]
+    engine.dispose()
+    assert len(clips) == 4 and all(video_paths)
+    on_disk = sorted(p.relative_to(root).as_posix() for p in Paths.at(root).clips(DATE).rglob("*.mp4"))
+    assert on_disk == sorted(set(video_paths))  # every file is some clip's, none is left over
