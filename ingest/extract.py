@@ -1,0 +1,226 @@
+"""Work done in the process pool, one file at a time; it returns plain data, never touches
+the database (SQLite has one writer: the parent).
+
+:func:`inspect_file` hashes and probes a file; :func:`extract_source` runs the single
+FFmpeg pass into temporary folders, files the outputs by clip and renames the folders
+into place. A bad file raises nothing: its result carries the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.atomic import atomic_dir
+from pipeline.config import IngestConfig
+
+from .binaries import ffmpeg_path
+from .clips import clip_of, clip_windows, frame_time
+from .command import SEGMENT_LIST, OutputDirs, build_command, describe_ffmpeg_failure
+from .probe import MediaError, MediaInfo, probe_file
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 4 << 20
+
+
+def content_hash(path: Path) -> str:
+    """BLAKE2b-256 of the file's bytes, read in chunks (hex)."""
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_key(content_hash_hex: str) -> str:
+    """Folder name of a source's outputs: two files named alike never clash."""
+    return content_hash_hex[:16]
+
+
+@dataclass
+class Inspection:
+    """A raw file's identity and streams (or why it cannot be read)."""
+
+    path: str  # absolute
+    size: int
+    content_hash: str | None = None
+    info: MediaInfo | None = None
+    reason: str | None = None
+
+
+def inspect_file(path: str) -> Inspection:
+    """Hash and probe one file; a bad file comes back with ``reason`` set."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        digest = content_hash(p)
+    except OSError as exc:
+        return Inspection(path, 0, reason=f"cannot be read ({exc.strerror or exc})")
+    inspection = Inspection(path, size, content_hash=digest)
+    try:
+        inspection.info = probe_file(p)
+    except MediaError as exc:
+        inspection.reason = str(exc)
+    return inspection
+
+
+@dataclass
+class ExtractedClip:
+    index: int
+    start_s: float
+    end_s: float
+    frames: list[tuple[float, str]] = field(default_factory=list)  # (t_s, path rel. to root)
+    audio: tuple[str, float] | None = None  # (path rel. to root, seconds)
+    video_path: str | None = None
+
+
+@dataclass
+class Extraction:
+    """What one source became (or ``reason`` when it failed)."""
+
+    path: str
+    duration_s: float = 0.0
+    clips: list[ExtractedClip] = field(default_factory=list)
+    reason: str | None = None
+    note: str | None = None
+    seconds: float = 0.0  # wall time spent
+
+
+@dataclass(frozen=True)
+class Job:
+    """One source to split: the file, its probe, the config and the final folders."""
+
+    path: str
+    info: MediaInfo
+    cfg: IngestConfig
+    root: str
+    frames_dir: str | None
+    audio_dir: str | None
+    clips_dir: str | None
+
+
+def _read_segment_list(folder: Path) -> list[tuple[str, float, float]]:
+    listing = folder / SEGMENT_LIST
+    if not listing.exists():
+        return []
+    with open(listing, newline="") as fh:
+        rows = [(r[0], float(r[1]), float(r[2])) for r in csv.reader(fh) if len(r) >= 3]
+    listing.unlink()
+    return rows
+
+
+def _decoded_extent(frames: list[Path], audio: list[tuple[str, float, float]], fps: float) -> float:
+    video_end = frame_time(len(frames), fps) if frames else 0.0
+    audio_end = max((end for _, _, end in audio), default=0.0)
+    return max(video_end, audio_end)
+
+
+def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: str) -> Extraction:
+    """Name the outputs by clip inside the temporary folders and describe them."""
+    cfg, root = job.cfg, Path(job.root)
+    frames = sorted(dirs.frames.glob("*.jpg")) if dirs.frames else []
+    audio = _read_segment_list(dirs.audio) if dirs.audio else []
+    copies = _read_segment_list(dirs.clips) if dirs.clips else []
+    decoded = _decoded_extent(frames, audio, cfg.frame_fps)
+    # The container's duration rules the count; damaged files without one use what decoded.
+    duration = job.info.duration_s or decoded
+    windows = clip_windows(duration, cfg.clip_seconds)
+    clips = {w.index: ExtractedClip(w.index, w.start_s, w.end_s) for w in windows}
+
+    for frame in frames:
+        t = frame_time(int(frame.stem), cfg.frame_fps)
+        clip = clips.get(clip_of(t, cfg.clip_seconds))
+        if clip is None or t >= clip.end_s:
+            frame.unlink()  # beyond the last kept clip (padding)
+            continue
+        name = f"{clip.index:05d}_{len(clip.frames)}.jpg"
+        frame.rename(dirs.frames / name)
+        clip.frames.append((t, (finals["frames"] / name).relative_to(root).as_posix()))
+
+    for file_name, start, end in audio:
+        clip = clips.get(clip_of(start, cfg.clip_seconds))
+        segment = dirs.audio / file_name
+        if clip is None or clip.audio is not None or end - start <= 0:
+            segment.unlink()
+            continue
+        name = f"{clip.index:05d}.wav"
+        if file_name != name:
+            segment.rename(dirs.audio / name)
+        clip.audio = ((finals["audio"] / name).relative_to(root).as_posix(), round(end - start, 6))
+
+    # Copied segments start at key frames: a clip's file is the last one starting at or
+    # before the clip's start.
+    used: set[str] = set()
+    for clip in clips.values():
+        covering = [name for name, start, _ in copies if start <= clip.start_s + 1e-3]
+        if covering:
+            clip.video_path = (finals["clips"] / covering[-1]).relative_to(root).as_posix()
+            used.add(covering[-1])
+    for name, _, _ in copies:
+        if name not in used:
+            (dirs.clips / name).unlink()
+
+    kept = [c for c in clips.values() if c.frames or c.audio]
+    note = None
+    if len(kept) < len(clips):
+        # A truncated MKV/MPEG-TS decodes up to the cut: keep that, say so, count only it.
+        note = (f"damaged: only {len(kept)} of {len(clips)} clips decoded "
+                f"({decoded:.1f} s of {duration:.1f} s)")
+        duration = min(duration, decoded)
+    elif stderr.strip():
+        note = "decoded with errors: " + stderr.strip().splitlines()[-1][:200]
+    return Extraction(job.path, duration_s=round(duration, 3), clips=kept, note=note)
+
+
+def extract_source(job: Job) -> Extraction:
+    """Split one source with a single FFmpeg pass; outputs land in their final folders.
+
+    Args:
+        job: the file, its probe, the config and the final output folders.
+    Returns:
+        an :class:`Extraction`; ``reason`` is set (and nothing is left on disk) when
+        FFmpeg could not split the file.
+    """
+    started = time.perf_counter()
+    info = job.info
+    finals = {name: Path(p) for name, p in
+              (("frames", job.frames_dir), ("audio", job.audio_dir), ("clips", job.clips_dir))
+              if p is not None}
+    try:
+        with contextlib.ExitStack() as stack:
+            # Each folder is renamed into place only if the whole block succeeds.
+            tmp = {name: stack.enter_context(atomic_dir(final)) for name, final in finals.items()}
+            dirs = OutputDirs(tmp.get("frames"), tmp.get("audio"), tmp.get("clips"))
+            cmd = build_command(Path(job.path), info, job.cfg, dirs, ffmpeg_path())
+            log.debug("ffmpeg: %s", subprocess.list2cmdline(cmd))
+            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+            if proc.returncode != 0:
+                log.debug("ffmpeg stderr for %s:\n%s", job.path, proc.stderr)
+                raise MediaError(describe_ffmpeg_failure(proc.stderr))
+            result = _file_outputs(job, dirs, finals, proc.stderr)
+            if not result.clips:
+                raise MediaError("cannot decode: FFmpeg read the file but no frame or audio "
+                                 "came out" + (f" ({proc.stderr.strip().splitlines()[-1]})"
+                                               if proc.stderr.strip() else ""))
+    except MediaError as exc:
+        return Extraction(job.path, reason=str(exc), seconds=time.perf_counter() - started)
+    # A source that got no frames (or no audio) must not keep an empty folder around.
+    for name, final in finals.items():
+        with contextlib.suppress(OSError):
+            final.rmdir()  # only succeeds when empty
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def remove_outputs(folders: list[Path]) -> None:
+    """Delete a source's output folders (its file changed, or its clips were replaced)."""
+    for folder in folders:
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
