@@ -96,7 +96,35 @@ def _print_outcome(outcome) -> None:
         print("  (no stages ran)")
     if outcome.stopped_early:
         print("  stopped early on request; the next run resumes")
+    for line in _headlines(outcome.report_path):
+        print(f"  {line}")
     print(f"report: {outcome.report_path}")
+
+
+def _headlines(report_path: str | None) -> list[str]:
+    """The few figures worth a glance, read back from the night's summary.json."""
+    if not report_path:
+        return []
+    try:
+        summary = json.loads((Path(report_path).parent / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    lines = []
+    ingest = summary.get("ingest")
+    if ingest:
+        lines.append(f"ingest: {len(ingest.get('processed', []))} files, "
+                     f"{ingest.get('footage_seconds', 0):.0f} s of footage, {ingest.get('clips', 0)} clips, "
+                     f"{ingest.get('frames', 0)} frames, {ingest.get('audio_segments', 0)} audio segments")
+        for failed in ingest.get("failed", []):
+            lines.append(f"skipped {failed['file']}: {failed['reason']}")
+    for stage, metrics in summary.get("metrics", {}).items():
+        if stage == "ingest" or not isinstance(metrics, dict):
+            continue
+        scalars = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if scalars:
+            lines.append(f"{stage}: " + ", ".join(scalars[:6]))
+    return lines
 
 
 def cmd_run(args) -> int:
