@@ -89,11 +89,13 @@ def _summary_section(summary: dict, ctx: ReportContext) -> str:
     if ingest:
         facts.append(("files processed", len(ingest.get("processed", []))))
         facts.append(("files skipped", len(ingest.get("failed", []))))
-        for key in ("clips", "frames", "audio_segments", "footage_seconds"):
+        for key in ("clips", "frames", "audio_segments"):
             if key in ingest:
                 facts.append((key.replace("_", " "), ingest[key]))
+        if "footage_seconds" in ingest:
+            facts.append(("footage", h.seconds(ingest["footage_seconds"])))
     facts.append(("time spent on stages", h.seconds(total)))
-    return verdict + h.table(["", ""], facts)
+    return verdict + h.table([], facts)
 
 
 def _timings_section(summary: dict, ctx: ReportContext) -> str:

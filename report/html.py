@@ -19,8 +19,9 @@ def esc(value) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence], *, cls: str = "") -> str:
     """An HTML table; cell values are escaped."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{esc(cls)}">{thead}<tbody>{body}</tbody></table>'
 
 
 def image_data_uri(path: Path) -> str:
