@@ -73,7 +73,10 @@ class Stage:
         return _resolve(self.report) if self.report else None
 
 
-STAGES: list[Stage] = []
+STAGES: list[Stage] = [
+    Stage("vision", "models.vision_stage:run", ("models.jepa",), needs=("ingest",),
+          report="models.vision_report:render", description="Vision (I-JEPA)"),
+]
 
 
 def stage_names(stages: list[Stage] | None = None) -> list[str]:
