@@ -100,3 +100,34 @@ def test_changed_network_size_refuses_to_resume(two_nights, cache):
     with pytest.raises(CheckpointError, match="dim=64"):
         train_night(wider, cache.images, None, date=dt.date(2026, 1, 20), checkpoint_dir=folder,
                     device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_trained_encoder_beats_random_at_same_clip_retrieval(cache, scene_frames):
+    """The issue's acceptance check: training must add something a random encoder lacks.
+
+    Known state (see the vision report to the lead): on 2 shared CPU cores with the tiny
+    config this has not been seen to pass; trained 0.46-0.79 vs random 0.71.
+    """
+    from pipeline.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(
+        update={"steps": 100, "pred_depth": 2, "pred_dim": 64})
+    groups = np.repeat(np.arange(len(scene_frames)), [len(v) for v in scene_frames.values()])
+    held = np.sort(np.random.default_rng(0).choice(len(groups), size=len(groups) // 7, replace=False))
+    train = torch.from_numpy(np.setdiff1d(np.arange(len(groups)), held))
+    result = train_night(cfg, cache.images[train], None, date=DAY1,
+                         checkpoint_dir=_tmp_dir(), device="cpu", progress=False)
+    trained = health.same_source_retrieval(embed_frames(result.target_encoder, cache.images), groups, held)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        random_encoder = build_encoder(cfg).eval()
+    random = health.same_source_retrieval(embed_frames(random_encoder, cache.images), groups, held)
+    assert trained > random, f"same-clip retrieval: trained {trained:.3f} vs random encoder {random:.3f}"
+
+
+def _tmp_dir():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp()) / "jepa"
