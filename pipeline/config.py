@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -115,6 +115,77 @@ class ScheduleConfig(_Section):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown time zone; use an IANA name such as Europe/Berlin") from None
         return value
+class JepaConfig(_Section):
+    """I-JEPA vision encoder (models/jepa.py) and its nightly trainer (models/jepa_train.py)."""
+
+    # -- network: a ViT encoder and a narrow ViT predictor
+    img_size: int = Field(224, ge=16, le=1024, description="frames are resized and centre-cropped to this square")
+    patch_size: int = Field(16, ge=2, le=64)
+    dim: int = Field(256, ge=8, description="encoder width; also the embedding size")
+    depth: int = Field(6, ge=1)
+    heads: int = Field(4, ge=1)
+    pred_dim: int = Field(128, ge=8)
+    pred_depth: int = Field(3, ge=1)
+    pred_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    # -- masks (facebookresearch/ijepa multiblock collator)
+    num_targets: int = Field(4, ge=1, le=16)
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = Field(10, ge=1, description="fewest context patches a sample may keep")
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    # -- optimisation; schedules restart each night over that night's `steps`
+    steps: int = Field(2000, ge=1, description="optimizer steps per night")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    start_lr: float = Field(2e-4, ge=0)
+    final_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    ema_momentum: tuple[float, float] = (0.996, 1.0)
+    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of each batch from earlier days")
+    replay_max_frames: int = Field(20000, ge=0, description="earlier days' frames decoded per night")
+    # -- speed
+    bf16: bool = True
+    compile: bool = True
+    embed_batch_size: int = Field(256, ge=1)
+    gpu_cache_max_gb: float = Field(16.0, ge=0, description="frame caches up to this size live on the GPU")
+    # -- health
+    heldout_share: float = Field(0.1, ge=0, lt=1, description="frames kept out of training for retrieval")
+    rank_warn_share: float = Field(0.1, ge=0, le=1, description="warn when effective rank < share x dim")
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "JepaConfig":
+        problems = []
+        if self.img_size % self.patch_size:
+            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            problems.append(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.pred_dim % self.pred_heads:
+            problems.append(f"pred_dim {self.pred_dim} is not a multiple of pred_heads {self.pred_heads}")
+        if self.dim % 4 or self.pred_dim % 4:
+            problems.append("dim and pred_dim must be multiples of 4 (2-D sin-cos positions)")
+        for name in ("target_scale", "target_aspect", "context_scale", "crop_scale", "weight_decay",
+                     "ema_momentum"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                problems.append(f"{name} must be (low, high) with 0 <= low <= high, got {(lo, hi)}")
+        if self.target_scale[1] > 1 or self.context_scale[1] > 1 or self.ema_momentum[1] > 1:
+            problems.append("target_scale, context_scale and ema_momentum must stay within [0, 1]")
+        if self.num_targets * self.target_scale[0] >= 1:
+            problems.append("num_targets x target_scale low >= 1 leaves no patch for the context")
+        if self.warmup_steps > self.steps:
+            problems.append(f"warmup_steps {self.warmup_steps} > steps {self.steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ModelsConfig(_Section):
+    jepa: JepaConfig = Field(default_factory=JepaConfig)
 
 
 class SleepConfig(_Section):
@@ -125,10 +196,19 @@ class SleepConfig(_Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
 
     def section_hash(self, *sections: str) -> str:
-        """A short stable hash of the named sub-configs; a stage reruns when it changes."""
-        data = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        """A short stable hash of the named sub-configs; a stage reruns when it changes.
+
+        A name may be dotted (``models.jepa``) so a stage depends on just its part of a section.
+        """
+        data = {}
+        for name in sections:
+            node = self
+            for part in name.split("."):
+                node = getattr(node, part)
+            data[name] = node.model_dump(mode="json")
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

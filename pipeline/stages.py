@@ -75,6 +75,8 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("ingest", "ingest.stage:run", ("ingest",), report="ingest.report:render", description="Ingest"),
+    Stage("vision", "models.vision_stage:run", ("models.jepa",), needs=("ingest",),
+          report="models.vision_report:render", description="Vision (I-JEPA)"),
 ]
 
 

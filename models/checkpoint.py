@@ -1,0 +1,122 @@
+"""Checkpoint files shared by every nightly-trained model.
+
+Layout: ``checkpoints/{model}/{date}.pt`` and ``checkpoints/{model}/latest`` (a text file
+naming the newest date). Both are written atomically. A night continues from the newest
+checkpoint *before* its own date, so running a night twice starts from the same weights.
+A checkpoint that exists but cannot be read is an error: the night stops rather than
+silently starting from scratch (ijepa's ``load_checkpoint`` swallows it; we do not).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.errors import SleepError
+from pipeline.paths import make_private_dir
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+
+
+class CheckpointError(SleepError):
+    """A checkpoint is missing, unreadable or does not fit the configured network."""
+
+
+def model_version(model: str, date: dt.date | str) -> str:
+    """``"{model}@{date}"``, the tag stored beside every embedding a model wrote."""
+    return f"{model}@{date if isinstance(date, str) else date.isoformat()}"
+
+
+def checkpoint_path(folder: Path, date: dt.date) -> Path:
+    return folder / f"{date.isoformat()}.pt"
+
+
+def _dates(folder: Path) -> list[dt.date]:
+    found = []
+    if folder.is_dir():
+        for path in folder.glob("*.pt"):
+            try:
+                found.append(dt.date.fromisoformat(path.stem))
+            except ValueError:
+                continue
+    return sorted(found)
+
+
+def previous_checkpoint(folder: Path, before: dt.date) -> Path | None:
+    """The newest ``{date}.pt`` in ``folder`` dated strictly before ``before``; None if none."""
+    earlier = [d for d in _dates(folder) if d < before]
+    return checkpoint_path(folder, earlier[-1]) if earlier else None
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint the ``latest`` pointer names; ``None`` when nothing was trained yet.
+
+    Raises:
+        CheckpointError: the pointer names a file that is not there.
+    """
+    pointer = folder / LATEST
+    if not pointer.exists():
+        return None
+    name = pointer.read_text().strip()
+    try:
+        path = checkpoint_path(folder, dt.date.fromisoformat(name))
+    except ValueError:
+        raise CheckpointError(f"{pointer}: expected a date, found {name[:40]!r}") from None
+    if not path.exists():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def save_checkpoint(folder: Path, date: dt.date, state: dict) -> Path:
+    """Write ``state`` as ``{folder}/{date}.pt`` atomically and move ``latest`` forward.
+
+    The pointer never moves backwards: re-running an older night keeps the newest model
+    as the one queries use.
+
+    Returns:
+        the checkpoint's path.
+    """
+    make_private_dir(folder)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = atomic_write_bytes(checkpoint_path(folder, date), buffer.getvalue())
+    current = None
+    pointer = folder / LATEST
+    if pointer.exists():
+        try:
+            current = dt.date.fromisoformat(pointer.read_text().strip())
+        except ValueError:
+            current = None
+    if current is None or current <= date:
+        atomic_write_text(pointer, date.isoformat() + "\n")
+    log.info("checkpoint: %s", path)
+    return path
+
+
+def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint onto the CPU.
+
+    Args:
+        path: the ``.pt`` file.
+        required: keys the dict must hold.
+    Returns:
+        the checkpoint dict.
+    Raises:
+        CheckpointError: missing, unreadable (truncated, corrupt) or lacking a key.
+    """
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged zip/pickle
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); "
+                              "move it aside to start this model from its previous night") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return state

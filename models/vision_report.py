@@ -1,0 +1,44 @@
+"""Report section of the ``vision`` stage: loss curve, health figures, collapse warning."""
+from __future__ import annotations
+
+from report import html as h
+
+
+def render(summary: dict, ctx) -> str | None:
+    """HTML fragment from ``summary["vision"]`` and ``summary["metrics"]["vision"]``."""
+    result = summary.get("vision") or {}
+    m = (summary.get("metrics") or {}).get("vision") or {}
+    if not result:
+        return None
+    if not result.get("trained"):
+        return '<p class="muted">No frames today: the vision encoder was not trained.</p>'
+    parts = []
+    if m.get("collapse_warning"):
+        parts.append(f'<p class="status failed">Warning: the embeddings may be collapsing: effective '
+                     f'rank {m["effective_rank"]} is under {m["rank_floor"]} '
+                     f'({h.esc(ctx.cfg.models.jepa.rank_warn_share)} of the rank they could reach).</p>')
+    parts.append(h.line_chart({"loss": m.get("loss_curve", [])}, title="I-JEPA training loss",
+                              y_label="smooth L1"))
+    trained, random = m.get("same_source_retrieval"), m.get("same_source_retrieval_random")
+    rows = [
+        ("model version", result.get("model_version")),
+        ("continued from", result.get("resumed_from") or "scratch (first night)"),
+        ("frames embedded", f'{result.get("embedded")} of {result.get("frames")}'),
+        ("clips", result.get("clips")),
+        ("replay frames from earlier days", result.get("replay_frames")),
+        ("steps tonight / in all", f'{m.get("steps")} / {m.get("global_step")}'),
+        ("final loss", m.get("final_loss")),
+        ("training speed", f'{m.get("images_per_second")} images/s'),
+        ("training time", h.seconds(m.get("train_seconds"))),
+        ("embedding std (unit vectors)", m.get("embedding_std")),
+        ("effective rank", f'{m.get("effective_rank")} of dim {m.get("dim")} '
+                           f'(random encoder {m.get("random_effective_rank")})'),
+        ("same-clip retrieval, held-out frames", f'{trained} (random encoder {random}, '
+                                                 f'{m.get("heldout_frames")} queries)'),
+    ]
+    parts.append(h.table(["", ""], rows))
+    failed = result.get("failed") or []
+    if failed:
+        parts.append(f"<p>{len(failed)} frame(s) could not be read:</p>")
+        parts.append(h.table(["frame", "reason"], [(f["path"], f["reason"]) for f in failed[:50]]))
+    return "".join(parts)

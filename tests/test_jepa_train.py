@@ -1,0 +1,135 @@
+"""The nightly I-JEPA trainer on CPU with the tiny config: train, checkpoint, embed, resume."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from models import health
+from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from models.frames import decode_frames
+from models.jepa import build_encoder
+from models.jepa_train import CHECKPOINT_KEYS, train_night
+from models.vision_embed import embed_frames, load_target_encoder
+
+from jepa_media import make_scene_frames
+
+DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
+
+
+@pytest.fixture(scope="module")
+def scene_frames(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    return make_scene_frames(folder)
+
+
+@pytest.fixture(scope="module")
+def cache(scene_frames):
+    paths = [p for frames in scene_frames.values() for p in frames]
+    return decode_frames(paths, 64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_nights(cache, tmp_path_factory):
+    from pipeline.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(update={"steps": 6, "warmup_steps": 2})
+    folder = tmp_path_factory.mktemp("ckpt") / "jepa"
+    first = train_night(cfg, cache.images, None, date=DAY1, checkpoint_dir=folder, device="cpu", progress=False)
+    second = train_night(cfg, cache.images[:50], cache.images[50:], date=DAY2, checkpoint_dir=folder,
+                         device="cpu", progress=False)
+    return cfg, folder, first, second
+
+
+def test_decode_makes_a_square_uint8_cache(cache, scene_frames):
+    assert cache.images.shape == (sum(len(v) for v in scene_frames.values()), 3, 64, 64)
+    assert cache.images.dtype == torch.uint8 and not cache.failed
+
+
+def test_bad_frame_is_recorded_and_the_rest_decoded(scene_frames, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = next(iter(scene_frames.values()))[:3]
+    result = decode_frames([good[0], bad, *good[1:]], 64, progress=False)
+    assert result.index == [0, 2, 3]
+    assert [f["path"] for f in result.failed] == [str(bad)]
+
+
+def test_first_night_trains_from_scratch_and_writes_a_checkpoint(two_nights):
+    cfg, folder, first, _ = two_nights
+    assert first.resumed_from is None
+    assert len(first.losses) == cfg.steps and all(np.isfinite(first.losses))
+    state = load_checkpoint(folder / f"{DAY1}.pt", CHECKPOINT_KEYS)
+    assert state["step"] == cfg.steps and state["config"]["dim"] == cfg.dim
+
+
+def test_second_night_resumes_from_the_first(two_nights):
+    cfg, folder, first, second = two_nights
+    assert second.resumed_from == f"{DAY1}.pt"
+    assert second.global_step == 2 * cfg.steps
+    assert latest_checkpoint(folder).name == f"{DAY2}.pt"
+    state = load_checkpoint(folder / f"{DAY2}.pt", CHECKPOINT_KEYS)
+    assert state["ema"]["num_updates"] == 2 * cfg.steps
+    assert state["optimizer"]["state"]  # Adam moments carried over, not restarted
+
+
+def test_every_frame_gets_an_embedding(two_nights, cache):
+    cfg, folder, _, second = two_nights
+    vectors = embed_frames(second.target_encoder, cache.images, batch_size=32)
+    assert vectors.shape == (len(cache.images), cfg.dim) and np.isfinite(vectors).all()
+    # the query path loads the same target encoder from the checkpoint
+    loaded = load_target_encoder(folder / f"{DAY2}.pt", cfg, "cpu")
+    again = embed_frames(loaded, cache.images[:5])
+    np.testing.assert_allclose(again, vectors[:5], rtol=1e-4, atol=1e-5)
+
+
+def test_corrupt_checkpoint_stops_the_night(two_nights, cache, tmp_path):
+    cfg, folder, _, _ = two_nights
+    broken = tmp_path / "jepa"
+    broken.mkdir()
+    (broken / f"{DAY1}.pt").write_bytes((folder / f"{DAY1}.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError):
+        train_night(cfg, cache.images, None, date=DAY2, checkpoint_dir=broken, device="cpu", progress=False)
+
+
+def test_changed_network_size_refuses_to_resume(two_nights, cache):
+    cfg, folder, _, _ = two_nights
+    wider = cfg.model_copy(update={"dim": 32, "heads": 2})
+    with pytest.raises(CheckpointError, match="dim=64"):
+        train_night(wider, cache.images, None, date=dt.date(2026, 1, 20), checkpoint_dir=folder,
+                    device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_trained_encoder_beats_random_at_same_clip_retrieval(cache, scene_frames):
+    """The issue's acceptance check: training must add something a random encoder lacks.
+
+    Known state (see the vision report to the lead): with the tiny config and 100 CPU
+    steps it does not pass reliably; measured (trained vs random) 0.667/0.667, 0.815/0.815,
+    0.778/0.778, 0.704/0.741, one pass, and in a variant 0.46-0.79 vs 0.71. The footage also
+    still differs between runs (the random encoder's figure moves), to be tracked down.
+    """
+    from pipeline.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(
+        update={"steps": 100, "pred_depth": 2, "pred_dim": 64})
+    groups = np.repeat(np.arange(len(scene_frames)), [len(v) for v in scene_frames.values()])
+    held = np.sort(np.random.default_rng(0).choice(len(groups), size=len(groups) // 7, replace=False))
+    train = torch.from_numpy(np.setdiff1d(np.arange(len(groups)), held))
+    result = train_night(cfg, cache.images[train], None, date=DAY1,
+                         checkpoint_dir=_tmp_dir(), device="cpu", progress=False)
+    trained = health.same_source_retrieval(embed_frames(result.target_encoder, cache.images), groups, held)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        random_encoder = build_encoder(cfg).eval()
+    random = health.same_source_retrieval(embed_frames(random_encoder, cache.images), groups, held)
+    assert trained > random, f"same-clip retrieval: trained {trained:.3f} vs random encoder {random:.3f}"
+
+
+def _tmp_dir():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp()) / "jepa"
