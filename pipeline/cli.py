@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from memory.cli import add_memory_commands
+
 from .config import load_config
 from .dates import parse_date
 from .errors import SleepError
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the date the sample day is filed under")
     demo.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     demo.set_defaults(func=cmd_demo)
+    add_memory_commands(sub, _add_common)
     return parser
 
 

@@ -73,7 +73,10 @@ class Stage:
         return _resolve(self.report) if self.report else None
 
 
-STAGES: list[Stage] = []
+STAGES: list[Stage] = [
+    # Last: footage older than memory.retention goes; embeddings stay.
+    Stage("retention", "memory.retention:run", ("memory",), description="Retention"),
+]
 
 
 def stage_names(stages: list[Stage] | None = None) -> list[str]:
