@@ -68,8 +68,8 @@ class _Report:
                 "ok": not self.problems or (self.repair and len(self.repaired) == len(self.problems))}
 
 
-def _check_shards(session: Session, paths: Paths, report: _Report) -> list[Shard]:
-    """Shard files against shard rows; returns the shards that need compacting."""
+def _check_shards(session: Session, paths: Paths, report: _Report) -> list[int]:
+    """Shard files against shard rows; returns the ids of shards that need compacting."""
     counts = {sid: (n, lo, hi) for sid, n, lo, hi in session.execute(
         select(ShardRow.shard_id, func.count(), func.min(ShardRow.row), func.max(ShardRow.row))
         .group_by(ShardRow.shard_id))}
@@ -100,7 +100,7 @@ def _check_shards(session: Session, paths: Paths, report: _Report) -> list[Shard
         if n < shard.rows:
             if report.problem(f"{what}: {shard.rows - n} vectors have no database row "
                               f"(their clips were deleted)", "rewrote the shard without them"):
-                compact.append(shard)
+                compact.append(shard.id)
     return compact
 
 
@@ -192,7 +192,7 @@ def doctor(paths: Paths, *, repair: bool = False) -> dict:
                 if repair:
                     session.commit()
             if repair:
-                _compact(engine, paths, [s.id for s in compact])
+                _compact(engine, paths, compact)
         finally:
             engine.dispose()
     for line in report.problems:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
-import torch
 
 # Rounding a score in [-1, 1] to float16 errs by <= 2.5e-4, and rounding the query by as
 # much again; 2e-3 leaves a wide safety factor while keeping the rescored set tiny.
@@ -37,8 +36,10 @@ class Block:
     mask: np.ndarray | None = None
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray):
     """A torch view of ``array`` without a copy (read-only memory maps included)."""
+    import torch
+
     with warnings.catch_warnings():
         # torch warns that it cannot mark read-only memory as such; nothing here writes to it.
         warnings.simplefilter("ignore", UserWarning)
@@ -64,6 +65,8 @@ def exact_topk(blocks: Iterable[Block], query: np.ndarray, k: int,
     Returns:
         ``(scores, ids)``: float32 and int64 arrays of length <= k, best first.
     """
+    import torch  # here, not at the top: forget and doctor never pay for importing it
+
     q32 = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
     q16 = q32.half()
     best_s = np.empty(0, np.float32)
@@ -109,6 +112,8 @@ def exact_topk_batch(blocks: Iterable[Block], queries: np.ndarray, k: int,
     Returns:
         ``(scores, ids)`` of shape ``(Q, k)``, best first; ids ``-1`` where fewer rows exist.
     """
+    import torch
+
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).T  # (D, Q)
     nq = q.shape[1]
     best_s = torch.full((nq, k), -np.inf)
