@@ -31,7 +31,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from pipeline.paths import Paths, make_private_dir
+from pipeline.paths import Paths
 
 from .catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
 from .exact import Block, exact_topk
@@ -159,7 +159,9 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
 
             from pipeline.atomic import atomic_write_bytes, atomic_write_text
 
-            make_private_dir(folder)
+            from .store import private_folder
+
+            private_folder(paths, folder)
             for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
                 old.unlink(missing_ok=True)
             atomic_write_bytes(file, faiss.serialize_index(built.index).tobytes())

@@ -95,6 +95,17 @@ def shard_folder(paths: Paths, space: str, model_version: str) -> Path:
     return paths.embeddings / space / model_version
 
 
+def private_folder(paths: Paths, folder: Path) -> Path:
+    """Create ``folder`` under ``memory/`` with every level 0700 (``mkdir(parents=True)``
+    would give the intermediate levels the umask's mode)."""
+    make_private_dir(paths.memory)
+    current = paths.memory
+    for part in folder.relative_to(paths.memory).parts:
+        current = current / part
+        current.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
 def _write_npy(final: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary name, fsync, rename: the file is whole or absent."""
     tmp = tmp_name(final)
@@ -146,9 +157,7 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
         raise ValueError(f"modality {odd[0]!r}: expected one of {MODALITIES}")
     dim = unit.shape[1]
 
-    folder = make_private_dir(shard_folder(paths, space, model_version))
-    for parent in (paths.embeddings, paths.embeddings / space):
-        os.chmod(parent, 0o700)
+    folder = private_folder(paths, shard_folder(paths, space, model_version))
     final = folder / f"{date}-{uuid.uuid4().hex[:12]}.npy"
     _write_npy(final, unit.astype(np.float16))
     rel = str(final.relative_to(paths.root))

@@ -152,6 +152,12 @@ def test_faiss_path_agrees_with_exact(mem, kind):
 def test_memory_files_are_private(mem):
     engine, paths = mem
     fill(engine, paths, DAYS[:1])
+    search(engine, paths, space="vision", query=np.ones(DIM),
+           options=SearchOptions(index="ivf", faiss_threshold=0))
+    index = next((paths.memory / "index").rglob("*.faiss"))
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    for folder in index.parents[:3]:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert stat.S_IMODE(paths.database.stat().st_mode) == 0o600
     shard = next(paths.embeddings.rglob("*.npy"))
     assert stat.S_IMODE(shard.stat().st_mode) == 0o600
