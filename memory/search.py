@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
