@@ -141,10 +141,10 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
     ms, found = time_single(lambda q: exact_topk(blocks, q, k)[1], queries, k)
     exact_ms = ms
     record("exact", ms, found, "store path: torch fp16 on mmap + fp32 rescoring")
-    if n <= ARGS.numpy_max:
+    if n <= ARGS.numpy_max and "numpy" in METHODS:
         ms, found = time_single(lambda q: numpy_topk(vectors, q, k), queries, k)
         record("numpy", ms, found, f"{exact_ms / ms:.2f}x exact")
-    if n * DIM * 4 <= ARGS.flat_max_gb * 2**30:
+    if n * DIM * 4 <= ARGS.flat_max_gb * 2**30 and "flat" in METHODS:
         t = time.perf_counter()
         flat = build_flat(blocks)
         build_s = time.perf_counter() - t
@@ -152,6 +152,8 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
         record("faiss-flat", ms, found, f"{exact_ms / ms:.2f}x exact", build_s)
         del flat
         gc.collect()
+    if "ivf" not in METHODS:
+        return _finish(rows, folder, kind, n)
     t = time.perf_counter()
     ivf = build_ivf(blocks, nlist=default_nlist(n), seed=ARGS.seed)
     ok = tune(ivf, tune_queries, tune_truth, k=k, min_recall=0.95)
@@ -162,7 +164,7 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
            f"{exact_ms / ms:.1f}x exact", build_s)
     del ivf
     gc.collect()
-    if n <= ARGS.hnsw_max:
+    if n <= ARGS.hnsw_max and "hnsw" in METHODS:
         t = time.perf_counter()
         hnsw = build_hnsw(blocks)
         ok = tune(hnsw, tune_queries, tune_truth, k=k, min_recall=0.95)
@@ -173,7 +175,10 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
                f"{exact_ms / ms:.1f}x exact", build_s)
         del hnsw
         gc.collect()
-    del vectors, blocks
+    return _finish(rows, folder, kind, n)
+
+
+def _finish(rows: list[dict], folder: Path, kind: str, n: int) -> list[dict]:
     gc.collect()
     (folder / f"{kind}-{n}.npy").unlink()
     return rows
@@ -204,6 +209,8 @@ def parse_args(argv=None):
                    help="largest size HNSW is built at (building is slow on 2 cores)")
     p.add_argument("--flat-max-gb", type=float, default=11.0,
                    help="skip FAISS flat when its float32 copy needs more GiB than this")
+    p.add_argument("--methods", default="exact,numpy,flat,ivf,hnsw",
+                   help="which to run (exact always runs: it is the baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None, help="folder for the temporary vectors (default: system temp)")
     p.add_argument("--json-out", default=None, help="also write the rows as JSON here")
@@ -211,8 +218,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    global ARGS
+    global ARGS, METHODS
     ARGS = parse_args(argv)
+    METHODS = set(ARGS.methods.split(","))
     k = 10
     log(f"{platform.machine()} {torch.get_num_threads()} torch threads, "
         f"{faiss.omp_get_max_threads()} faiss threads, faiss {faiss.__version__}")
@@ -228,6 +236,7 @@ def main(argv=None) -> int:
 
 
 ARGS: argparse.Namespace
+METHODS: set[str] = set()
 
 if __name__ == "__main__":
     sys.exit(main())
