@@ -9,7 +9,8 @@ then times single queries (median of ``--queries``) for:
 - ``exact``: the store's exact path (:func:`memory.exact.exact_topk`, torch kernel on the map),
 - ``numpy``: plain NumPy (float16 -> float32 per chunk, matrix-vector product), small sizes,
 - ``faiss-flat``: ``IndexFlatIP`` (exact, float32 copy in RAM),
-- ``faiss-ivf``: IVF, float16 storage, ``nprobe`` tuned on separate queries to recall@10 >= 0.95,
+- ``faiss-ivf``: IVF, float16 storage, ``nprobe`` tuned on separate queries to recall@10 >= 0.97
+  (the store's floor 0.95 plus its tuning margin),
 - ``faiss-hnsw``: HNSW (float16 storage), ``efSearch`` tuned the same way, small sizes only.
 
 Datasets: ``clustered`` is shaped like a life's embeddings (thousands of tight clusters of
@@ -36,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory.exact import Block, exact_topk, exact_topk_batch, recall_at_k  # noqa: E402
-from memory.faiss_index import build_flat, build_hnsw, build_ivf, default_nlist, tune  # noqa: E402
+from memory.faiss_index import (TUNE_MARGIN, build_flat, build_hnsw, build_ivf,  # noqa: E402
+                                default_nlist, tune)
 
 DIM = 256
 GEN_CHUNK = 500_000
@@ -156,7 +158,7 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
         return _finish(rows, folder, kind, n)
     t = time.perf_counter()
     ivf = build_ivf(blocks, nlist=default_nlist(n), seed=ARGS.seed)
-    ok = tune(ivf, tune_queries, tune_truth, k=k, min_recall=0.95)
+    ok = tune(ivf, tune_queries, tune_truth, k=k, min_recall=0.95 + TUNE_MARGIN)
     build_s = time.perf_counter() - t
     ms, found = time_single(lambda q: ivf.search(q[None], k)[1][0], queries, k)
     record("faiss-ivf", ms, found,
@@ -167,7 +169,7 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
     if n <= ARGS.hnsw_max and "hnsw" in METHODS:
         t = time.perf_counter()
         hnsw = build_hnsw(blocks)
-        ok = tune(hnsw, tune_queries, tune_truth, k=k, min_recall=0.95)
+        ok = tune(hnsw, tune_queries, tune_truth, k=k, min_recall=0.95 + TUNE_MARGIN)
         build_s = time.perf_counter() - t
         ms, found = time_single(lambda q: hnsw.search(q[None], k)[1][0], queries, k)
         record("faiss-hnsw", ms, found,

@@ -26,6 +26,9 @@ IVF_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16
 HNSW_EFS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 ADD_CHUNK = 262_144
 HNSW_QUANTIZER_FROM = 4096
+# Tuned on 200 queries, recall on unseen ones came out up to 0.01 lower (bench: HNSW tuned
+# to 0.95 measured 0.941), so tuning aims this much above the floor.
+TUNE_MARGIN = 0.02
 
 
 @dataclass
@@ -205,7 +208,7 @@ def build_index(blocks: Sequence[Block], kind: str, *, min_recall: float = 0.95,
     built = build_ivf(blocks, seed=seed) if kind == "ivf" else build_hnsw(blocks)
     queries = sample_queries(blocks, n_tune, seed=seed + 1)
     _, truth = exact_topk_batch(blocks, queries, k)
-    if tune(built, queries, truth, k=k, min_recall=min_recall):
+    if tune(built, queries, truth, k=k, min_recall=min(1.0, min_recall + TUNE_MARGIN)):
         log.info("%s index over %d rows: param %d gives recall@%d %.3f", kind, built.ntotal,
                  built.param, k, built.recall)
         return built
