@@ -190,7 +190,7 @@ def tune(built: TunedIndex, queries: np.ndarray, truth: np.ndarray, *, k: int = 
 
 
 def build_index(blocks: Sequence[Block], kind: str, *, min_recall: float = 0.95, k: int = 10,
-                n_tune: int = 200, seed: int = 0) -> TunedIndex:
+                n_tune: int = 200, seed: int = 0, fallback_flat: bool = True) -> TunedIndex | None:
     """Build ``kind`` over ``blocks`` (ids = ``offset + row``), tuned to ``min_recall``.
 
     Args:
@@ -198,8 +198,11 @@ def build_index(blocks: Sequence[Block], kind: str, *, min_recall: float = 0.95,
         kind: ``flat``, ``ivf`` or ``hnsw``.
         min_recall: recall@k an approximate index must reach, else flat is returned.
         n_tune: tuning queries drawn from the memory.
+        fallback_flat: where the approximate index misses the floor, or only reaches it by
+            probing half of its lists or more (no faster than a full scan), return a flat
+            index; with ``False`` return ``None`` (the caller searches exactly itself).
     Returns:
-        the :class:`TunedIndex`.
+        the :class:`TunedIndex`, or ``None`` (see ``fallback_flat``).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {KINDS}")
@@ -208,10 +211,11 @@ def build_index(blocks: Sequence[Block], kind: str, *, min_recall: float = 0.95,
     built = build_ivf(blocks, seed=seed) if kind == "ivf" else build_hnsw(blocks)
     queries = sample_queries(blocks, n_tune, seed=seed + 1)
     _, truth = exact_topk_batch(blocks, queries, k)
-    if tune(built, queries, truth, k=k, min_recall=min(1.0, min_recall + TUNE_MARGIN)):
+    reached = tune(built, queries, truth, k=k, min_recall=min(1.0, min_recall + TUNE_MARGIN))
+    if reached and not (built.kind == "ivf" and built.param * 2 > built.index.nlist):
         log.info("%s index over %d rows: param %d gives recall@%d %.3f", kind, built.ntotal,
                  built.param, k, built.recall)
         return built
-    log.warning("%s index over %d rows reaches only recall@%d %.3f; using exact search",
-                kind, built.ntotal, k, built.recall)
-    return build_flat(blocks)
+    log.warning("%s index over %d rows: recall@%d %.3f needs param %d; using exact search",
+                kind, built.ntotal, k, built.recall, built.param)
+    return build_flat(blocks) if fallback_flat else None

@@ -153,8 +153,8 @@ def test_memory_files_are_private(mem):
     engine, paths = mem
     fill(engine, paths, DAYS[:1])
     search(engine, paths, space="vision", query=np.ones(DIM),
-           options=SearchOptions(index="ivf", faiss_threshold=0))
-    index = next((paths.memory / "index").rglob("*.faiss"))
+           options=SearchOptions(index="auto", faiss_threshold=0))
+    index = next((paths.memory / "index").rglob("*.json"))
     assert stat.S_IMODE(index.stat().st_mode) == 0o600
     for folder in index.parents[:3]:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
@@ -207,3 +207,19 @@ def test_exact_topk_equals_brute_force_with_masks_and_duplicates():
         assert mask[ids].all()
         batch_scores, _ = exact_topk_batch(blocks, q[None], 10)
         assert np.allclose(batch_scores[0], scores, atol=1e-6)
+
+
+def test_auto_searches_exactly_where_ivf_would_scan_everything(mem):
+    engine, paths = mem
+    ids = add_day(engine, paths, DAYS[0], 2000)
+    rng = np.random.default_rng(0)  # isotropic: no clusters for IVF to exploit
+    write_embeddings(engine, paths, space="vision", model_version="m@1", date=DAYS[0],
+                     rows=[EmbeddingRow(c, "vision") for c in ids],
+                     vectors=rng.standard_normal((2000, 64)).astype(np.float32))
+    auto = SearchOptions(index="auto", faiss_threshold=0)
+    query = rng.standard_normal(64).astype(np.float32)
+    exact = search(engine, paths, space="vision", query=query, options=SearchOptions(index="exact"))
+    assert search(engine, paths, space="vision", query=query, options=auto) == exact
+    metas = list((paths.memory / "index").rglob("*.json"))
+    assert len(metas) == 1 and '"exact"' in metas[0].read_text()
+    assert not list((paths.memory / "index").rglob("*.faiss"))
