@@ -30,7 +30,7 @@ def _on_connect(dbapi_conn, _record) -> None:
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
-    from . import ledger, schema  # noqa: F401
+    from . import catalog, ledger, schema  # noqa: F401
 
     make_private_dir(path.parent)
     engine = create_engine(f"sqlite:///{path}", future=True)

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from memory.cli import add_memory_commands
+
 from .config import load_config
 from .daemon_cli import add_daemon_command
 from .dates import parse_date
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     demo.set_defaults(func=cmd_demo)
     add_daemon_command(sub, _add_common)
+    add_memory_commands(sub, _add_common)
     return parser
 
 

@@ -55,8 +55,17 @@ class RetentionConfig(_Section):
     derived_days: int | None = Field(None, ge=0, description="keep clips, frames, audio M days")
 
 
+class SearchConfig(_Section):
+    index: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="exact: never FAISS; flat: exact IndexFlatIP; ivf/hnsw: approximate; "
+                            "auto: ivf, falling back to exact where recall would drop")
+    faiss_threshold: int = Field(200_000, ge=0, description="rows from which FAISS is used")
+    min_recall: float = Field(0.95, gt=0, le=1, description="recall@10 an approximate index must keep")
+
+
 class MemoryConfig(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 class ReportConfig(_Section):

@@ -77,6 +77,8 @@ STAGES: list[Stage] = [
     Stage("ingest", "ingest.stage:run", ("ingest",), report="ingest.report:render", description="Ingest"),
     Stage("vision", "models.vision_stage:run", ("models.jepa",), needs=("ingest",),
           report="models.vision_report:render", description="Vision (I-JEPA)"),
+    # Last: footage older than memory.retention goes; embeddings stay.
+    Stage("retention", "memory.retention:run", ("memory",), description="Retention"),
 ]
 
 

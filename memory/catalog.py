@@ -1,0 +1,77 @@
+"""Which embedding shards exist: spaces, shards and the clip behind every shard row.
+
+An embedding space is a (name, model version, dimension): ``vision`` vectors of
+``jepa@2026-01-15`` are not comparable with those of ``jepa@2026-02-01``, so a search
+always stays inside one version. A shard is the ``.npy`` file of one (space, version,
+date); each of its rows has a :class:`ShardRow` naming the clip (and frame) it came from.
+The database only ever holds a shard once its file is complete (see ``memory.store``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, select)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from .db import Base
+
+
+class EmbeddingSpace(Base):
+    __tablename__ = "embedding_spaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32))  # vision | audio | shared
+    model_version: Mapped[str] = mapped_column(String(128))  # e.g. jepa@2026-01-15
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=dt.datetime.now)
+
+    __table_args__ = (UniqueConstraint("name", "model_version"),)
+
+
+class Shard(Base):
+    __tablename__ = "shards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("embedding_spaces.id", ondelete="CASCADE"))
+    date: Mapped[str] = mapped_column(String(10), index=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to the root; unique per write
+    rows: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    # Set in the same transaction that adds the shard's rows, after its file was renamed
+    # into place: searches and the doctor read only complete shards.
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=dt.datetime.now)
+
+    __table_args__ = (UniqueConstraint("space_id", "date"),)
+
+
+class ShardRow(Base):
+    __tablename__ = "shard_rows"
+
+    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)  # index in the .npy
+    # A clip deleted (ingest redoing a day) takes its rows along; the doctor then compacts.
+    clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id", ondelete="CASCADE"))
+    frame_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id", ondelete="SET NULL"),
+                                                 nullable=True)
+    modality: Mapped[str] = mapped_column(String(16))  # vision | audio
+
+    __table_args__ = (Index("ix_shard_rows_clip", "clip_id"),)
+
+
+def space_of(session: Session, name: str, model_version: str) -> EmbeddingSpace | None:
+    return session.scalars(select(EmbeddingSpace).where(
+        EmbeddingSpace.name == name, EmbeddingSpace.model_version == model_version)).first()
+
+
+def complete_shards(session: Session, space_id: int, date_from: str | None = None,
+                    date_to: str | None = None) -> list[Shard]:
+    """The space's complete shards (optionally within a date range), oldest first."""
+    query = select(Shard).where(Shard.space_id == space_id, Shard.complete.is_(True))
+    if date_from:
+        query = query.where(Shard.date >= date_from)
+    if date_to:
+        query = query.where(Shard.date <= date_to)
+    return list(session.scalars(query.order_by(Shard.date)))

@@ -1,0 +1,200 @@
+"""``sleep.py doctor``: does the database agree with the shards and files on disk?
+
+Checks that every complete shard's file exists with the shape the database records, that
+every shard row has its vector and every vector its row, that no shard file lies on disk
+unknown to the database, and that the frames, audio, clips and raw recordings the
+database names exist. ``--repair`` makes them agree, always toward what is really there:
+rows whose file is gone are dropped, files no row knows are deleted, shards with missing
+rows are compacted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.atomic import TMP_MARK
+from pipeline.lock import NightLock
+from pipeline.paths import Paths
+
+from .catalog import EmbeddingSpace, Shard, ShardRow
+from .db import open_database
+from .schema import AudioSegment, Clip, Frame, Source
+from .store import EmbeddingRow, write_embeddings
+
+log = logging.getLogger(__name__)
+_TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _shape(path: Path) -> tuple[tuple, str] | None:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return array.shape, str(array.dtype)
+
+
+class _Report:
+    def __init__(self, repair: bool):
+        self.repair = repair
+        self.problems: list[str] = []
+        self.repaired: list[str] = []
+        self.notes: list[str] = []
+
+    def problem(self, text: str, fix: str | None = None) -> bool:
+        """Record a problem; return whether to repair it now."""
+        self.problems.append(text)
+        if self.repair and fix:
+            self.repaired.append(f"{text}: {fix}")
+        return self.repair
+
+    def as_dict(self) -> dict:
+        return {"problems": self.problems, "repaired": self.repaired, "notes": self.notes,
+                "ok": not self.problems or (self.repair and len(self.repaired) == len(self.problems))}
+
+
+def _check_shards(session: Session, paths: Paths, report: _Report) -> list[int]:
+    """Shard files against shard rows; returns the ids of shards that need compacting."""
+    counts = {sid: (n, lo, hi) for sid, n, lo, hi in session.execute(
+        select(ShardRow.shard_id, func.count(), func.min(ShardRow.row), func.max(ShardRow.row))
+        .group_by(ShardRow.shard_id))}
+    compact = []
+    for shard in session.scalars(select(Shard).order_by(Shard.id)):
+        what = f"shard {shard.path} ({shard.date})"
+        shape = _shape(paths.root / shard.path) if shard.complete else None
+        if not shard.complete:
+            if report.problem(f"{what}: marked incomplete", "removed its row and file"):
+                session.execute(delete(Shard).where(Shard.id == shard.id))
+                (paths.root / shard.path).unlink(missing_ok=True)
+            continue
+        if shape != ((shard.rows, shard.dim), "float16"):
+            found = "missing" if shape is None else f"holds {shape[0]} {shape[1]}"
+            if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})",
+                              "removed it; rerun that night's embedding stage"):
+                session.execute(delete(Shard).where(Shard.id == shard.id))
+                (paths.root / shard.path).unlink(missing_ok=True)
+            continue
+        n, lo, hi = counts.get(shard.id, (0, None, None))
+        if hi is not None and (lo < 0 or hi >= shard.rows):
+            if report.problem(f"{what}: database rows point past its {shard.rows} vectors",
+                              "dropped those rows"):
+                session.execute(delete(ShardRow).where(
+                    ShardRow.shard_id == shard.id, (ShardRow.row < 0) | (ShardRow.row >= shard.rows)))
+                n = session.scalar(select(func.count()).select_from(ShardRow)
+                                   .where(ShardRow.shard_id == shard.id))
+        if n < shard.rows:
+            if report.problem(f"{what}: {shard.rows - n} vectors have no database row "
+                              f"(their clips were deleted)", "rewrote the shard without them"):
+                compact.append(shard.id)
+    return compact
+
+
+def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
+    for shard_id in shard_ids:
+        with Session(engine) as session:
+            shard = session.get(Shard, shard_id)
+            space = session.get(EmbeddingSpace, shard.space_id)
+            kept = session.execute(select(ShardRow).where(ShardRow.shard_id == shard_id)
+                                   .order_by(ShardRow.row)).scalars().all()
+            vectors = np.load(paths.root / shard.path, mmap_mode="r")
+        if not kept:
+            with Session(engine) as session, session.begin():
+                session.execute(delete(Shard).where(Shard.id == shard_id))
+            (paths.root / shard.path).unlink(missing_ok=True)
+            continue
+        write_embeddings(engine, paths, space=space.name, model_version=space.model_version,
+                         date=shard.date,
+                         rows=[EmbeddingRow(r.clip_id, r.modality, r.frame_id) for r in kept],
+                         vectors=np.asarray(vectors[[r.row for r in kept]], dtype=np.float32))
+
+
+def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:
+    known = set(session.scalars(select(Shard.path)))
+    if not paths.embeddings.is_dir():
+        return
+    for file in sorted(paths.embeddings.rglob("*")):
+        if not file.is_file():
+            continue
+        rel = str(file.relative_to(paths.root))
+        match = _TMP_PID.search(file.name)
+        if match:
+            if _pid_alive(int(match.group(1))):
+                continue  # a writer is working on it right now
+            report.notes.append(f"{rel}: temporary file of an interrupted write")
+            if report.repair:
+                file.unlink(missing_ok=True)
+            continue
+        if rel not in known and report.problem(f"{rel}: shard file no database row knows",
+                                               "deleted it"):
+            file.unlink(missing_ok=True)
+
+
+def _check_media(session: Session, paths: Paths, report: _Report) -> None:
+    def missing(rel: str | None) -> bool:
+        return bool(rel) and not (paths.root / rel).exists()
+
+    for frame_id, path in session.execute(select(Frame.id, Frame.path)):
+        if missing(path) and report.problem(f"frame {path}: file missing", "dropped its row"):
+            session.execute(update(ShardRow).where(ShardRow.frame_id == frame_id).values(frame_id=None))
+            session.execute(delete(Frame).where(Frame.id == frame_id))
+    for seg_id, path in session.execute(select(AudioSegment.id, AudioSegment.path)):
+        if missing(path) and report.problem(f"audio {path}: file missing", "dropped its row"):
+            session.execute(delete(AudioSegment).where(AudioSegment.id == seg_id))
+    for clip_id, path in session.execute(select(Clip.id, Clip.video_path)):
+        if missing(path) and report.problem(f"clip {path}: file missing", "cleared its path"):
+            session.execute(update(Clip).where(Clip.id == clip_id).values(video_path=None))
+    for source_id, path in session.execute(select(Source.id, Source.path)
+                                           .where(Source.status == "ok")):
+        if missing(path) and report.problem(f"recording {path}: file missing",
+                                            "marked the source removed"):
+            session.execute(update(Source).where(Source.id == source_id).values(
+                status="removed", reason="file missing (sleep.py doctor --repair)"))
+
+
+def doctor(paths: Paths, *, repair: bool = False) -> dict:
+    """Check (and with ``repair``, fix) the memory under ``paths.root``.
+
+    Args:
+        paths: the root's layout.
+        repair: make the database and the files agree.
+    Returns:
+        ``{"problems": [...], "repaired": [...], "notes": [...], "ok": bool}``; notes are
+        harmless (temporary files of interrupted writes) and are not problems.
+    Raises:
+        LockHeld: a night is running (its half-written files would look like problems).
+    """
+    report = _Report(repair)
+    if not paths.database.exists():
+        report.notes.append(f"no memory yet at {paths.database}")
+        return report.as_dict()
+    with NightLock(paths.lock, "doctor"):
+        engine = open_database(paths.database)
+        try:
+            with Session(engine) as session:
+                compact = _check_shards(session, paths, report)
+                _check_stray_files(session, paths, report)
+                _check_media(session, paths, report)
+                if repair:
+                    session.commit()
+            if repair:
+                _compact(engine, paths, compact)
+        finally:
+            engine.dispose()
+    for line in report.problems:
+        log.debug("doctor: %s", line)
+    return report.as_dict()

@@ -1,0 +1,376 @@
+"""Search by example: cosine top-k in one space and model version, with filters.
+
+Filters (date range, modality, source file) become a row mask before top-k, so a filter
+never shortens the result list while matching rows remain. The date range picks shards;
+modality and source need each row's clip, read once per shard and cached in the process.
+
+Which engine runs (``memory.search`` in the config):
+
+- below ``faiss_threshold`` rows, or when the filters leave fewer rows than that: exact
+  search over the memory-mapped shards (:mod:`memory.exact`);
+- above it, the configured FAISS index over all of the version's shards (``flat``: exact
+  ``IndexFlatIP``; ``ivf``/``hnsw``: approximate, tuned when built so recall@10 stays >=
+  ``min_recall``, else flat; ``auto``: IVF where that holds cheaply, else the exact path),
+  with filters as an ID bitmap. ``exact`` never uses FAISS.
+  Indexes are cached in the process (and approximate ones on disk under
+  ``memory/index/``) keyed by the version's shard files, so a new night rebuilds them.
+
+Every candidate is finally looked up in the database; one whose row has gone (a day
+forgotten meanwhile) is dropped and the next one taken.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from pipeline.paths import Paths
+
+from .catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
+from .exact import Block, exact_topk
+from .schema import Clip, Frame, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Engine choice; mirrors ``pipeline.config.SearchConfig`` (any object with these fields)."""
+
+    index: str = "auto"
+    faiss_threshold: int = 200_000
+    min_recall: float = 0.95
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: a clip, how close it is, and where to find it."""
+
+    clip_id: int
+    score: float
+    space: str
+    model_version: str
+    modality: str
+    date: str
+    wall_start: str | None  # ISO time the clip starts, when the recording said
+    source_path: str  # the raw file, relative to the root
+    start_s: float  # offset of the clip in the source
+    end_s: float
+    frame_path: str | None  # a frame of the clip, relative to the root
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Process caches. Shard files are never rewritten in place (every write has a new name),
+# so a path identifies its content for good.
+_MAPS: dict[str, np.ndarray] = {}
+_ROW_META: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_INDEXES: dict[tuple, object] = {}
+# What the index cache holds for a memory where ``auto`` found no approximate index worth
+# using (e.g. isotropic vectors: IVF must probe every list): the exact path is faster.
+EXACT = "exact"
+
+
+def open_shard(paths: Paths, shard: Shard) -> np.ndarray:
+    """The shard's ``(rows, dim)`` float16 vectors, memory-mapped (cached per file)."""
+    array = _MAPS.get(shard.path)
+    if array is None:
+        array = np.load(paths.root / shard.path, mmap_mode="r")
+        if array.shape != (shard.rows, shard.dim) or array.dtype != np.float16:
+            raise ValueError(f"{shard.path}: holds {array.shape} {array.dtype}, database says "
+                             f"({shard.rows}, {shard.dim}) float16; run `sleep.py doctor`")
+        _MAPS[shard.path] = array
+    return array
+
+
+def _row_meta(session: Session, shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``shard``: clip id, modality, source id (``-1``/``""`` where the row is gone)."""
+    meta = _ROW_META.get(shard.path)
+    if meta is None:
+        clip = np.full(shard.rows, -1, np.int64)
+        source = np.full(shard.rows, -1, np.int64)
+        modality = np.full(shard.rows, "", dtype="<U8")
+        result = session.execute(
+            select(ShardRow.row, ShardRow.clip_id, ShardRow.modality, Clip.source_id)
+            .join(Clip, Clip.id == ShardRow.clip_id).where(ShardRow.shard_id == shard.id))
+        for row, clip_id, mod, source_id in result:
+            clip[row], modality[row], source[row] = clip_id, mod, source_id
+        meta = _ROW_META[shard.path] = (clip, modality, source)
+    return meta
+
+
+def _masks(session: Session, shards: list[Shard], modality: str | None,
+           source: str | None) -> list[np.ndarray | None]:
+    if modality is None and source is None:
+        return [None] * len(shards)
+    source_ids = None
+    if source is not None:
+        source_ids = np.array(list(session.scalars(
+            select(Source.id).where(func.instr(Source.path, source) > 0))), np.int64)
+    masks = []
+    for shard in shards:
+        clip, mods, sources = _row_meta(session, shard)
+        mask = clip >= 0
+        if modality is not None:
+            mask &= mods == modality
+        if source_ids is not None:
+            mask &= np.isin(sources, source_ids)
+        masks.append(mask)
+    return masks
+
+
+def _index_kind(options) -> str:
+    # auto: IVF where it keeps recall@10 >= min_recall without scanning most of the memory,
+    # else the exact path (bench: faster than FAISS flat at every size measured).
+    return "ivf" if options.index == "auto" else options.index
+
+
+def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], blocks: list[Block],
+                 kind: str, options):
+    """The FAISS index over all of the version's shards, from the caches or built now."""
+    from . import faiss_index
+
+    key = (space.id, kind, options.min_recall, tuple(s.path for s in shards))
+    cached = _INDEXES.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256(json.dumps(key[1:]).encode()).hexdigest()[:16]
+    folder = index_folder(paths, space.name, space.model_version)
+    file = folder / f"{kind}-{digest}.faiss"
+    meta_file = file.with_suffix(".json")
+    built = None
+    if kind != "flat" and file.exists() and meta_file.exists():
+        import faiss
+
+        meta = json.loads(meta_file.read_text())
+        built = faiss_index.TunedIndex(faiss.read_index(str(file)), meta["kind"], meta["param"],
+                                       meta["recall"])
+    elif kind != "flat" and meta_file.exists():
+        return EXACT  # measured before: this memory is searched exactly
+    if built is None:
+        log.info("building a %s index over %d %s vectors", kind, sum(s.rows for s in shards),
+                 space.name)
+        built = faiss_index.build_index(blocks, kind, min_recall=options.min_recall,
+                                        fallback_flat=options.index != "auto")
+        if built is None or built.kind != "flat":
+            import faiss
+
+            from pipeline.atomic import atomic_write_bytes, atomic_write_text
+
+            from .store import private_folder
+
+            private_folder(paths, folder)
+            for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
+                old.unlink(missing_ok=True)
+            if built is not None:
+                atomic_write_bytes(file, faiss.serialize_index(built.index).tobytes())
+            atomic_write_text(meta_file, json.dumps(
+                {"kind": built.kind if built else EXACT, "param": built and built.param,
+                 "recall": built and built.recall}))
+        built = built or EXACT
+    _INDEXES.clear()  # one index per process is plenty; they are large
+    _INDEXES[key] = built
+    return built
+
+
+def index_folder(paths: Paths, space: str, model_version: str) -> Path:
+    """Where approximate indexes of one space and version are cached."""
+    return paths.memory / "index" / space / model_version
+
+
+def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, options):
+    """``[(score, shard, row)]`` best first, at most ``fetch`` of them."""
+    blocks = []
+    start = 0
+    for shard, mask in zip(shards, masks):
+        blocks.append(Block(start, open_shard(paths, shard), mask))
+        start += shard.rows
+    allowed_rows = sum(int(m.sum()) if m is not None else s.rows for s, m in zip(shards, masks))
+    total_rows = sum(s.rows for s in all_shards)
+    use_faiss = (options.index != "exact" and total_rows >= options.faiss_threshold
+                 and allowed_rows >= options.faiss_threshold)
+    if not use_faiss:
+        scores, ids = exact_topk(blocks, query, fetch)
+        located = [_locate(shards, blocks, int(i)) for i in ids]
+        return [(float(s), sh, r) for s, (sh, r) in zip(scores, located)]
+
+    # FAISS: ids are positions in the concatenation of *all* the version's shards, so one
+    # index serves every date range; the date range and the filters become a bitmap.
+    all_blocks, pos = [], 0
+    for shard in all_shards:
+        all_blocks.append(Block(pos, open_shard(paths, shard)))
+        pos += shard.rows
+    built = _faiss_index(paths, space, all_shards, all_blocks, _index_kind(options),
+                         options)
+    if built == EXACT:
+        return _candidates(paths, session, space, all_shards, shards, masks, query, fetch,
+                           SearchOptions(index="exact"))
+    allowed = None
+    if allowed_rows < total_rows:
+        allowed = np.zeros(total_rows, bool)
+        chosen = {s.path: m for s, m in zip(shards, masks)}
+        for shard, block in zip(all_shards, all_blocks):
+            if shard.path in chosen:
+                m = chosen[shard.path]
+                allowed[block.offset:block.offset + shard.rows] = True if m is None else m
+    param = built.param
+    if allowed is not None and built.kind == "ivf":
+        # Fewer allowed rows per list: probe proportionally more lists to keep recall.
+        built.param = min(built.index.nlist, math.ceil(param * total_rows / allowed_rows))
+    try:
+        scores, ids = built.search(query[None], fetch, allowed)
+    finally:
+        built.param = param
+    out = []
+    for s, i in zip(scores[0], ids[0]):
+        if i >= 0:
+            shard, row = _locate(all_shards, all_blocks, int(i))
+            out.append((float(s), shard, row))
+    return out
+
+
+def _locate(shards: list[Shard], blocks: list[Block], gid: int) -> tuple[Shard, int]:
+    for shard, block in zip(shards, blocks):
+        if block.offset <= gid < block.offset + shard.rows:
+            return shard, gid - block.offset
+    raise IndexError(gid)
+
+
+def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) -> list[Hit]:
+    if not cands:
+        return []
+    keys = [(shard.id, row) for _, shard, row in cands]
+    found = {}
+    for r in session.execute(
+            select(ShardRow.shard_id, ShardRow.row, ShardRow.clip_id, ShardRow.modality,
+                   Clip.date, Clip.wall_start, Clip.start_s, Clip.end_s, Source.path, Frame.path)
+            .join(Clip, Clip.id == ShardRow.clip_id).join(Source, Source.id == Clip.source_id)
+            .outerjoin(Frame, Frame.id == ShardRow.frame_id)
+            .where(tuple_(ShardRow.shard_id, ShardRow.row).in_(keys))):
+        found[(r[0], r[1])] = r
+    clip_ids = {r[2] for r in found.values() if r[9] is None}
+    middle_frames = _middle_frames(session, clip_ids) if clip_ids else {}
+    hits = []
+    for (score, shard, row), key in zip(cands, keys):
+        r = found.get(key)
+        if r is None or r[2] in exclude:
+            continue
+        hits.append(Hit(clip_id=r[2], score=round(score, 6), space=space.name,
+                        model_version=space.model_version, modality=r[3], date=r[4],
+                        wall_start=r[5].isoformat() if r[5] else None, source_path=r[8],
+                        start_s=r[6], end_s=r[7], frame_path=r[9] or middle_frames.get(r[2])))
+    return hits
+
+
+def _middle_frames(session: Session, clip_ids: set[int]) -> dict[int, str]:
+    """For each clip, the path of its frame nearest the clip's middle."""
+    best: dict[int, tuple[float, str]] = {}
+    for clip_id, t_s, path, start_s, end_s in session.execute(
+            select(Frame.clip_id, Frame.t_s, Frame.path, Clip.start_s, Clip.end_s)
+            .join(Clip, Clip.id == Frame.clip_id).where(Frame.clip_id.in_(clip_ids))):
+        gap = abs(t_s - (start_s + end_s) / 2)
+        if clip_id not in best or gap < best[clip_id][0]:
+            best[clip_id] = (gap, path)
+    return {c: p for c, (_, p) in best.items()}
+
+
+def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk: int = 10,
+           model_version: str | None = None, date_from: str | None = None,
+           date_to: str | None = None, modality: str | None = None, source: str | None = None,
+           exclude_clip_ids: tuple[int, ...] = (), options=None) -> list[Hit]:
+    """Cosine top-k in one space and model version.
+
+    Args:
+        engine: the memory database.
+        paths: the root's layout.
+        space: ``"vision"``, ``"audio"`` or ``"shared"``.
+        query: ``(D,)`` vector (normalised here).
+        topk: how many hits.
+        model_version: ``None`` means the space's latest version.
+        date_from: first date included, ``YYYY-MM-DD``.
+        date_to: last date included.
+        modality: only rows from this sense (``"vision"``/``"audio"``).
+        source: only clips whose source path (relative to the root) contains this text.
+        exclude_clip_ids: clips never returned (the query's own clip).
+        options: ``memory.search`` config (:class:`SearchOptions` fields); default settings
+            when ``None``.
+    Returns:
+        up to ``topk`` :class:`Hit`, best first; empty when the space holds nothing.
+    Raises:
+        ValueError: a query that is not a finite non-zero vector of the space's dimension.
+    """
+    from .store import latest_version
+
+    options = options or SearchOptions()
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(query))
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError("the query vector is zero or not finite")
+    query = query / norm
+    model_version = model_version or latest_version(engine, space)
+    if model_version is None or topk <= 0:
+        return []
+    exclude = set(exclude_clip_ids)
+    for attempt in range(3):
+        with Session(engine) as session:
+            sp = session.scalars(select(EmbeddingSpace).where(
+                EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version)).first()
+            if sp is None:
+                return []
+            if sp.dim != len(query):
+                raise ValueError(f"query has {len(query)} dimensions; space {space} "
+                                 f"({model_version}) has {sp.dim}")
+            all_shards = complete_shards(session, sp.id)
+            shards = [s for s in all_shards if (not date_from or s.date >= date_from)
+                      and (not date_to or s.date <= date_to)]
+            if not shards:
+                return []
+            try:
+                masks = _masks(session, shards, modality, source)
+                fetch = topk + len(exclude)
+                while True:
+                    cands = _candidates(paths, session, sp, all_shards, shards, masks, query,
+                                        fetch, options)
+                    hits = _resolve(session, sp, cands, exclude)
+                    if len(hits) >= topk or len(cands) < fetch:
+                        return hits[:topk]
+                    fetch *= 2  # rows vanished under us: look further down the list
+            except FileNotFoundError as exc:
+                # A shard was replaced or forgotten between reading the list and the file.
+                log.debug("shard went away (%s); reading the list again", exc)
+                if attempt == 2:
+                    raise
+    return []
+
+
+def clip_vector(engine: Engine, paths: Paths, space: str, clip_id: int,
+                model_version: str | None = None) -> tuple[str, np.ndarray] | None:
+    """The stored vector of a clip (its vision row first, in a shared space), for query by clip.
+
+    Returns:
+        ``(model_version, vector)``, or ``None`` when the clip has no vector there.
+    """
+    from .store import latest_version
+
+    model_version = model_version or latest_version(engine, space)
+    if model_version is None:
+        return None
+    with Session(engine) as session:
+        found = session.execute(
+            select(Shard, ShardRow.row).join(ShardRow, ShardRow.shard_id == Shard.id)
+            .join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
+            .where(EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version,
+                   Shard.complete.is_(True), ShardRow.clip_id == clip_id)
+            .order_by(ShardRow.modality.desc())).first()  # "vision" sorts after "audio"
+    if found is None:
+        return None
+    shard, row = found
+    return model_version, np.asarray(open_shard(paths, shard)[row], dtype=np.float32)
