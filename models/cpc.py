@@ -137,7 +137,9 @@ def info_nce(context: torch.Tensor, encoded: torch.Tensor, predictors: nn.Module
     target = torch.zeros(K * B * W, dtype=torch.long, device=logits.device)         # the positive is 0
     loss_per_step = F.cross_entropy(logits.reshape(-1, 1 + n_negatives), target,
                                     reduction="none").view(K, B * W).mean(1)
-    accuracy = (logits.argmax(-1) == 0).float().mean(1)
+    # Strictly above every negative: a collapsed encoder (all ties) scores 0, not 1 as an
+    # argmax that favours index 0 (CPC_audio's) would report.
+    accuracy = (logits[..., 0] > logits[..., 1:].max(-1).values).float().mean(1)
     return CpcOutput(loss_per_step.mean(), loss_per_step.detach(), accuracy.detach())
 
 
