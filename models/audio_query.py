@@ -49,7 +49,7 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         reason = lines[-1] if lines else f"ffmpeg exit code {proc.returncode}"
-        if "matches no streams" in reason:
+        if "matches no streams" in proc.stderr.decode(errors="replace"):
             reason = "it has no audio stream"
         raise UsageError(f"--audio {path}: cannot decode ({reason})")
     wave = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)

@@ -19,9 +19,9 @@ SCENES = [
     ("testsrc=size=64x48:rate=4", "sine=frequency=300:sample_rate=16000"),
     ("smptebars=size=64x48:rate=4", "sine=frequency=1500:sample_rate=16000"),
     ("rgbtestsrc=size=64x48:rate=4", "sine=frequency=4000:sample_rate=16000"),
-    ("color=c=red:size=64x48:rate=4", "anoisesrc=color=white:sample_rate=16000:amplitude=0.3"),
-    ("color=c=blue:size=64x48:rate=4", "anoisesrc=color=pink:sample_rate=16000:amplitude=0.5"),
-    ("mandelbrot=size=64x48:rate=4", "anoisesrc=color=brown:sample_rate=16000:amplitude=0.8"),
+    ("color=c=red:size=64x48:rate=4", "anoisesrc=color=white:sample_rate=16000:amplitude=0.3:seed=1"),
+    ("color=c=blue:size=64x48:rate=4", "anoisesrc=color=pink:sample_rate=16000:amplitude=0.5:seed=2"),
+    ("mandelbrot=size=64x48:rate=4", "anoisesrc=color=brown:sample_rate=16000:amplitude=0.8:seed=3"),
     ("color=c=yellow:size=64x48:rate=4", "aevalsrc='0.5*sin(2*PI*800*t)*lt(mod(t\\,0.4)\\,0.1)':s=16000"),
     ("testsrc2=size=64x48:rate=4", "aevalsrc='0.4*sin(2*PI*(200+1800*mod(t\\,1))*t)':s=16000"),
 ]
