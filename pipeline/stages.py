@@ -73,7 +73,12 @@ class Stage:
         return _resolve(self.report) if self.report else None
 
 
-STAGES: list[Stage] = []
+STAGES: list[Stage] = [
+    Stage("audio", "models.audio_stage:run", ("audio",), needs=("ingest",),
+          report="models.audio_report:render_cpc", description="Audio (CPC)"),
+    Stage("align", "models.align_stage:run", ("audio",), needs=("vision", "audio"),
+          report="models.audio_report:render_align", description="Audio-visual alignment"),
+]
 
 
 def stage_names(stages: list[Stage] | None = None) -> list[str]:

@@ -282,3 +282,21 @@ def test_night_end_to_end(root, tiny_cfg, scenes):
     outcome = run_night(DAY1, cfg, Paths.at(root), only=["ingest", "vision", "audio", "align"])
     assert outcome.states["audio"] == "done", outcome.errors
     assert outcome.states["align"] == "done", outcome.errors
+
+
+def test_report_sections_show_the_figures_beside_chance(night1):
+    from models.audio_report import render_align, render_cpc
+    from report.build import ReportContext
+
+    summary: dict = {"metrics": {}}
+    for name in ("audio", "align"):
+        result = dict(getattr(night1, name))
+        summary["metrics"][name] = result.pop("metrics")
+        summary[name] = result
+    ctx = ReportContext(DAY1, night1.cfg, night1.night.paths)
+    cpc_html = render_cpc(summary, ctx)
+    assert "chance accuracy" in cpc_html and "<svg" in cpc_html and "cpc@2026-01-14" in cpc_html
+    align_html = render_align(summary, ctx)
+    a2v = summary["metrics"]["align"]["audio_to_video"]
+    assert f"{a2v['recall@1']:.2f} ({a2v['chance']['recall@1']:.2f})" in align_html
+    assert render_cpc({"metrics": {}}, ctx) is None
