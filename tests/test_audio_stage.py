@@ -283,6 +283,20 @@ def test_night_end_to_end(root, tiny_cfg, scenes):
     assert outcome.states["audio"] == "done", outcome.errors
     assert outcome.states["align"] == "done", outcome.errors
 
+    from memory.db import open_database as open_db
+    from memory.store import search
+    from models.audio_query import encode_audio_file
+
+    paths = Paths.at(root)
+    version, vector = encode_audio_file(raw / "scene0.mp4", cfg, paths, "cpu")
+    engine = open_db(paths.database)
+    hits = search(engine, paths, space="audio", query=vector, topk=100)
+    assert hits and all(h.model_version == version for h in hits)
+    assert not any(h.source_path.endswith("silent.mp4") for h in hits)  # no audio, no vector
+    shared = search(engine, paths, space="shared", query=np.ones(cfg.audio.align.dim, np.float32), topk=100,
+                    modality="vision")
+    assert any(h.source_path.endswith("silent.mp4") for h in shared)  # ... but its sight is in `shared`
+
 
 def test_report_sections_show_the_figures_beside_chance(night1):
     from models.audio_report import render_align, render_cpc
