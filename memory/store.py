@@ -214,3 +214,27 @@ def spaces(engine: Engine) -> list[str]:
             .where(Shard.complete.is_(True))))
     order = {"vision": 0, "audio": 1, "shared": 2}
     return sorted(names, key=lambda n: (order.get(n, 9), n))
+
+
+def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str,
+                 date: str) -> tuple[list[EmbeddingRow], np.ndarray]:
+    """The stored rows and vectors of one (space, model_version, date).
+
+    Returns:
+        ``(rows, vectors)``: one :class:`EmbeddingRow` per vector and a float32 ``(N, D)``
+        array (unit length, as stored); empty when that key holds nothing.
+    """
+    from .search import open_shard
+
+    with Session(engine) as session:
+        shard = session.scalars(
+            select(Shard).join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
+            .where(EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version,
+                   Shard.date == date, Shard.complete.is_(True))).first()
+        if shard is None:
+            return [], np.zeros((0, 0), np.float32)
+        meta = session.execute(select(ShardRow.row, ShardRow.clip_id, ShardRow.modality, ShardRow.frame_id)
+                               .where(ShardRow.shard_id == shard.id).order_by(ShardRow.row)).all()
+        vectors = np.asarray(open_shard(paths, shard), dtype=np.float32)
+    rows = [EmbeddingRow(clip_id, modality, frame_id) for _, clip_id, modality, frame_id in meta]
+    return rows, vectors[[r for r, *_ in meta]]

@@ -124,6 +124,8 @@ class ScheduleConfig(_Section):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown time zone; use an IANA name such as Europe/Berlin") from None
         return value
+
+
 class JepaConfig(_Section):
     """I-JEPA vision encoder (models/jepa.py) and its nightly trainer (models/jepa_train.py)."""
 
@@ -193,8 +195,61 @@ class JepaConfig(_Section):
         return self
 
 
+class CpcConfig(_Section):
+    """CPC audio model (van den Oord et al. 2018; facebookresearch/CPC_audio) and its nightly training."""
+
+    sample_rate: int = Field(16000, ge=8000, le=96000, description="the model's input rate; other rates are resampled")
+    n_mels: int = Field(64, ge=8, le=256)
+    n_fft: int = Field(400, ge=64, description="STFT window in samples (25 ms at 16 kHz)")
+    hop_length: int = Field(160, ge=16, description="mel frame step in samples (10 ms at 16 kHz)")
+    encoder_channels: int = Field(256, ge=8, description="width of the convolutional encoder (z)")
+    encoder_layers: int = Field(3, ge=1, le=8)
+    encoder_stride: int = Field(2, ge=1, le=8, description="mel frames per encoded step")
+    context_hidden: int = Field(256, ge=8, description="GRU hidden size (c); the audio embedding size")
+    predict_steps: int = Field(12, ge=1, le=64, description="K future steps predicted")
+    negatives: Literal["batch", "other_sequences", "same_sequence"] = Field(
+        "batch", description="where InfoNCE negatives come from: any sequence and time step of the "
+        "batch (CPC_audio), only other sequences, or only other time steps of the same sequence")
+    n_negatives: int = Field(128, ge=1)
+    window_s: float = Field(1.28, gt=0, description="seconds per training crop")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: float = Field(4.0, gt=0, description="passes over the night's audio (today's plus replay)")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(20000, ge=1)
+    replay_ratio: float = Field(0.5, ge=0, description="earlier days' segments per segment of today")
+    replay_max_segments: int = Field(20000, ge=0)
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    embed_batch_size: int = Field(256, ge=1)
+    log_every: int = Field(20, ge=1)
+
+
+class AlignConfig(_Section):
+    """CLIP-style projection heads tying the vision and audio spaces together (open_clip ClipLoss)."""
+
+    dim: int = Field(256, ge=4, description="size of the shared space")
+    hidden: int = Field(512, ge=0, description="hidden width of each head; 0 = a linear projection")
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(30, ge=1)
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(5000, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="on weight matrices only; never on the logit scale")
+    warmup_steps: int = Field(20, ge=0)
+
+
 class ModelsConfig(_Section):
+    """The ``models:`` section: the networks trained each night."""
+
     jepa: JepaConfig = Field(default_factory=JepaConfig)
+    cpc: CpcConfig = Field(default_factory=CpcConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's clips kept out "
+                                    "of CPC and alignment training, to measure both on")
 
 
 class SleepConfig(_Section):
@@ -217,7 +272,7 @@ class SleepConfig(_Section):
             node = self
             for part in name.split("."):
                 node = getattr(node, part)
-            data[name] = node.model_dump(mode="json")
+            data[name] = node.model_dump(mode="json") if isinstance(node, BaseModel) else node
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -77,6 +77,10 @@ STAGES: list[Stage] = [
     Stage("ingest", "ingest.stage:run", ("ingest",), report="ingest.report:render", description="Ingest"),
     Stage("vision", "models.vision_stage:run", ("models.jepa",), needs=("ingest",),
           report="models.vision_report:render", description="Vision (I-JEPA)"),
+    Stage("audio", "models.audio_stage:run", ("models.cpc", "models.heldout_fraction"), needs=("ingest",),
+          report="models.audio_report:render_cpc", description="Audio (CPC)"),
+    Stage("align", "models.align_stage:run", ("models.align", "models.heldout_fraction"), needs=("vision", "audio"),
+          report="models.audio_report:render_align", description="Audio-visual alignment"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "memory.retention:run", ("memory",), description="Retention"),
 ]

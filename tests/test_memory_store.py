@@ -223,3 +223,19 @@ def test_auto_searches_exactly_where_ivf_would_scan_everything(mem):
     metas = list((paths.memory / "index").rglob("*.json"))
     assert len(metas) == 1 and '"exact"' in metas[0].read_text()
     assert not list((paths.memory / "index").rglob("*.faiss"))
+
+
+
+def test_load_vectors_returns_one_key_as_written(mem):
+    from memory.store import load_vectors
+
+    engine, paths = mem
+    ids = add_day(engine, paths, DAYS[0], 3)
+    vectors = np.array([[3, 0], [1, 1], [0, 2]], np.float32)
+    rows = [EmbeddingRow(ids[0], "vision"), EmbeddingRow(ids[1], "audio"), EmbeddingRow(ids[2], "vision")]
+    write_embeddings(engine, paths, space="shared", model_version="m@1", date=DAYS[0], rows=rows,
+                     vectors=vectors)
+    got_rows, got = load_vectors(engine, paths, space="shared", model_version="m@1", date=DAYS[0])
+    assert got_rows == rows
+    np.testing.assert_allclose(got, [[1, 0], [2 ** -0.5, 2 ** -0.5], [0, 1]], atol=1e-3)
+    assert load_vectors(engine, paths, space="shared", model_version="m@2", date=DAYS[0])[0] == []

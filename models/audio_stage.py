@@ -1,0 +1,179 @@
+"""Stage ``audio``: CPC on the day's sound, then every audio segment into the space ``audio``.
+
+The night continues last night's model (``checkpoints/cpc/``) on today's segments mixed
+with a replay of earlier days' segments still on disk, measures CPC loss and per-step
+accuracy on held-out clips, embeds every segment of the day (pooled context vectors) and
+writes them with model version ``cpc@{date}``. Clips without audio have no segment row
+and are simply absent: nothing is zero-filled.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from tqdm import tqdm
+
+from memory.schema import AudioSegment, Clip
+from pipeline.paths import Paths
+from pipeline.stages import Night
+
+from .audio_features import AudioReadError, log_mel_batches, read_wav
+from .cpc_train import (architecture_of, crop_frames, embed_features, evaluate_cpc, load_checkpoint,
+                        previous_checkpoint, save_checkpoint, train_cpc)
+
+log = logging.getLogger(__name__)
+
+MODEL = "cpc"
+SPACE = "audio"
+CURVE_POINTS = 200  # loss curve points kept in summary.json
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One clip's audio: its clip id, the WAV path relative to the root, and its date."""
+
+    clip_id: int
+    path: str
+    date: str
+
+
+def is_heldout(clip_id: int, fraction: float, seed: int) -> bool:
+    """Whether a clip is kept out of training to measure on (stable per clip and seed).
+
+    A hash of the clip id, not a draw over the day's list, so that the audio and the
+    alignment stages hold out the same clips although they see different sets.
+    """
+    digest = hashlib.blake2b(f"{seed}:{clip_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def day_segments(session, day: str) -> list[SegmentRef]:
+    """The audio segments of the day's clips, in clip order."""
+    rows = session.execute(select(AudioSegment.clip_id, AudioSegment.path, Clip.date)
+                           .join(Clip, Clip.id == AudioSegment.clip_id)
+                           .where(Clip.date == day).order_by(Clip.id)).all()
+    return [SegmentRef(*row) for row in rows]
+
+
+def earlier_segments(session, day: str) -> list[SegmentRef]:
+    """Every audio segment of the days before ``day`` (the replay pool)."""
+    rows = session.execute(select(AudioSegment.clip_id, AudioSegment.path, Clip.date)
+                           .join(Clip, Clip.id == AudioSegment.clip_id)
+                           .where(Clip.date < day).order_by(Clip.id)).all()
+    return [SegmentRef(*row) for row in rows]
+
+
+def pick_replay(pool: list[SegmentRef], count: int, seed: int) -> list[SegmentRef]:
+    """A seeded random choice of ``count`` earlier segments (all of them if fewer)."""
+    if count >= len(pool):
+        return list(pool)
+    chosen = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: str
+               ) -> tuple[list[SegmentRef], list[np.ndarray], list[dict]]:
+    """Read segments; a file that cannot be read is recorded with its reason and left out."""
+    kept, waves, skipped = [], [], []
+    for ref in tqdm(refs, desc=desc, unit="file", leave=False, disable=len(refs) < 200):
+        try:
+            waves.append(read_wav(paths.root / ref.path, sample_rate))
+        except AudioReadError as exc:
+            skipped.append({"file": ref.path, "reason": str(exc)})
+            continue
+        kept.append(ref)
+    return kept, waves, skipped
+
+
+def night_seed(night: Night) -> int:
+    return night.cfg.runtime.seed * 1_000_003 + night.date.toordinal()
+
+
+def _curve(history: list[dict]) -> list[float]:
+    stride = max(1, len(history) // CURVE_POINTS)
+    return [round(h["loss"], 5) for h in history[::stride]]
+
+
+def run(night: Night) -> dict:
+    """Train CPC on the night's audio and write the ``audio`` space.
+
+    Returns:
+        the stage result: counts, replay, resume, ``model_version``, and ``metrics``
+        (held-out CPC loss and per-step accuracy with chance, the training curve and
+        throughput).
+    """
+    from memory.store import EmbeddingRow, write_embeddings
+
+    cfg, day, paths, device = night.cfg.models.cpc, night.day, night.paths, night.device
+    fraction, seed = night.cfg.models.heldout_fraction, night_seed(night)
+    with night.Session() as session:
+        today_refs = day_segments(session, day)
+        replay_pool = earlier_segments(session, day)
+    today, today_waves, skipped = load_waves(today_refs, paths, cfg.sample_rate, desc="audio")
+    for item in skipped:
+        log.warning("audio: %s left out: %s", item["file"], item["reason"])
+    result: dict = {"segments": len(today), "skipped": skipped, "negatives": cfg.negatives,
+                    "n_negatives": cfg.n_negatives}
+    if not today:
+        log.info("audio: no audio segments on %s; nothing to train or embed", day)
+        return {**result, "note": "no audio today"}
+
+    wanted = min(cfg.replay_max_segments, round(cfg.replay_ratio * len(today)))
+    replay_refs = pick_replay(replay_pool, wanted, seed)
+    replay_refs = [r for r in replay_refs if (paths.root / r.path).is_file()]  # retention may have removed some
+    replay, replay_waves, replay_bad = load_waves(replay_refs, paths, cfg.sample_rate, desc="replay")
+    result["replay"] = {"segments": len(replay), "days": sorted({r.date for r in replay}),
+                        "pool": len(replay_pool), "unreadable": len(replay_bad)}
+
+    features = log_mel_batches(today_waves, cfg, device)
+    replay_features = log_mel_batches(replay_waves, cfg, device)
+    heldout = [is_heldout(r.clip_id, fraction, seed) for r in today]
+    train_features = [f for f, h in zip(features, heldout) if not h] + replay_features
+    eval_features = [f for f, h in zip(features, heldout) if h]
+    frames = crop_frames(cfg)
+    if not any(f.shape[1] >= frames for f in train_features):
+        log.warning("audio: no segment is as long as one %.2fs training crop; nothing trained", cfg.window_s)
+        return {**result, "note": f"no segment as long as audio.cpc.window_s={cfg.window_s}s"}
+
+    resume, resumed_from, restart_reason = None, None, None
+    previous = previous_checkpoint(paths, MODEL, night.date)
+    if previous is not None:
+        checkpoint = load_checkpoint(previous)  # a damaged checkpoint stops the stage
+        if architecture_of(checkpoint["config"]) == architecture_of(cfg):
+            resume, resumed_from = checkpoint, previous.stem
+        else:
+            restart_reason = f"{previous.name} has another architecture; starting a fresh model"
+            log.warning("audio: %s", restart_reason)
+    log.info("audio: %d segments today (%d held out), %d replayed from %d earlier day(s), %s",
+             len(today), len(eval_features), len(replay), len(result["replay"]["days"]),
+             f"continuing from {resumed_from}" if resumed_from else "a fresh model")
+
+    trained = train_cpc(train_features, cfg, device, seed=seed, resume=resume)
+    evaluation = evaluate_cpc(trained.model, eval_features, cfg, device, seed=seed)
+    evaluated_on = "held-out clips"
+    if evaluation is None:
+        evaluation = evaluate_cpc(trained.model, features, cfg, device, seed=seed)
+        evaluated_on = "all of today's clips (too few held out)"
+
+    vectors, kept = embed_features(trained.model, features, cfg, device)
+    version = f"{MODEL}@{day}"
+    save_checkpoint(paths, MODEL, night.date, {
+        "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
+        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    })
+    rows = [EmbeddingRow(clip_id=today[i].clip_id, modality="audio") for i in kept]
+    write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day, rows=rows,
+                     vectors=vectors)
+    log.info("audio: wrote %d vectors to space %r as %s", len(rows), SPACE, version)
+    return {**result, "model_version": version, "embedded": len(rows), "heldout_segments": len(eval_features),
+            "resumed_from": resumed_from, "restart_reason": restart_reason, "steps": trained.steps,
+            "global_step": trained.step,
+            "metrics": {**(evaluation or {}), "evaluated_on": evaluated_on if evaluation else None,
+                        "train_loss_curve": _curve(trained.history), "train_seconds": round(trained.seconds, 2),
+                        "audio_seconds_per_second": round(trained.audio_per_second, 1)}}

@@ -1,0 +1,316 @@
+"""The audio and align stages over a night's database rows, and the query encoders.
+
+Until the memory helper's ``memory/store.py`` is merged, these tests put a small in-memory
+store with the contract's functions in its place (``RecordingStore``); with the real
+store present, ``test_night_end_to_end`` also runs the whole night through ingest and
+vision.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import soundfile
+
+from audio_scenes import RATE, SCENES, clips_of, make_scene, pixel_features
+from conftest import make_media
+from memory.db import make_sessionmaker, open_database
+from memory.schema import AudioSegment, Clip, Source
+from pipeline.errors import UsageError
+from pipeline.paths import Paths
+from pipeline.stages import Night
+
+DAY1, DAY2 = dt.date(2026, 1, 14), dt.date(2026, 1, 15)
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    clip_id: int
+    modality: str
+    frame_id: int | None = None
+
+
+class RecordingStore(types.ModuleType):
+    """The memory store's contract (write_embeddings, latest_version, load_vectors), in memory."""
+
+    def __init__(self):
+        super().__init__("memory.store")
+        self.EmbeddingRow = EmbeddingRow
+        self.shards: dict[tuple[str, str, str], tuple[list, np.ndarray]] = {}
+
+    def write_embeddings(self, engine, paths, *, space, model_version, date, rows, vectors):
+        assert len(rows) == len(vectors) and vectors.ndim == 2 and np.isfinite(vectors).all()
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self.shards[(space, model_version, date)] = (list(rows), unit.astype(np.float32))
+
+    def latest_version(self, engine, space):
+        keys = sorted((date, version) for s, version, date in self.shards if s == space)
+        return keys[-1][1] if keys else None
+
+    def load_vectors(self, engine, paths, *, space, model_version, date):
+        rows, vectors = self.shards.get((space, model_version, date), ([], np.zeros((0, 1), np.float32)))
+        return rows, vectors
+
+
+@pytest.fixture
+def store(monkeypatch):
+    fake = RecordingStore()
+    monkeypatch.setitem(sys.modules, "memory.store", fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [make_scene(i, 12) for i in range(len(SCENES))]
+
+
+def add_day(paths: Paths, Session, day: dt.date, scenes, *, silent_video: bool = True) -> dict[int, dict]:
+    """Rows and files as ingest writes them: one source per scene (four 3 s clips, each with
+    its 16 kHz WAV segment), plus a video without audio (clips, no segments)."""
+    clips: dict[int, dict] = {}
+    seg_dir = paths.audio_segments(day)
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    with Session() as session:
+        for scene in scenes:
+            source = Source(date=day.isoformat(), path=f"data/raw/{day}/scene{scene.index}.mp4",
+                            content_hash=f"{day}-{scene.index}", size_bytes=1, has_video=True, has_audio=True)
+            session.add(source)
+            session.flush()
+            for j, (wave, frames) in enumerate(clips_of(scene)):
+                clip = Clip(source_id=source.id, date=day.isoformat(), index=j, start_s=3.0 * j, end_s=3.0 * j + 3)
+                session.add(clip)
+                session.flush()
+                wav = seg_dir / f"scene{scene.index}_{j:04d}.wav"
+                soundfile.write(wav, wave, RATE, subtype="PCM_16")
+                session.add(AudioSegment(clip_id=clip.id, path=str(wav.relative_to(paths.root)),
+                                         seconds=3.0, sample_rate=RATE))
+                clips[clip.id] = {"scene": scene.index, "audio": True, "vision": pixel_features(frames)}
+        if silent_video:
+            source = Source(date=day.isoformat(), path=f"data/raw/{day}/silent.mp4", content_hash=f"{day}-silent",
+                            size_bytes=1, has_video=True, has_audio=False)
+            session.add(source)
+            session.flush()
+            for j in range(3):
+                clip = Clip(source_id=source.id, date=day.isoformat(), index=j, start_s=3.0 * j, end_s=3.0 * j + 3)
+                session.add(clip)
+                session.flush()
+                clips[clip.id] = {"scene": None, "audio": False, "vision": np.full(576, 0.5, np.float32)}
+        session.commit()
+    return clips
+
+
+def make_night(root, cfg, day: dt.date) -> Night:
+    paths = Paths.at(root)
+    engine = open_database(paths.database)
+    return Night(day, cfg, paths, engine, make_sessionmaker(engine), "cpu", logging.getLogger("test"))
+
+
+def with_audio(cfg, **changes):
+    """``cfg`` with some ``models`` keys changed (``cpc__min_steps=5`` reaches into sub-sections)."""
+    audio = cfg.models
+    for key, value in changes.items():
+        if "__" in key:
+            section, field = key.split("__")
+            audio = audio.model_copy(update={section: getattr(audio, section).model_copy(update={field: value})})
+        else:
+            audio = audio.model_copy(update={key: value})
+    return cfg.model_copy(update={"models": audio})
+
+
+@pytest.fixture(scope="module")
+def night1(tmp_path_factory, scenes):
+    """One night over all eight scenes plus a silent video: the audio stage, then align.
+
+    The vision space is filled by the test with its pixel stand-in for the vision model
+    (see test_align.py). A quarter of the clips is held out so that several are measured.
+    """
+    from models import align_stage, audio_stage
+    from pipeline.config import CONFIG_DIR, load_config
+
+    cfg = with_audio(load_config(CONFIG_DIR / "tiny.yaml"), heldout_fraction=0.25)
+    root = tmp_path_factory.mktemp("night1")
+    with pytest.MonkeyPatch.context() as mp:
+        store = RecordingStore()
+        mp.setitem(sys.modules, "memory.store", store)
+        night = make_night(root, cfg, DAY1)
+        clips = add_day(night.paths, night.Session, DAY1, scenes)
+        ids = sorted(clips)
+        store.write_embeddings(None, None, space="vision", model_version="jepa@2026-01-14", date="2026-01-14",
+                               rows=[EmbeddingRow(c, "vision") for c in ids],
+                               vectors=np.stack([clips[c]["vision"] for c in ids]))
+        night.results["audio"] = audio_stage.run(night)
+        night.results["align"] = align_stage.run(night)
+    return types.SimpleNamespace(night=night, cfg=cfg, root=root, clips=clips, store=store,
+                                 audio=night.results["audio"], align=night.results["align"])
+
+
+def test_audio_stage_embeds_every_clip_with_audio_and_no_other(night1):
+    rows, vectors = night1.store.shards[("audio", "cpc@2026-01-14", "2026-01-14")]
+    with_sound = sorted(c for c, info in night1.clips.items() if info["audio"])
+    assert sorted(r.clip_id for r in rows) == with_sound  # the silent video's clips are absent
+    assert {r.modality for r in rows} == {"audio"}
+    assert vectors.shape == (32, night1.cfg.models.cpc.context_hidden)
+    result = night1.audio
+    assert result["segments"] == 32 and result["skipped"] == [] and result["resumed_from"] is None
+    metrics = result["metrics"]
+    assert len(metrics["accuracy_per_step"]) == night1.cfg.models.cpc.predict_steps
+    assert metrics["evaluated_on"] == "held-out clips" and metrics["loss"] < metrics["chance_loss"]
+    assert (night1.root / "checkpoints" / "cpc" / "2026-01-14.pt").is_file()
+    assert (night1.root / "checkpoints" / "cpc" / "latest").read_text().strip() == "2026-01-14"
+
+
+def test_align_stage_writes_every_clips_senses_and_measures_recall(night1):
+    rows, vectors = night1.store.shards[("shared", "align@2026-01-14", "2026-01-14")]
+    ids = sorted(night1.clips)
+    by_modality = {m: sorted(r.clip_id for r in rows if r.modality == m) for m in ("vision", "audio")}
+    assert by_modality["vision"] == ids  # the silent video's clips have a vision row ...
+    assert by_modality["audio"] == sorted(c for c in ids if night1.clips[c]["audio"])  # ... and no audio row
+    assert vectors.shape[1] == night1.cfg.models.align.dim
+    result = night1.align
+    assert result["pairs"] == 32 and result["heldout_pairs"] >= 2
+    a2v = result["metrics"]["audio_to_video"]
+    assert {"recall@1", "recall@5", "recall@10", "median_rank", "chance"} <= set(a2v)
+    assert a2v["recall@1"] > a2v["chance"]["recall@1"]
+
+
+def test_a_day_with_only_silent_video_writes_nothing_and_does_not_fail(store, root, tiny_cfg, scenes):
+    from models import audio_stage
+
+    night = make_night(root, tiny_cfg, DAY1)
+    add_day(night.paths, night.Session, DAY1, [])
+    result = audio_stage.run(night)
+    assert result["segments"] == 0 and "note" in result
+    assert store.shards == {}
+
+
+def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(store, root, tiny_cfg, scenes):
+    from models import audio_stage
+
+    cfg = with_audio(tiny_cfg, cpc__min_steps=4, cpc__max_steps=4)
+    first = make_night(root, cfg, DAY1)
+    add_day(first.paths, first.Session, DAY1, scenes[:2])
+    audio_stage.run(first)
+    second = make_night(root, cfg, DAY2)
+    add_day(second.paths, second.Session, DAY2, scenes[2:4])
+    broken = sorted(second.paths.audio_segments(DAY2).glob("*.wav"))[0]
+    broken.write_bytes(b"not a wav")
+    result = audio_stage.run(second)
+    assert [s["file"] for s in result["skipped"]] == [str(broken.relative_to(root))]
+    assert result["embedded"] == 7
+    assert result["resumed_from"] == "2026-01-14" and result["global_step"] == 8
+    assert result["replay"]["days"] == ["2026-01-14"] and result["replay"]["segments"] == 4  # 0.5 x 7, rounded
+    # Running the second night again starts from the first night's model again.
+    again = audio_stage.run(second)
+    assert again["resumed_from"] == "2026-01-14" and again["global_step"] == 8
+
+
+def test_query_by_sound_finds_the_scene_it_came_from(night1, tmp_path):
+    """A new FFmpeg-made mp4 of each scene's sound; its nearest stored moment by cosine."""
+    from models.audio_query import encode_audio_file
+
+    rows, stored = night1.store.shards[("audio", "cpc@2026-01-14", "2026-01-14")]
+    hits = 0
+    for i, (video, audio) in enumerate(SCENES):
+        media = make_media(tmp_path / f"q{i}.mp4", seconds=3, video=video, audio=audio)
+        version, vector = encode_audio_file(media, night1.cfg, night1.night.paths, "cpu")
+        assert version == "cpc@2026-01-14" and np.linalg.norm(vector) == pytest.approx(1, abs=1e-5)
+        hits += night1.clips[rows[int(np.argmax(stored @ vector))].clip_id]["scene"] == i
+    assert hits >= 6, f"{hits} of 8 sound queries found their own scene"
+
+
+def test_query_of_a_file_without_audio_is_a_usage_error(night1, tmp_path):
+    from models.audio_query import encode_audio_file
+
+    silent = make_media(tmp_path / "silent.mp4", seconds=2, audio=None)
+    with pytest.raises(UsageError, match="no audio stream"):
+        encode_audio_file(silent, night1.cfg, night1.night.paths, "cpu")
+
+
+def test_queries_before_any_night_are_usage_errors(root, tiny_cfg, tmp_path):
+    from models.align_query import to_shared
+    from models.audio_query import encode_audio_file
+
+    media = make_media(tmp_path / "a.wav", seconds=1, video=None)
+    with pytest.raises(UsageError, match="no CPC checkpoint"):
+        encode_audio_file(media, tiny_cfg, Paths.at(root), "cpu")
+    with pytest.raises(UsageError, match="no alignment checkpoint"):
+        to_shared(np.ones(4), "vision", tiny_cfg, Paths.at(root), "cpu")
+
+
+def test_an_image_finds_moments_that_sound_like_it_looks(night1, scenes):
+    """``query --image --space shared --modality audio``: a scene's picture -> its sound.
+
+    The picture's vector is the test's pixel stand-in for the vision model (see
+    test_align.py); it goes through ``to_shared`` and is compared with the stored
+    shared-space audio rows.
+    """
+    from models.align_query import to_shared
+
+    rows, shared = night1.store.shards[("shared", "align@2026-01-14", "2026-01-14")]
+    audio_rows = [i for i, r in enumerate(rows) if r.modality == "audio"]
+    hits = 0
+    for scene in scenes:
+        version, vector = to_shared(pixel_features(scene.frames[:3]), "vision", night1.cfg, night1.night.paths, "cpu")
+        assert version == "align@2026-01-14"
+        best = audio_rows[int(np.argmax(shared[audio_rows] @ vector))]
+        hits += night1.clips[rows[best].clip_id]["scene"] == scene.index
+    assert hits >= 6, f"{hits} of 8 pictures found a clip of their own sound"
+    with pytest.raises(UsageError, match="does not fit"):
+        to_shared(np.ones(7), "vision", night1.cfg, night1.night.paths, "cpu")
+
+
+def test_night_end_to_end(root, tiny_cfg, scenes):
+    """Ingest, vision, audio and align through the runner, once all are merged."""
+    pytest.importorskip("memory.store")
+    pytest.importorskip("ingest.stage")
+    from pipeline.runner import run_night
+    from pipeline.stages import STAGES
+
+    names = {s.name for s in STAGES}
+    if not {"ingest", "vision", "audio", "align"} <= names:
+        pytest.skip(f"stages present: {sorted(names)}")
+    raw = root / "data" / "raw" / DAY1.isoformat()
+    for i, (video, audio) in enumerate(SCENES[:4]):
+        make_media(raw / f"scene{i}.mp4", seconds=9, video=video, audio=audio)
+    make_media(raw / "silent.mp4", seconds=6, video=SCENES[4][0], audio=None)
+    cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={"heldout_fraction": 0.3})})
+    outcome = run_night(DAY1, cfg, Paths.at(root), only=["ingest", "vision", "audio", "align"])
+    assert outcome.states["audio"] == "done", outcome.errors
+    assert outcome.states["align"] == "done", outcome.errors
+
+    from memory.db import open_database as open_db
+    from memory.store import search
+    from models.audio_query import encode_audio_file
+
+    paths = Paths.at(root)
+    version, vector = encode_audio_file(raw / "scene0.mp4", cfg, paths, "cpu")
+    engine = open_db(paths.database)
+    hits = search(engine, paths, space="audio", query=vector, topk=100)
+    assert hits and all(h.model_version == version for h in hits)
+    assert not any(h.source_path.endswith("silent.mp4") for h in hits)  # no audio, no vector
+    shared = search(engine, paths, space="shared", query=np.ones(cfg.models.align.dim, np.float32), topk=100,
+                    modality="vision")
+    assert any(h.source_path.endswith("silent.mp4") for h in shared)  # ... but its sight is in `shared`
+
+
+def test_report_sections_show_the_figures_beside_chance(night1):
+    from models.audio_report import render_align, render_cpc
+    from report.build import ReportContext
+
+    summary: dict = {"metrics": {}}
+    for name in ("audio", "align"):
+        result = dict(getattr(night1, name))
+        summary["metrics"][name] = result.pop("metrics")
+        summary[name] = result
+    ctx = ReportContext(DAY1, night1.cfg, night1.night.paths)
+    cpc_html = render_cpc(summary, ctx)
+    assert "chance accuracy" in cpc_html and "<svg" in cpc_html and "cpc@2026-01-14" in cpc_html
+    align_html = render_align(summary, ctx)
+    a2v = summary["metrics"]["align"]["audio_to_video"]
+    assert f"{a2v['recall@1']:.2f} ({a2v['chance']['recall@1']:.2f})" in align_html
+    assert render_cpc({"metrics": {}}, ctx) is None
