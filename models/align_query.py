@@ -10,7 +10,7 @@ from pipeline.paths import Paths
 
 from .align import MODALITIES, AlignModel
 from .align_train import project
-from .cpc_train import latest_date, load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint
 
 
 def load_latest_align(paths: Paths, device: str) -> tuple[str, AlignModel]:
@@ -19,14 +19,14 @@ def load_latest_align(paths: Paths, device: str) -> tuple[str, AlignModel]:
     Raises:
         UsageError: no night has trained the alignment yet under this root.
     """
-    day = latest_date(paths, "align")
-    if day is None:
+    latest = latest_checkpoint(paths.checkpoints / "align")
+    if latest is None:
         raise UsageError(f"no alignment checkpoint yet under {paths.checkpoints / 'align'}: run a night "
                          "with both vision and audio first")
-    checkpoint = load_checkpoint(paths.checkpoints / "align" / f"{day.isoformat()}.pt")
+    checkpoint = load_checkpoint(latest, ("model", "config", "vision_dim", "audio_dim"))
     model = AlignModel(checkpoint["vision_dim"], checkpoint["audio_dim"], AlignConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
-    return checkpoint.get("model_version", f"align@{day.isoformat()}"), model.to(device).eval()
+    return checkpoint.get("model_version", f"align@{latest.stem}"), model.to(device).eval()
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from pipeline.stages import Night
 
 from .align_train import evaluate_alignment, project, train_alignment
 from .audio_stage import is_heldout, night_seed
-from .cpc_train import load_checkpoint, previous_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def run(night: Night) -> dict:
         return {**result, "note": "fewer than two clips with both vision and audio to train on"}
 
     resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths, MODEL, night.date)
+    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
     if previous is not None:
         checkpoint = load_checkpoint(previous)
         shape = (checkpoint["vision_dim"], checkpoint["audio_dim"], checkpoint["config"]["dim"],
@@ -109,7 +109,7 @@ def run(night: Night) -> dict:
         metrics["note"] = "fewer than two held-out pairs: retrieval not measured tonight"
 
     version = f"{MODEL}@{day}"
-    save_checkpoint(paths, MODEL, night.date, {
+    save_checkpoint(paths.checkpoints / MODEL, night.date, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
         "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
         "vision_dim": int(v.shape[1]), "audio_dim": int(a.shape[1]),

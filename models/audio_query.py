@@ -21,7 +21,8 @@ from pipeline.paths import Paths
 
 from .audio_features import log_mel_batches
 from .cpc import CpcModel
-from .cpc_train import embed_features, latest_date, load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .cpc_train import embed_features
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,14 @@ def load_latest_cpc(paths: Paths, device: str) -> tuple[str, CpcModel]:
     Raises:
         UsageError: no night has trained CPC yet under this root.
     """
-    day = latest_date(paths, "cpc")
-    if day is None:
+    latest = latest_checkpoint(paths.checkpoints / "cpc")
+    if latest is None:
         raise UsageError(f"no CPC checkpoint yet under {paths.checkpoints / 'cpc'}: run a night with audio first")
-    checkpoint = load_checkpoint(paths.checkpoints / "cpc" / f"{day.isoformat()}.pt")
+    checkpoint = load_checkpoint(latest, ("model", "config"))
     model = CpcModel(CpcConfig(**checkpoint["config"])).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
-    return checkpoint.get("model_version", f"cpc@{day.isoformat()}"), model
+    return checkpoint.get("model_version", f"cpc@{latest.stem}"), model
 
 
 @torch.no_grad()

@@ -10,35 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import select
 from tqdm import tqdm
 
-from memory.schema import AudioSegment, Clip
+from memory.media import SegmentRef, day_segments, earlier_segments
 from pipeline.paths import Paths
 from pipeline.stages import Night
 
 from .audio_features import AudioReadError, log_mel_batches, read_wav
-from .cpc_train import (architecture_of, crop_frames, embed_features, evaluate_cpc, load_checkpoint,
-                        previous_checkpoint, save_checkpoint, train_cpc)
+from .checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
+from .cpc_train import architecture_of, crop_frames, embed_features, evaluate_cpc, train_cpc
 
 log = logging.getLogger(__name__)
 
 MODEL = "cpc"
 SPACE = "audio"
 CURVE_POINTS = 200  # loss curve points kept in summary.json
-
-
-@dataclass(frozen=True)
-class SegmentRef:
-    """One clip's audio: its clip id, the WAV path relative to the root, and its date."""
-
-    clip_id: int
-    path: str
-    date: str
 
 
 def is_heldout(clip_id: int, fraction: float, seed: int) -> bool:
@@ -49,22 +38,6 @@ def is_heldout(clip_id: int, fraction: float, seed: int) -> bool:
     """
     digest = hashlib.blake2b(f"{seed}:{clip_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def day_segments(session, day: str) -> list[SegmentRef]:
-    """The audio segments of the day's clips, in clip order."""
-    rows = session.execute(select(AudioSegment.clip_id, AudioSegment.path, Clip.date)
-                           .join(Clip, Clip.id == AudioSegment.clip_id)
-                           .where(Clip.date == day).order_by(Clip.id)).all()
-    return [SegmentRef(*row) for row in rows]
-
-
-def earlier_segments(session, day: str) -> list[SegmentRef]:
-    """Every audio segment of the days before ``day`` (the replay pool)."""
-    rows = session.execute(select(AudioSegment.clip_id, AudioSegment.path, Clip.date)
-                           .join(Clip, Clip.id == AudioSegment.clip_id)
-                           .where(Clip.date < day).order_by(Clip.id)).all()
-    return [SegmentRef(*row) for row in rows]
 
 
 def pick_replay(pool: list[SegmentRef], count: int, seed: int) -> list[SegmentRef]:
@@ -140,7 +113,7 @@ def run(night: Night) -> dict:
         return {**result, "note": f"no segment as long as audio.cpc.window_s={cfg.window_s}s"}
 
     resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths, MODEL, night.date)
+    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
     if previous is not None:
         checkpoint = load_checkpoint(previous)  # a damaged checkpoint stops the stage
         if architecture_of(checkpoint["config"]) == architecture_of(cfg):
@@ -161,7 +134,7 @@ def run(night: Night) -> dict:
 
     vectors, kept = embed_features(trained.model, features, cfg, device)
     version = f"{MODEL}@{day}"
-    save_checkpoint(paths, MODEL, night.date, {
+    save_checkpoint(paths.checkpoints / MODEL, night.date, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
         "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
         "rng": {"torch": torch.get_rng_state(),

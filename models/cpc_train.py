@@ -6,22 +6,17 @@ Also the checkpoint I/O shared by the audio models (``checkpoints/{model}/{date}
 """
 from __future__ import annotations
 
-import datetime as dt
-import io
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import CpcConfig
 from pipeline.errors import UsageError
-from pipeline.paths import Paths
 
 from .cpc import CpcModel, chance_loss
 
@@ -30,71 +25,6 @@ log = logging.getLogger(__name__)
 # Keys whose change makes an old checkpoint's weights unusable (shapes or meaning differ).
 ARCHITECTURE_KEYS = ("sample_rate", "n_mels", "n_fft", "hop_length", "encoder_channels",
                      "encoder_layers", "encoder_stride", "context_hidden", "predict_steps")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be read: an error, never a silent restart."""
-
-
-# -- checkpoints ----------------------------------------------------------------------------
-
-def save_checkpoint(paths: Paths, model: str, date: dt.date, payload: dict) -> Path:
-    """Write ``checkpoints/{model}/{date}.pt`` atomically and point ``latest`` at it.
-
-    ``latest`` only moves forward in time, so redoing an older night does not make an
-    older model the one queries use.
-    """
-    folder = paths.checkpoints / model
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    final = atomic_write_bytes(folder / f"{date.isoformat()}.pt", buffer.getvalue())
-    current = latest_date(paths, model)
-    if current is None or current <= date:
-        atomic_write_text(folder / "latest", date.isoformat() + "\n")
-    return final
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Raises:
-        CheckpointError: the file is missing, truncated or not a checkpoint.
-    """
-    try:
-        return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def latest_date(paths: Paths, model: str) -> dt.date | None:
-    """The date ``checkpoints/{model}/latest`` names, or ``None`` before the first night."""
-    marker = paths.checkpoints / model / "latest"
-    if not marker.exists():
-        return None
-    text = marker.read_text().strip()
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise CheckpointError(f"{marker}: expected a date, found {text[:40]!r}") from None
-
-
-def previous_checkpoint(paths: Paths, model: str, before: dt.date) -> Path | None:
-    """The newest ``checkpoints/{model}/{date}.pt`` strictly before ``before``.
-
-    A night continues from the night before it, so running a night twice trains from the
-    same starting point both times.
-    """
-    folder = paths.checkpoints / model
-    best: tuple[dt.date, Path] | None = None
-    if folder.is_dir():
-        for path in folder.glob("*.pt"):
-            try:
-                day = dt.date.fromisoformat(path.stem)
-            except ValueError:
-                continue
-            if day < before and (best is None or day > best[0]):
-                best = (day, path)
-    return best[1] if best else None
 
 
 def architecture_of(cfg: CpcConfig | dict) -> dict:

@@ -12,9 +12,8 @@ import torch
 from audio_scenes import SCENES, clips_of, make_scene
 from models.audio_features import AudioReadError, log_mel_batches, read_wav
 from models.cpc import CpcModel, info_nce, negative_indices
-from models.cpc_train import (CheckpointError, evaluate_cpc, embed_features, get_lr, latest_date,
-                              load_checkpoint, previous_checkpoint, save_checkpoint, train_cpc)
-from pipeline.paths import Paths
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.cpc_train import evaluate_cpc, embed_features, get_lr, train_cpc
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +137,7 @@ def test_a_night_of_cpc_beats_chance_on_held_out_sounds(cpc_cfg, scene_clips):
 def test_training_resumes_from_the_checkpoint_step(cpc_cfg, scene_clips, tmp_path):
     feats = log_mel_batches([w for _, w in scene_clips[:6]], cpc_cfg, "cpu")
     first = train_cpc(feats, cpc_cfg, "cpu", steps=2, progress=False)
-    paths = Paths.at(tmp_path)
-    path = save_checkpoint(paths, "cpc", dt.date(2026, 1, 1), {
+    path = save_checkpoint(tmp_path / "cpc", dt.date(2026, 1, 1), {
         "model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
         "step": first.step, "config": cpc_cfg.model_dump()})
     resumed = train_cpc(feats, cpc_cfg, "cpu", steps=3, resume=load_checkpoint(path), progress=False)
@@ -164,26 +162,3 @@ def test_embedding_does_not_depend_on_the_rest_of_the_batch(cpc_cfg):
     np.testing.assert_allclose(alone[0], together[0], rtol=1e-4, atol=1e-5)
 
 
-# -- checkpoints ----------------------------------------------------------------------------
-
-def test_previous_checkpoint_is_the_newest_before_the_night(tmp_path):
-    paths = Paths.at(tmp_path)
-    for day in ("2026-01-01", "2026-01-03", "2026-01-05"):
-        save_checkpoint(paths, "cpc", dt.date.fromisoformat(day), {"step": 1})
-    assert previous_checkpoint(paths, "cpc", dt.date(2026, 1, 5)).stem == "2026-01-03"
-    assert previous_checkpoint(paths, "cpc", dt.date(2026, 1, 1)) is None
-
-
-def test_latest_only_moves_forward(tmp_path):
-    paths = Paths.at(tmp_path)
-    save_checkpoint(paths, "cpc", dt.date(2026, 1, 5), {"step": 1})
-    save_checkpoint(paths, "cpc", dt.date(2026, 1, 2), {"step": 1})  # an older night redone
-    assert latest_date(paths, "cpc") == dt.date(2026, 1, 5)
-
-
-def test_a_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
-    paths = Paths.at(tmp_path)
-    path = save_checkpoint(paths, "cpc", dt.date(2026, 1, 5), {"step": 1})
-    path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(CheckpointError, match="2026-01-05.pt"):
-        load_checkpoint(path)

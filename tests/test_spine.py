@@ -4,16 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
-from memory import ledger
-from memory.db import make_sessionmaker, open_database
+from conftest import run_cli
 from pipeline.atomic import atomic_dir, atomic_write_text, sweep_tmp
 from pipeline.config import CONFIG_DIR, DEFAULT_CONFIG, SleepConfig, load_config
 from pipeline.dates import parse_date

@@ -1,0 +1,71 @@
+"""What the model stages read of a day: its frames and audio segments, and earlier days'.
+
+The stages glue ``models/`` (which never touches the database) to the memory; these are the
+queries they need, so that SQL stays in this package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .schema import AudioSegment, Clip, Frame
+
+# SQLite allows at most 999 bound parameters in older builds.
+_IN_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame: its id, its clip, and the JPEG path relative to the root."""
+
+    frame_id: int
+    clip_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One clip's audio: its clip id, the WAV path relative to the root, and its date."""
+
+    clip_id: int
+    path: str
+    date: str
+
+
+def day_frames(session: Session, date: str) -> list[FrameRef]:
+    """Every frame of the night's clips, in id order."""
+    rows = session.execute(select(Frame.id, Frame.clip_id, Frame.path).join(Clip, Frame.clip_id == Clip.id)
+                           .where(Clip.date == date).order_by(Frame.id))
+    return [FrameRef(*row) for row in rows]
+
+
+def earlier_frame_ids(session: Session, date: str) -> list[int]:
+    """Ids of every frame of the days before ``date`` (the replay pool), in id order."""
+    return list(session.scalars(select(Frame.id).join(Clip, Frame.clip_id == Clip.id)
+                                .where(Clip.date < date).order_by(Frame.id)))
+
+
+def frame_paths(session: Session, frame_ids: list[int]) -> list[str]:
+    """The JPEG paths of ``frame_ids`` (relative to the root)."""
+    paths: list[str] = []
+    for start in range(0, len(frame_ids), _IN_CHUNK):
+        paths += session.scalars(select(Frame.path).where(Frame.id.in_(frame_ids[start:start + _IN_CHUNK])))
+    return paths
+
+
+def _segments(session: Session, where) -> list[SegmentRef]:
+    rows = session.execute(select(AudioSegment.clip_id, AudioSegment.path, Clip.date)
+                           .join(Clip, Clip.id == AudioSegment.clip_id).where(where).order_by(Clip.id))
+    return [SegmentRef(*row) for row in rows]
+
+
+def day_segments(session: Session, date: str) -> list[SegmentRef]:
+    """The audio segments of the night's clips, in clip order."""
+    return _segments(session, Clip.date == date)
+
+
+def earlier_segments(session: Session, date: str) -> list[SegmentRef]:
+    """Every audio segment of the days before ``date`` (the replay pool)."""
+    return _segments(session, Clip.date < date)
