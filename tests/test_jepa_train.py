@@ -14,7 +14,7 @@ from models.jepa import build_encoder
 from models.jepa_train import CHECKPOINT_KEYS, train_night
 from models.vision_embed import embed_frames, load_target_encoder
 
-from jepa_media import make_scene_frames
+from jepa_media import RETRIEVAL_SCENES, handheld, make_scene_frames
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 
@@ -102,34 +102,53 @@ def test_changed_network_size_refuses_to_resume(two_nights, cache):
                     device="cpu", progress=False)
 
 
-@pytest.mark.slow
-def test_trained_encoder_beats_random_at_same_clip_retrieval(cache, scene_frames):
-    """The issue's acceptance check: training must add something a random encoder lacks.
+@pytest.fixture(scope="module")
+def handheld_frames(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("handheld")
+    frames = make_scene_frames(folder, scenes=RETRIEVAL_SCENES, seconds=12, fps=2, look=handheld)
+    paths = [p for scene in frames.values() for p in scene]
+    groups = np.repeat(np.arange(len(frames)), [len(v) for v in frames.values()])
+    return decode_frames(paths, 64, progress=False).images, groups
 
-    Known state (see the vision report to the lead): with the tiny config and 100 CPU
-    steps it does not pass reliably; measured (trained vs random) 0.667/0.667, 0.815/0.815,
-    0.778/0.778, 0.704/0.741, one pass, and in a variant 0.46-0.79 vs 0.71. The footage also
-    still differs between runs (the random encoder's figure moves), to be tracked down.
+
+@pytest.fixture
+def one_thread():
+    # On 2 shared cores two intra-op threads spin against each other (measured 0.4-2.4 s
+    # a step against 0.03-0.08 s with one); one thread also fixes the float sums.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_trained_encoder_beats_random_at_same_clip_retrieval(handheld_frames, one_thread, tmp_path):
+    """The issue's acceptance check: training adds what a random encoder of the same shape lacks.
+
+    Footage: nine lavfi sources, 24 grey frames each, every frame with its own seeded pan,
+    zoom, exposure and contrast (``jepa_media.handheld``), so brightness and position say
+    nothing of the source. A third of the frames are held out of training and used as
+    queries over all frames. The tiny config trained 300 steps (its nightly 60 are too few:
+    measured trained vs random 0.46-0.51 vs 0.49-0.51, no gain); the random encoder is
+    ``build_encoder`` with fresh weights, embedded and scored by the same functions.
+
+    Measured on 2 shared CPU cores, one torch thread, seeds 0-6 (trained vs random):
+    0.681/0.500, 0.653/0.500, 0.597/0.472, 0.597/0.500, 0.681/0.514, 0.681/0.514,
+    0.611/0.486 (margin 0.10-0.18); with zooms of 30-90% instead, seeds 0, 7, 8: 0.472/0.361,
+    0.556/0.417, 0.500/0.431. Without the pan and zoom training gave no margin:
+    grey exposure jitter alone 0.77-0.80 vs 0.83 (seed 0, 300 and 1000 steps), colour and
+    hue jitter 0.639/0.653, 0.667/0.611, 0.722/0.597 (seeds 0-2), clean scenes 1.0 vs 1.0.
     """
     from pipeline.config import CONFIG_DIR, load_config
 
-    cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(
-        update={"steps": 100, "pred_depth": 2, "pred_dim": 64})
-    groups = np.repeat(np.arange(len(scene_frames)), [len(v) for v in scene_frames.values()])
-    held = np.sort(np.random.default_rng(0).choice(len(groups), size=len(groups) // 7, replace=False))
+    images, groups = handheld_frames
+    cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(update={"steps": 300, "warmup_steps": 30})
+    held = np.sort(np.random.default_rng(0).choice(len(groups), size=len(groups) // 3, replace=False))
     train = torch.from_numpy(np.setdiff1d(np.arange(len(groups)), held))
-    result = train_night(cfg, cache.images[train], None, date=DAY1,
-                         checkpoint_dir=_tmp_dir(), device="cpu", progress=False)
-    trained = health.same_source_retrieval(embed_frames(result.target_encoder, cache.images), groups, held)
+    result = train_night(cfg, images[train], None, date=DAY1, checkpoint_dir=tmp_path / "jepa", device="cpu",
+                         progress=False)
+    trained = health.same_source_retrieval(embed_frames(result.target_encoder, images), groups, held)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         random_encoder = build_encoder(cfg).eval()
-    random = health.same_source_retrieval(embed_frames(random_encoder, cache.images), groups, held)
-    assert trained > random, f"same-clip retrieval: trained {trained:.3f} vs random encoder {random:.3f}"
-
-
-def _tmp_dir():
-    import tempfile
-    from pathlib import Path
-
-    return Path(tempfile.mkdtemp()) / "jepa"
+    random = health.same_source_retrieval(embed_frames(random_encoder, images), groups, held)
+    assert trained >= random + 0.05, f"same-clip retrieval: trained {trained:.3f} vs random encoder {random:.3f}"
