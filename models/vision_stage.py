@@ -13,9 +13,8 @@ import logging
 
 import numpy as np
 import torch
-from sqlalchemy import select
 
-from memory.schema import Clip, Frame
+from memory.media import day_frames, earlier_frame_ids, frame_paths
 from pipeline.stages import Night
 
 from . import health
@@ -39,10 +38,7 @@ def downsample(values: list[float], points: int = CURVE_POINTS) -> list[float]:
 
 def _day_frames(night: Night) -> list[tuple[int, int, str]]:
     with night.Session() as session:
-        rows = session.execute(
-            select(Frame.id, Frame.clip_id, Frame.path).join(Clip, Frame.clip_id == Clip.id)
-            .where(Clip.date == night.day).order_by(Frame.id)).all()
-    return [tuple(r) for r in rows]
+        return [(f.frame_id, f.clip_id, f.path) for f in day_frames(session, night.day)]
 
 
 def _replay_paths(night: Night, max_frames: int, seed: int) -> list[str]:
@@ -50,13 +46,8 @@ def _replay_paths(night: Night, max_frames: int, seed: int) -> list[str]:
     if max_frames == 0:
         return []
     with night.Session() as session:
-        ids = session.scalars(select(Frame.id).join(Clip, Frame.clip_id == Clip.id)
-                              .where(Clip.date < night.day).order_by(Frame.id)).all()
-        chosen = [ids[i] for i in sample_replay(len(ids), max_frames, seed)]
-        paths: list[str] = []
-        for start in range(0, len(chosen), 900):  # stay under SQLite's bound-parameter limit
-            paths += session.scalars(select(Frame.path).where(Frame.id.in_(chosen[start:start + 900]))).all()
-    return paths
+        ids = earlier_frame_ids(session, night.day)
+        return frame_paths(session, [ids[i] for i in sample_replay(len(ids), max_frames, seed)])
 
 
 def _heldout(n: int, share: float, seed: int) -> np.ndarray:
