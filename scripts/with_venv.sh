@@ -9,17 +9,16 @@ python="${PYTHON:-python3}"
 key="$( (cat "$here/requirements.txt"; "$python" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)"
 cache="${SLEEP_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sleep}"
 venv="$cache/venv-$key"
-if [ ! -x "$venv/bin/python" ]; then
+# A venv hard-codes its own path in its scripts, so it is built in place; the marker file
+# written last tells a finished install from an interrupted one, which is rebuilt.
+if [ ! -f "$venv/.sleep-complete" ]; then
   echo "setting up $venv (first run only; a few minutes)..." >&2
   mkdir -p "$cache"
-  partial="$venv.partial"
-  rm -rf "$partial"
-  "$python" -m venv "$partial"
-  "$partial/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$partial/bin/python" -m pip install --quiet -r "$here/requirements.txt" >&2
-  # Renamed only once complete, so an interrupted install is never taken for a finished
-  # one. Console-script shebangs keep the old name: always call `python -m tool`.
-  mv "$partial" "$venv"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt" >&2
+  touch "$venv/.sleep-complete"
 fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
