@@ -355,22 +355,25 @@ def clip_vector(engine: Engine, paths: Paths, space: str, clip_id: int,
                 model_version: str | None = None) -> tuple[str, np.ndarray] | None:
     """The stored vector of a clip (its vision row first, in a shared space), for query by clip.
 
+    Args:
+        model_version: the version to read; ``None`` takes the newest version holding the clip.
+
     Returns:
         ``(model_version, vector)``, or ``None`` when the clip has no vector there.
     """
-    from .store import latest_version
-
-    model_version = model_version or latest_version(engine, space)
-    if model_version is None:
-        return None
     with Session(engine) as session:
-        found = session.execute(
-            select(Shard, ShardRow.row).join(ShardRow, ShardRow.shard_id == Shard.id)
-            .join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
-            .where(EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version,
-                   Shard.complete.is_(True), ShardRow.clip_id == clip_id)
-            .order_by(ShardRow.modality.desc())).first()  # "vision" sorts after "audio"
+        query = (select(Shard, ShardRow.row, EmbeddingSpace.model_version)
+                 .join(ShardRow, ShardRow.shard_id == Shard.id)
+                 .join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
+                 .where(EmbeddingSpace.name == space, Shard.complete.is_(True),
+                        ShardRow.clip_id == clip_id))
+        if model_version is not None:
+            query = query.where(EmbeddingSpace.model_version == model_version)
+        # Without a version: the newest one that holds the clip (each night's encoder is a
+        # new version, so an older night's clip is searched among its own night's vectors).
+        found = session.execute(query.order_by(EmbeddingSpace.id.desc(),
+                                               ShardRow.modality.desc())).first()  # vision after audio
     if found is None:
         return None
-    shard, row = found
-    return model_version, np.asarray(open_shard(paths, shard)[row], dtype=np.float32)
+    shard, row, version = found
+    return version, np.asarray(open_shard(paths, shard)[row], dtype=np.float32)

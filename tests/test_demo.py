@@ -2,13 +2,22 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from conftest import run_cli
 
 
-def test_demo_night_ends_with_a_report_path(tmp_path):
-    result = run_cli("demo", "--root", str(tmp_path / "demo"))
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    return root, run_cli("demo", "--root", str(root))
+
+
+def test_demo_night_ends_with_a_report_path(demo):
+    _, result = demo
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("report: ")
@@ -28,3 +37,32 @@ def test_demo_refuses_a_root_it_did_not_make(tmp_path):
     result = run_cli("demo", "--root", str(tmp_path))
     assert result.returncode == 2
     assert (tmp_path / "precious.txt").exists()
+
+
+def _query(root, *args):
+    proc = run_cli("query", *args, "--root", str(root), "--json", "--config", "configs/tiny.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_demo_memory_answers_image_sound_and_cross_modal_queries(demo):
+    root, result = demo
+    assert result.returncode == 0
+    frames = sorted((root / "data" / "frames").rglob("*.jpg"))
+    # A frame of the night finds its own clip first: query by image through the trained encoder.
+    hits = _query(root, "--image", str(frames[3]), "--space", "vision", "--topk", "3")
+    frame_rel = frames[3].relative_to(root).as_posix()
+    assert hits and hits[0]["model_version"] == "jepa@2026-01-15"
+    with sqlite3.connect(root / "memory" / "episodic.sqlite") as con:
+        own_clip = con.execute("SELECT clip_id FROM frames WHERE path=?", (frame_rel,)).fetchone()[0]
+    assert hits[0]["clip_id"] == own_clip
+    # Any file FFmpeg reads is a sound query; the demo's only sound is bigbuckbunny's.
+    raw = root / "data" / "raw" / "2026-01-15"
+    sound = _query(root, "--audio", str(raw / "VID_20260115_081502.mp4"))
+    assert sound and all(h["modality"] == "audio" for h in sound)
+    assert {h["source_path"] for h in sound} == {"data/raw/2026-01-15/VID_20260115_081502.mp4"}
+    # An image finds moments that sound like it looks (shared space, audio rows only).
+    cross = _query(root, "--image", str(frames[0]), "--space", "shared", "--modality", "audio")
+    assert cross and all(h["modality"] == "audio" and h["space"] == "shared" for h in cross)
+    # And the store is consistent after the whole night.
+    assert run_cli("doctor", "--root", str(root)).returncode == 0

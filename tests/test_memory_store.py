@@ -239,3 +239,18 @@ def test_load_vectors_returns_one_key_as_written(mem):
     assert got_rows == rows
     np.testing.assert_allclose(got, [[1, 0], [2 ** -0.5, 2 ** -0.5], [0, 1]], atol=1e-3)
     assert load_vectors(engine, paths, space="shared", model_version="m@2", date=DAYS[0])[0] == []
+
+
+def test_query_by_clip_uses_the_newest_version_holding_that_clip(mem):
+    from memory.search import clip_vector
+
+    engine, paths = mem
+    old_ids = add_day(engine, paths, DAYS[0], 3)
+    new_ids = add_day(engine, paths, DAYS[1], 3)
+    for date, ids, version in ((DAYS[0], old_ids, "jepa@2026-01-10"), (DAYS[1], new_ids, "jepa@2026-01-11")):
+        write_embeddings(engine, paths, space="vision", model_version=version, date=date,
+                         rows=[EmbeddingRow(c, "vision") for c in ids], vectors=np.eye(3, 4) + 0.1)
+    # The older night's clip is only in the older version: found there, not refused.
+    assert clip_vector(engine, paths, "vision", old_ids[0])[0] == "jepa@2026-01-10"
+    assert clip_vector(engine, paths, "vision", new_ids[0])[0] == "jepa@2026-01-11"
+    assert clip_vector(engine, paths, "vision", old_ids[0], "jepa@2026-01-11") is None
