@@ -1,17 +1,13 @@
 """The audio and align stages over a night's database rows, and the query encoders.
 
-Until the memory helper's ``memory/store.py`` is merged, these tests put a small in-memory
-store with the contract's functions in its place (``RecordingStore``); with the real
-store present, ``test_night_end_to_end`` also runs the whole night through ingest and
-vision.
+The stages write to the real memory store; ``test_night_end_to_end`` also runs the whole
+night through ingest and vision.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import types
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -21,6 +17,7 @@ from audio_scenes import RATE, SCENES, clips_of, make_scene, pixel_features
 from conftest import make_media
 from memory.db import make_sessionmaker, open_database
 from memory.schema import AudioSegment, Clip, Source
+from memory.store import EmbeddingRow, load_vectors, spaces, write_embeddings
 from pipeline.errors import UsageError
 from pipeline.paths import Paths
 from pipeline.stages import Night
@@ -28,40 +25,12 @@ from pipeline.stages import Night
 DAY1, DAY2 = dt.date(2026, 1, 14), dt.date(2026, 1, 15)
 
 
-@dataclass(frozen=True)
-class EmbeddingRow:
-    clip_id: int
-    modality: str
-    frame_id: int | None = None
-
-
-class RecordingStore(types.ModuleType):
-    """The memory store's contract (write_embeddings, latest_version, load_vectors), in memory."""
-
-    def __init__(self):
-        super().__init__("memory.store")
-        self.EmbeddingRow = EmbeddingRow
-        self.shards: dict[tuple[str, str, str], tuple[list, np.ndarray]] = {}
-
-    def write_embeddings(self, engine, paths, *, space, model_version, date, rows, vectors):
-        assert len(rows) == len(vectors) and vectors.ndim == 2 and np.isfinite(vectors).all()
-        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.shards[(space, model_version, date)] = (list(rows), unit.astype(np.float32))
-
-    def latest_version(self, engine, space):
-        keys = sorted((date, version) for s, version, date in self.shards if s == space)
-        return keys[-1][1] if keys else None
-
-    def load_vectors(self, engine, paths, *, space, model_version, date):
-        rows, vectors = self.shards.get((space, model_version, date), ([], np.zeros((0, 1), np.float32)))
-        return rows, vectors
-
-
-@pytest.fixture
-def store(monkeypatch):
-    fake = RecordingStore()
-    monkeypatch.setitem(sys.modules, "memory.store", fake)
-    return fake
+def stored(night: Night, space: str, model_version: str, date: str) -> tuple[list[EmbeddingRow], np.ndarray]:
+    """What the stages wrote to the memory store for one key (KeyError when nothing)."""
+    rows, vectors = load_vectors(night.engine, night.paths, space=space, model_version=model_version, date=date)
+    if not rows:
+        raise KeyError((space, model_version, date))
+    return rows, vectors
 
 
 @pytest.fixture(scope="module")
@@ -134,23 +103,20 @@ def night1(tmp_path_factory, scenes):
 
     cfg = with_audio(load_config(CONFIG_DIR / "tiny.yaml"), heldout_fraction=0.25)
     root = tmp_path_factory.mktemp("night1")
-    with pytest.MonkeyPatch.context() as mp:
-        store = RecordingStore()
-        mp.setitem(sys.modules, "memory.store", store)
-        night = make_night(root, cfg, DAY1)
-        clips = add_day(night.paths, night.Session, DAY1, scenes)
-        ids = sorted(clips)
-        store.write_embeddings(None, None, space="vision", model_version="jepa@2026-01-14", date="2026-01-14",
-                               rows=[EmbeddingRow(c, "vision") for c in ids],
-                               vectors=np.stack([clips[c]["vision"] for c in ids]))
-        night.results["audio"] = audio_stage.run(night)
-        night.results["align"] = align_stage.run(night)
-    return types.SimpleNamespace(night=night, cfg=cfg, root=root, clips=clips, store=store,
+    night = make_night(root, cfg, DAY1)
+    clips = add_day(night.paths, night.Session, DAY1, scenes)
+    ids = sorted(clips)
+    write_embeddings(night.engine, night.paths, space="vision", model_version="jepa@2026-01-14",
+                     date="2026-01-14", rows=[EmbeddingRow(c, "vision") for c in ids],
+                     vectors=np.stack([clips[c]["vision"] for c in ids]))
+    night.results["audio"] = audio_stage.run(night)
+    night.results["align"] = align_stage.run(night)
+    return types.SimpleNamespace(night=night, cfg=cfg, root=root, clips=clips,
                                  audio=night.results["audio"], align=night.results["align"])
 
 
 def test_audio_stage_embeds_every_clip_with_audio_and_no_other(night1):
-    rows, vectors = night1.store.shards[("audio", "cpc@2026-01-14", "2026-01-14")]
+    rows, vectors = stored(night1.night, "audio", "cpc@2026-01-14", "2026-01-14")
     with_sound = sorted(c for c, info in night1.clips.items() if info["audio"])
     assert sorted(r.clip_id for r in rows) == with_sound  # the silent video's clips are absent
     assert {r.modality for r in rows} == {"audio"}
@@ -165,7 +131,7 @@ def test_audio_stage_embeds_every_clip_with_audio_and_no_other(night1):
 
 
 def test_align_stage_writes_every_clips_senses_and_measures_recall(night1):
-    rows, vectors = night1.store.shards[("shared", "align@2026-01-14", "2026-01-14")]
+    rows, vectors = stored(night1.night, "shared", "align@2026-01-14", "2026-01-14")
     ids = sorted(night1.clips)
     by_modality = {m: sorted(r.clip_id for r in rows if r.modality == m) for m in ("vision", "audio")}
     assert by_modality["vision"] == ids  # the silent video's clips have a vision row ...
@@ -178,17 +144,17 @@ def test_align_stage_writes_every_clips_senses_and_measures_recall(night1):
     assert a2v["recall@1"] > a2v["chance"]["recall@1"]
 
 
-def test_a_day_with_only_silent_video_writes_nothing_and_does_not_fail(store, root, tiny_cfg, scenes):
+def test_a_day_with_only_silent_video_writes_nothing_and_does_not_fail(root, tiny_cfg, scenes):
     from models import audio_stage
 
     night = make_night(root, tiny_cfg, DAY1)
     add_day(night.paths, night.Session, DAY1, [])
     result = audio_stage.run(night)
     assert result["segments"] == 0 and "note" in result
-    assert store.shards == {}
+    assert spaces(night.engine) == []
 
 
-def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(store, root, tiny_cfg, scenes):
+def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(root, tiny_cfg, scenes):
     from models import audio_stage
 
     cfg = with_audio(tiny_cfg, cpc__min_steps=4, cpc__max_steps=4)
@@ -213,13 +179,13 @@ def test_query_by_sound_finds_the_scene_it_came_from(night1, tmp_path):
     """A new FFmpeg-made mp4 of each scene's sound; its nearest stored moment by cosine."""
     from models.audio_query import encode_audio_file
 
-    rows, stored = night1.store.shards[("audio", "cpc@2026-01-14", "2026-01-14")]
+    rows, vectors = stored(night1.night, "audio", "cpc@2026-01-14", "2026-01-14")
     hits = 0
     for i, (video, audio) in enumerate(SCENES):
         media = make_media(tmp_path / f"q{i}.mp4", seconds=3, video=video, audio=audio)
         version, vector = encode_audio_file(media, night1.cfg, night1.night.paths, "cpu")
         assert version == "cpc@2026-01-14" and np.linalg.norm(vector) == pytest.approx(1, abs=1e-5)
-        hits += night1.clips[rows[int(np.argmax(stored @ vector))].clip_id]["scene"] == i
+        hits += night1.clips[rows[int(np.argmax(vectors @ vector))].clip_id]["scene"] == i
     assert hits >= 6, f"{hits} of 8 sound queries found their own scene"
 
 
@@ -251,7 +217,7 @@ def test_an_image_finds_moments_that_sound_like_it_looks(night1, scenes):
     """
     from models.align_query import to_shared
 
-    rows, shared = night1.store.shards[("shared", "align@2026-01-14", "2026-01-14")]
+    rows, shared = stored(night1.night, "shared", "align@2026-01-14", "2026-01-14")
     audio_rows = [i for i, r in enumerate(rows) if r.modality == "audio"]
     hits = 0
     for scene in scenes:
@@ -265,15 +231,9 @@ def test_an_image_finds_moments_that_sound_like_it_looks(night1, scenes):
 
 
 def test_night_end_to_end(root, tiny_cfg, scenes):
-    """Ingest, vision, audio and align through the runner, once all are merged."""
-    pytest.importorskip("memory.store")
-    pytest.importorskip("ingest.stage")
+    """Ingest, vision, audio and align through the runner on FFmpeg-made scenes."""
     from pipeline.runner import run_night
-    from pipeline.stages import STAGES
 
-    names = {s.name for s in STAGES}
-    if not {"ingest", "vision", "audio", "align"} <= names:
-        pytest.skip(f"stages present: {sorted(names)}")
     raw = root / "data" / "raw" / DAY1.isoformat()
     for i, (video, audio) in enumerate(SCENES[:4]):
         make_media(raw / f"scene{i}.mp4", seconds=9, video=video, audio=audio)
