@@ -12,8 +12,7 @@ from pipeline.paths import Paths
 from pipeline.stages import Night
 
 from jepa_media import SCENES, insert_day, make_scene_frames
-
-store = pytest.importorskip("memory.store")
+from memory import store
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 
