@@ -23,18 +23,6 @@ from .schema import AudioSegment, Clip, Frame, Source
 log = logging.getLogger(__name__)
 
 
-def _dates_under(paths: Paths, kind: str) -> set[dt.date]:
-    found = set()
-    base = paths.root / "data" / kind
-    if base.is_dir():
-        for child in base.iterdir():
-            try:
-                found.add(dt.date.fromisoformat(child.name))
-            except ValueError:
-                continue
-    return found
-
-
 def _expired(dates: set[dt.date], today: dt.date, keep_days: int | None) -> list[dt.date]:
     if keep_days is None:
         return []
@@ -54,9 +42,9 @@ def apply_retention(engine, paths: Paths, retention, today: dt.date) -> dict:
     """
     with Session(engine) as session:
         db_dates = {dt.date.fromisoformat(d) for d in session.scalars(select(Source.date).distinct())}
-    raw = _expired(_dates_under(paths, "raw") | db_dates, today, retention.raw_days)
-    derived_dates = (_dates_under(paths, "clips") | _dates_under(paths, "frames")
-                     | _dates_under(paths, "audio") | db_dates)
+    raw = _expired(set(paths.dates_under("raw")) | db_dates, today, retention.raw_days)
+    derived_dates = (set(paths.dates_under("clips")) | set(paths.dates_under("frames"))
+                     | set(paths.dates_under("audio")) | db_dates)
     derived = _expired(derived_dates, today, retention.derived_days)
     frames_dropped = audio_dropped = 0
     with Session(engine) as session, session.begin():

@@ -16,9 +16,7 @@ latest version cover the whole memory and the old version's shards can be forgot
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
-from pipeline.atomic import tmp_name
+from pipeline.atomic import atomic_file
 from pipeline.paths import Paths, make_private_dir
 
 from .catalog import EmbeddingSpace, Shard, ShardRow, space_of
@@ -108,24 +106,8 @@ def private_folder(paths: Paths, folder: Path) -> Path:
 
 def _write_npy(final: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary name, fsync, rename: the file is whole or absent."""
-    tmp = tmp_name(final)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    # The rename itself must survive a power cut before the database points at the file.
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(final) as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version: str, date: str,

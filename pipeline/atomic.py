@@ -9,7 +9,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 TMP_MARK = ".tmp-"
 
@@ -28,14 +28,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(final: Path, data: bytes, mode: int = 0o600) -> Path:
-    """Write ``data`` to ``final`` atomically (temp file, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_file(final: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a binary file handle; on success its contents become ``final`` atomically.
+
+    The data is fsynced before the rename and the folder after it, so ``final`` is whole
+    or absent even after a power cut. On an exception nothing is left behind.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -44,6 +49,12 @@ def atomic_write_bytes(final: Path, data: bytes, mode: int = 0o600) -> Path:
             tmp.unlink()
         raise
     _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(final: Path, data: bytes, mode: int = 0o600) -> Path:
+    """Write ``data`` to ``final`` atomically (temp file, fsync, rename)."""
+    with atomic_file(final, mode) as fh:
+        fh.write(data)
     return final
 
 

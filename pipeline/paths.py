@@ -73,8 +73,12 @@ class Paths:
 
     def raw_dates(self) -> list[dt.date]:
         """Dates that have a ``data/raw/YYYY-MM-DD`` folder, oldest first."""
+        return self.dates_under("raw")
+
+    def dates_under(self, kind: str) -> list[dt.date]:
+        """Dates that have a ``data/{kind}/YYYY-MM-DD`` folder, oldest first."""
         found = []
-        base = self.root / "data" / "raw"
+        base = self.root / "data" / kind
         if base.is_dir():
             for child in base.iterdir():
                 try:
