@@ -57,7 +57,7 @@ class RetentionConfig(_Section):
 
 class SearchConfig(_Section):
     # Exact results by default, as the memory issue asks. BENCHMARKS.md: `auto` answers a
-    # 10M-row query in 0.26 ms at recall@10 0.994 where flat takes 772 ms (and holds a
+    # 10M-row query in 0.24 ms at recall@10 0.994 where flat takes 377 ms (and holds a
     # float32 copy in RAM); `exact` (no FAISS) beat flat at every size measured.
     index: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field(
         "flat", description="exact: never FAISS; flat: exact IndexFlatIP; ivf/hnsw: approximate; "
