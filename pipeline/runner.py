@@ -127,8 +127,10 @@ def _run_stage(stage: Stage, night: Night, session, stages: list[Stage], force: 
                outcome: NightOutcome) -> None:
     day = night.day
     wanted_hash = config_hash(stage, night.cfg, stages)
-    unmet = [n for n in stage.needs if not ledger.is_done(
-        session, day, n, config_hash(next(s for s in stages if s.name == n), night.cfg, stages))]
+    by_name = {s.name: s for s in stages}
+    # A need missing from the stage list can never be done: blocked, not a crash.
+    unmet = [n for n in stage.needs if n not in by_name or not ledger.is_done(
+        session, day, n, config_hash(by_name[n], night.cfg, stages))]
     if unmet:
         outcome.states[stage.name] = "blocked"
         outcome.errors[stage.name] = f"needs {', '.join(unmet)}, not done with this config"
