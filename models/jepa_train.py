@@ -77,6 +77,8 @@ class JepaTrainer:
         # Context and target sizes change from step to step; after the first change dynamo
         # recompiles once with dynamic token counts instead of once per shape.
         self.loss_fn = torch.compile(self.model) if on_cuda and cfg.compile else self.model
+        # Why the compiled loss was given up for eager mode tonight, if it was (see _loss).
+        self.compile_fallback: str | None = None
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_dict(self, date: dt.date) -> dict:
@@ -144,14 +146,42 @@ class JepaTrainer:
             masks = masks.pin_memory()
         masks = masks.to(self.device, non_blocking=True)
 
-        with self.autocast:
-            loss = self.loss_fn(images, masks.context, masks.targets)
-        loss.backward()
+        loss = self._loss(images, masks)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.encoder, momentum)
         self.global_step += 1
         return loss.detach()
+
+
+    def _loss(self, images: torch.Tensor, masks) -> torch.Tensor:
+        """Forward and backward; a compiler failure falls back to eager mode for the night.
+
+        Inductor has shape-specialisation bugs with the changing token counts in some torch
+        releases (2.9.1 on CPU asserts a saved tensor's stride in the backward of the first
+        dynamic graph; 2.11 does not), and a night must not be lost to one. The failure
+        comes before ``optimizer.step``, so redoing the step eagerly changes nothing else.
+        """
+        try:
+            with self.autocast:
+                loss = self.loss_fn(images, masks.context, masks.targets)
+            loss.backward()
+            return loss
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # any compiler error: eager mode is the same maths
+            if self.loss_fn is self.model:
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.compile_fallback = f"step {self.global_step}: {type(exc).__name__}: {first_line}"
+            log.warning("jepa: torch.compile failed at step %d (%s: %s); continuing in eager mode",
+                        self.global_step, type(exc).__name__, first_line)
+            self.loss_fn = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast:
+                loss = self.model(images, masks.context, masks.targets)
+            loss.backward()
+            return loss
 
 
 @dataclass
@@ -166,6 +196,8 @@ class TrainResult:
     checkpoint: str
     seconds: float
     images_per_second: float  # after the first steps (compilation) are done
+    compiled: bool  # the loss ran through torch.compile to the end of the night
+    compile_fallback: str | None  # why compilation was given up mid-night, if it was
 
 
 def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | None, *,
@@ -230,7 +262,9 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
     path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date))
     target = trainer.model.target_encoder.eval()
     return TrainResult(target, [float(v) for v in losses.cpu()], steps, trainer.global_step,
-                       previous.name if previous else None, str(path), ended - started, ips)
+                       previous.name if previous else None, str(path), ended - started, ips,
+                       compiled=trainer.loss_fn is not trainer.model,
+                       compile_fallback=trainer.compile_fallback)
 
 
 def _sync(device: torch.device) -> None:

@@ -29,6 +29,7 @@ def render(summary: dict, ctx) -> str | None:
         ("steps tonight / in all", f'{m.get("steps")} / {m.get("global_step")}'),
         ("final loss", m.get("final_loss")),
         ("training speed", f'{m.get("images_per_second")} images/s'),
+        ("torch.compile", _compile_state(m)),
         ("training time", h.seconds(m.get("train_seconds"))),
         ("embedding std (unit vectors)", m.get("embedding_std")),
         ("effective rank", f'{m.get("effective_rank")} of dim {m.get("dim")} '
@@ -42,3 +43,9 @@ def render(summary: dict, ctx) -> str | None:
         parts.append(f"<p>{len(failed)} frame(s) could not be read:</p>")
         parts.append(h.table(["frame", "reason"], [(f["path"], f["reason"]) for f in failed[:50]]))
     return "".join(parts)
+
+
+def _compile_state(metrics: dict) -> str:
+    if metrics.get("compile_fallback"):
+        return f'given up for eager mode at {metrics["compile_fallback"]}'
+    return "on" if metrics.get("compiled") else "off (CPU, or models.jepa.compile: false)"

@@ -127,6 +127,8 @@ def run(night: Night) -> dict:
         "global_step": result.global_step,
         "train_seconds": round(result.seconds, 2),
         "images_per_second": round(result.images_per_second, 1),
+        "compiled": result.compiled,
+        "compile_fallback": result.compile_fallback,
         "embedding_std": round(health.embedding_std(vectors), 6),
         "effective_rank": round(rank, 2),
         "rank_floor": round(floor, 2),
