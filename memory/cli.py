@@ -30,12 +30,15 @@ def add_memory_commands(sub, add_common) -> None:
                       "(its own vector; the clip itself is left out of the results)")
     what.add_argument("--image", metavar="PATH", help="an image file (needs a trained vision model)")
     what.add_argument("--audio", metavar="PATH", help="a sound file (needs a trained audio model)")
+    what.add_argument("--neuron", metavar="N[,N...]",
+                      help="memory-trace neurons of the sparse autoencoder (space sae): the moments "
+                           "whose trace these neurons carry the largest share of")
     query.add_argument("--topk", type=int, default=10, metavar="K", help="how many results (default 10)")
     query.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day searched")
     query.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day searched")
-    query.add_argument("--space", choices=["vision", "audio", "shared"],
+    query.add_argument("--space", choices=["vision", "audio", "shared", "sae"],
                        help="embedding space (default: vision for --clip/--image when it exists, "
-                            "audio for --audio)")
+                            "audio for --audio, sae for --neuron)")
     query.add_argument("--model-version", metavar="V",
                        help="search this model version (default: the space's latest)")
     query.add_argument("--modality", choices=["vision", "audio"],
@@ -103,6 +106,9 @@ def _query_vector(args, cfg, paths: Paths, engine):
             raise UsageError(f"--clip {args.clip}: no {space} vector for that clip")
         return space, found[0], found[1], (args.clip,)
 
+    if args.neuron is not None:
+        return _neuron_vector(args, engine)
+
     from pipeline.runner import resolve_device
 
     device = resolve_device(cfg.runtime.device)
@@ -123,6 +129,32 @@ def _query_vector(args, cfg, paths: Paths, engine):
     elif space != modality:
         raise UsageError(f"--space {space}: a {flag[2:]} query searches {modality} or shared")
     return space, args.model_version or version, vector, ()
+
+
+def _neuron_vector(args, engine):
+    """The sum of the named neurons' one-hot vectors in the ``sae`` space."""
+    import numpy as np
+
+    from memory.store import latest_version, space_dim
+
+    try:
+        neurons = [int(n) for n in args.neuron.split(",") if n.strip()]
+    except ValueError:
+        raise UsageError(f"--neuron {args.neuron}: expected neuron numbers such as 12 or 12,40") from None
+    if not neurons:
+        raise UsageError("--neuron: name at least one neuron")
+    if (args.space or "sae") != "sae":
+        raise UsageError(f"--space {args.space}: neurons live in the space sae")
+    version = args.model_version or latest_version(engine, "sae")
+    dim = space_dim(engine, "sae", version) if version else None
+    if dim is None:
+        raise UsageError("--neuron: no memory traces yet (the sae stage has not run)")
+    bad = [n for n in neurons if not 0 <= n < dim]
+    if bad:
+        raise UsageError(f"--neuron {bad[0]}: {version} has neurons 0 to {dim - 1}")
+    vector = np.zeros(dim, np.float32)
+    vector[neurons] = 1.0
+    return "sae", version, vector, ()
 
 
 def run_query(args) -> list[dict]:
@@ -151,6 +183,8 @@ def run_query(args) -> list[dict]:
             raise UsageError(f"query: {exc}") from None
     finally:
         engine.dispose()
+    if args.neuron is not None:  # a moment where none of the neurons fires is no match
+        hits = [h for h in hits if h.score > 0]
     return [h.as_dict() for h in hits]
 
 
@@ -163,7 +197,7 @@ def cmd_query(args) -> int:
         print("no matches")
     for h in hits:
         when = h["wall_start"].replace("T", " ") if h["wall_start"] else h["date"]
-        print(f"{when:<19}  {h['score']:.3f}  {h['source_path']} +{h['start_s']:.1f}s  "
+        print(f"{when:<19}  {h['score']:.3f}  {h['modality']:<6}  {h['source_path']} +{h['start_s']:.1f}s  "
               f"clip {h['clip_id']}  {h['frame_path'] or '-'}")
     return 0
 

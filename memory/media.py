@@ -69,3 +69,17 @@ def day_segments(session: Session, date: str) -> list[SegmentRef]:
 def earlier_segments(session: Session, date: str) -> list[SegmentRef]:
     """Every audio segment of the days before ``date`` (the replay pool)."""
     return _segments(session, Clip.date < date)
+
+
+def middle_frames(session: Session, clip_ids) -> dict[int, str]:
+    """For each clip, the path of its frame nearest the clip's middle (clips without frames are absent)."""
+    best: dict[int, tuple[float, str]] = {}
+    ids = sorted(set(clip_ids))
+    for i in range(0, len(ids), _IN_CHUNK):
+        for clip_id, t_s, path, start_s, end_s in session.execute(
+                select(Frame.clip_id, Frame.t_s, Frame.path, Clip.start_s, Clip.end_s)
+                .join(Clip, Clip.id == Frame.clip_id).where(Frame.clip_id.in_(ids[i:i + _IN_CHUNK]))):
+            gap = abs(t_s - (start_s + end_s) / 2)
+            if clip_id not in best or gap < best[clip_id][0]:
+                best[clip_id] = (gap, path)
+    return {c: p for c, (_, p) in best.items()}

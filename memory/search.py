@@ -35,6 +35,7 @@ from pipeline.paths import Paths
 
 from .catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
 from .exact import Block, exact_topk
+from .media import middle_frames
 from .schema import Clip, Frame, Source
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) 
             .where(tuple_(ShardRow.shard_id, ShardRow.row).in_(keys))):
         found[(r[0], r[1])] = r
     clip_ids = {r[2] for r in found.values() if r[9] is None}
-    middle_frames = _middle_frames(session, clip_ids) if clip_ids else {}
+    thumbnails = middle_frames(session, clip_ids) if clip_ids else {}
     hits = []
     for (score, shard, row), key in zip(cands, keys):
         r = found.get(key)
@@ -266,20 +267,8 @@ def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) 
         hits.append(Hit(clip_id=r[2], score=round(score, 6), space=space.name,
                         model_version=space.model_version, modality=r[3], date=r[4],
                         wall_start=r[5].isoformat() if r[5] else None, source_path=r[8],
-                        start_s=r[6], end_s=r[7], frame_path=r[9] or middle_frames.get(r[2])))
+                        start_s=r[6], end_s=r[7], frame_path=r[9] or thumbnails.get(r[2])))
     return hits
-
-
-def _middle_frames(session: Session, clip_ids: set[int]) -> dict[int, str]:
-    """For each clip, the path of its frame nearest the clip's middle."""
-    best: dict[int, tuple[float, str]] = {}
-    for clip_id, t_s, path, start_s, end_s in session.execute(
-            select(Frame.clip_id, Frame.t_s, Frame.path, Clip.start_s, Clip.end_s)
-            .join(Clip, Clip.id == Frame.clip_id).where(Frame.clip_id.in_(clip_ids))):
-        gap = abs(t_s - (start_s + end_s) / 2)
-        if clip_id not in best or gap < best[clip_id][0]:
-            best[clip_id] = (gap, path)
-    return {c: p for c, (_, p) in best.items()}
 
 
 def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk: int = 10,

@@ -188,13 +188,20 @@ def latest_version(engine: Engine, space: str) -> str | None:
             .order_by(EmbeddingSpace.id.desc()).limit(1)).first()
 
 
+def space_dim(engine: Engine, space: str, model_version: str) -> int | None:
+    """The width of the vectors of one (space, model_version), or ``None`` if it holds none."""
+    with Session(engine) as session:
+        found = space_of(session, space, model_version)
+        return None if found is None else found.dim
+
+
 def spaces(engine: Engine) -> list[str]:
     """Names of the spaces that hold vectors, ``vision`` first."""
     with Session(engine) as session:
         names = set(session.scalars(
             select(EmbeddingSpace.name).join(Shard, Shard.space_id == EmbeddingSpace.id)
             .where(Shard.complete.is_(True))))
-    order = {"vision": 0, "audio": 1, "shared": 2}
+    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3}
     return sorted(names, key=lambda n: (order.get(n, 9), n))
 
 

@@ -245,12 +245,46 @@ class AlignConfig(_Section):
     warmup_steps: int = Field(20, ge=0)
 
 
+class SaeConfig(_Section):
+    """TopK sparse autoencoder over the night's embeddings (Gao et al. 2024; openai/sparse_autoencoder).
+
+    Each of its ``latents`` neurons is a memory trace: the moments that make it fire.
+    """
+
+    input_space: Literal["shared", "vision", "audio"] = Field(
+        "shared", description="the space whose vectors it encodes; shared holds both senses")
+    latents: int = Field(1024, ge=2, description="neurons (memory traces) in the dictionary")
+    k: int = Field(16, ge=1, description="neurons active per vector (TopK)")
+    aux_k: int = Field(128, ge=0, description="dead neurons asked to explain the residual (AuxK); 0 = off")
+    aux_coef: float = Field(1 / 32, ge=0, description="weight of the AuxK loss")
+    dead_steps: int = Field(100, ge=1, description="a neuron silent for this many steps counts as dead")
+    batch_size: int = Field(1024, ge=2)
+    epochs: int = Field(50, ge=1, description="passes over tonight's vectors")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(5000, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    report_neurons: int = Field(12, ge=0, description="neurons shown in the report with their moments")
+    report_moments: int = Field(4, ge=1, description="moments shown per neuron")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "SaeConfig":
+        if self.k > self.latents:
+            raise ValueError(f"k {self.k} > latents {self.latents}")
+        if self.aux_k > self.latents:
+            raise ValueError(f"aux_k {self.aux_k} > latents {self.latents}")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps {self.min_steps} > max_steps {self.max_steps}")
+        return self
+
+
 class ModelsConfig(_Section):
     """The ``models:`` section: the networks trained each night."""
 
     jepa: JepaConfig = Field(default_factory=JepaConfig)
     cpc: CpcConfig = Field(default_factory=CpcConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
+    sae: SaeConfig = Field(default_factory=SaeConfig)
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's clips kept out "
                                     "of CPC and alignment training, to measure both on")
 

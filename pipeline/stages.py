@@ -81,6 +81,8 @@ STAGES: list[Stage] = [
           report="models.audio_report:render_cpc", description="Audio (CPC)"),
     Stage("align", "models.align_stage:run", ("models.align", "models.heldout_fraction"), needs=("vision", "audio"),
           report="models.audio_report:render_align", description="Audio-visual alignment"),
+    Stage("sae", "models.sae_stage:run", ("models.sae", "models.heldout_fraction"), needs=("align",),
+          report="models.sae_report:render", description="Memory traces (sparse autoencoder)"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "memory.retention:run", ("memory",), description="Retention"),
 ]

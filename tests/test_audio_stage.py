@@ -274,3 +274,49 @@ def test_report_sections_show_the_figures_beside_chance(night1):
     a2v = summary["metrics"]["align"]["audio_to_video"]
     assert f"{a2v['recall@1']:.2f} ({a2v['chance']['recall@1']:.2f})" in align_html
     assert render_cpc({"metrics": {}}, ctx) is None
+
+
+def test_sae_neurons_trace_scenes_and_the_next_night_continues_the_dictionary(night1, scenes):
+    """Stage ``sae`` over night1's shared space (35 clips' sight, 32 clips' sound).
+
+    A neuron's strongest moments should come from one scene: the share of each reported
+    neuron's moments from its most common scene, averaged, against the same figure for
+    moments drawn at random. Measured 2026-11-23 (tiny config): 0.944 against chance 0.417.
+    """
+    from models import sae_stage
+
+    night = night1.night
+    result = sae_stage.run(night)
+    assert result["trained"] and result["input_version"] == night1.align["model_version"]
+    assert result["rows"] == 35 + 32 and result["written"] + result["silent_rows"] == result["rows"]
+    rows, vectors = stored(night, "sae", "sae@2026-01-14", "2026-01-14")
+    assert len(rows) == result["written"] and vectors.shape[1] == night1.cfg.models.sae.latents
+    assert int((vectors > 0).sum(1).max()) <= night1.cfg.models.sae.k
+
+    scene_of = {c: -1 if v["scene"] is None else v["scene"] for c, v in night1.clips.items()}  # -1: silent video
+    purity = []
+    for neuron in result["neurons"]:
+        found = [scene_of[m["clip_id"]] for m in neuron["top"]]
+        purity.append(max(found.count(s) for s in set(found)) / len(found))
+    rng = np.random.default_rng(0)
+    ids = np.array(sorted(scene_of))
+    chance = np.mean([max(np.unique([scene_of[c] for c in rng.choice(ids, 3, replace=False)],
+                                    return_counts=True)[1]) / 3 for _ in range(2000)])
+    assert np.mean(purity) > chance + 0.2, (purity, chance)
+
+    # The next night starts from this dictionary; a rerun of it starts from the same one.
+    second = make_night(night.paths.root, night1.cfg, DAY2)
+    clips = add_day(second.paths, second.Session, DAY2, scenes[:2], silent_video=False)
+    ids2 = sorted(clips)
+    write_embeddings(second.engine, second.paths, space="shared", model_version="align@2026-01-15",
+                     date="2026-01-15", rows=[EmbeddingRow(c, "vision") for c in ids2],
+                     vectors=vectors_like(len(ids2), night1.cfg.models.align.dim))
+    second.results["align"] = {"model_version": "align@2026-01-15"}
+    for _ in range(2):
+        again = sae_stage.run(second)
+        assert again["resumed_from"] == "2026-01-14" and again["rows"] == len(ids2)
+    assert len(stored(second, "sae", "sae@2026-01-15", "2026-01-15")[0]) == again["written"]
+
+
+def vectors_like(n: int, dim: int) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, dim)).astype(np.float32)

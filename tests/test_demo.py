@@ -66,3 +66,39 @@ def test_demo_memory_answers_image_sound_and_cross_modal_queries(demo):
     assert cross and all(h["modality"] == "audio" and h["space"] == "shared" for h in cross)
     # And the store is consistent after the whole night.
     assert run_cli("doctor", "--root", str(root)).returncode == 0
+
+
+def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
+    from memory.db import open_database
+    from memory.store import load_vectors
+    from pipeline.paths import Paths
+
+    root, result = demo
+    assert result.returncode == 0
+    report = root / "reports" / "2026-01-15"
+    summary = json.loads((report / "summary.json").read_text())
+    sae = summary["sae"]
+    assert sae["trained"] and sae["model_version"] == "sae@2026-01-15"
+    assert sae["input_space"] == "shared" and sae["written"] + sae["silent_rows"] == sae["rows"] > 0
+    assert summary["metrics"]["sae"]["active_per_vector"] <= 4  # tiny config: k = 4
+    html = (report / "index.html").read_text()
+    assert "Memory traces" in html and f'neuron {sae["neurons"][0]["neuron"]}:' in html
+
+    # query --neuron ranks exactly the rows where the neuron fires, by its share of the row's trace.
+    neuron = sae["neurons"][0]["neuron"]
+    hits = _query(root, "--neuron", str(neuron), "--topk", "50")
+    engine = open_database(root / "memory" / "episodic.sqlite")
+    try:
+        rows, vectors = load_vectors(engine, Paths.at(root), space="sae", model_version="sae@2026-01-15",
+                                     date="2026-01-15")
+    finally:
+        engine.dispose()
+    firing = sorted(((float(v[neuron]), r.clip_id, r.modality) for r, v in zip(rows, vectors) if v[neuron] > 0),
+                    reverse=True)
+    assert len(hits) == len(firing) > 0
+    assert [h["score"] for h in hits] == pytest.approx([f[0] for f in firing], abs=1e-3)
+    assert {(h["clip_id"], h["modality"]) for h in hits} == {(c, m) for _, c, m in firing}
+    assert all(h["space"] == "sae" for h in hits)
+
+    wrong = run_cli("query", "--neuron", "9999", "--root", str(root), "--config", "configs/tiny.yaml")
+    assert wrong.returncode == 2 and "sae@2026-01-15 has neurons 0 to 63" in wrong.stderr
