@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.config import AlignConfig
 
 from .align import AlignModel
+from .batches import shuffled_batches
 from .retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -96,17 +97,12 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
     v, a = _unit(vision, device), _unit(audio, device)
     batch = min(cfg.batch_size, n)
     total = steps if steps is not None else night_steps(n, cfg)
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
+    batches = shuffled_batches(n, batch, torch.Generator().manual_seed(seed))
     history: list[dict] = []
     model.train()
     started = time.perf_counter()
     for it in tqdm(range(total), desc="align", unit="step", disable=not progress, leave=False):
-        if cursor + batch > n:  # a new epoch: every pair once per pass, in a new order
-            order, cursor = torch.randperm(n, generator=generator), 0
-        idx = order[cursor:cursor + batch].to(device)
-        cursor += batch
+        idx = next(batches).to(device)
         lr = get_lr(it, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr

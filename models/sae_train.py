@@ -19,6 +19,7 @@ from tqdm import tqdm
 from pipeline.config import SaeConfig
 
 from . import schedules
+from .batches import shuffled_batches
 from .sae import SparseAutoencoder, fraction_of_variance_unexplained
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,12 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
 
     batch = min(cfg.batch_size, n)
     total = steps if steps is not None else night_steps(n, cfg)
-    generator = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(n, generator=generator), 0
+    batches = shuffled_batches(n, batch, torch.Generator().manual_seed(seed))
     history: list[dict] = []
     model.train()
     started = time.perf_counter()
     for it in tqdm(range(total), desc="sae", unit="step", disable=not progress, leave=False):
-        if cursor + batch > n:  # a new epoch: every vector once per pass, in a new order
-            order, cursor = torch.randperm(n, generator=generator), 0
-        idx = order[cursor:cursor + batch].to(device)
-        cursor += batch
+        idx = next(batches).to(device)
         lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.1 * cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
