@@ -30,6 +30,9 @@ def add_memory_commands(sub, add_common) -> None:
                       "(its own vector; the clip itself is left out of the results)")
     what.add_argument("--image", metavar="PATH", help="an image file (needs a trained vision model)")
     what.add_argument("--audio", metavar="PATH", help="a sound file (needs a trained audio model)")
+    what.add_argument("--fragment", metavar="PATH",
+                      help="an image of part of a moment (a crop, a glimpse, a blur): completed into "
+                           "a whole clip by the reconstructor, then searched in the space vision")
     what.add_argument("--neuron", metavar="N[,N...]",
                       help="memory-trace neurons of the sparse autoencoder (space sae): the moments "
                            "whose trace these neurons carry the largest share of")
@@ -37,8 +40,8 @@ def add_memory_commands(sub, add_common) -> None:
     query.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day searched")
     query.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day searched")
     query.add_argument("--space", choices=["vision", "audio", "shared", "sae"],
-                       help="embedding space (default: vision for --clip/--image when it exists, "
-                            "audio for --audio, sae for --neuron)")
+                       help="embedding space (default: vision for --clip/--image/--fragment when it "
+                            "exists, audio for --audio, sae for --neuron)")
     query.add_argument("--model-version", metavar="V",
                        help="search this model version (default: the space's latest)")
     query.add_argument("--modality", choices=["vision", "audio"],
@@ -108,6 +111,8 @@ def _query_vector(args, cfg, paths: Paths, engine):
 
     if args.neuron is not None:
         return _neuron_vector(args, engine)
+    if args.fragment is not None:
+        return _fragment_vector(args, cfg, paths, engine)
 
     from pipeline.runner import resolve_device
 
@@ -129,6 +134,20 @@ def _query_vector(args, cfg, paths: Paths, engine):
     elif space != modality:
         raise UsageError(f"--space {space}: a {flag[2:]} query searches {modality} or shared")
     return space, args.model_version or version, vector, ()
+
+
+def _fragment_vector(args, cfg, paths: Paths, engine):
+    from pipeline.runner import resolve_device
+
+    if (args.space or "vision") != "vision":
+        raise UsageError(f"--space {args.space}: a fragment is completed into the space vision")
+    path = Path(args.fragment)
+    if not path.is_file():
+        raise UsageError(f"--fragment {path}: no such file")
+    encode = _encoder("models.reconstruct_query", "encode_fragment_file", "--fragment")
+    version, vector = _call_encoder(encode, "--fragment", path, cfg, paths, engine,
+                                    resolve_device(cfg.runtime.device))
+    return "vision", args.model_version or version, vector, ()
 
 
 def _neuron_vector(args, engine):

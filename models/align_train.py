@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline.config import AlignConfig
 
 from .align import AlignModel
-from .batches import shuffled_batches
+from .batches import night_steps, shuffled_batches
 from .retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,6 @@ def get_lr(it: int, total: int, cfg: AlignConfig) -> float:
         return cfg.lr * (it + 1) / cfg.warmup_steps
     progress = min(1.0, (it - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
-
-
-def night_steps(pairs: int, cfg: AlignConfig) -> int:
-    """``epochs`` passes over the pairs, clamped to ``[min_steps, max_steps]``."""
-    per_epoch = math.ceil(pairs / min(cfg.batch_size, pairs))
-    return int(min(cfg.max_steps, max(cfg.min_steps, cfg.epochs * per_epoch)))
 
 
 def make_optimizer(model: AlignModel, cfg: AlignConfig) -> torch.optim.AdamW:

@@ -1,9 +1,17 @@
 """Row batches for the small trainers that hold a night's vectors in memory."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
+
+
+def night_steps(rows: int, cfg) -> int:
+    """``cfg.epochs`` passes over ``rows`` in batches of ``cfg.batch_size``, clamped to
+    ``[cfg.min_steps, cfg.max_steps]`` (the align, sae and reconstruct configs)."""
+    per_epoch = math.ceil(rows / min(cfg.batch_size, rows))
+    return int(min(cfg.max_steps, max(cfg.min_steps, cfg.epochs * per_epoch)))
 
 
 def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -8,7 +8,6 @@ that norm is removed first (openai/sparse_autoencoder ``training_loop_``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,16 +18,10 @@ from tqdm import tqdm
 from pipeline.config import SaeConfig
 
 from . import schedules
-from .batches import shuffled_batches
+from .batches import night_steps, shuffled_batches
 from .sae import SparseAutoencoder, fraction_of_variance_unexplained
 
 log = logging.getLogger(__name__)
-
-
-def night_steps(rows: int, cfg: SaeConfig) -> int:
-    """``epochs`` passes over the rows, clamped to ``[min_steps, max_steps]``."""
-    per_epoch = math.ceil(rows / min(cfg.batch_size, rows))
-    return int(min(cfg.max_steps, max(cfg.min_steps, cfg.epochs * per_epoch)))
 
 
 def build(n_inputs: int, cfg: SaeConfig) -> SparseAutoencoder:

@@ -278,6 +278,44 @@ class SaeConfig(_Section):
         return self
 
 
+class ReconstructConfig(_Section):
+    """Reconstructors that complete the embedding of a fragment of a moment (a crop, a glimpse
+    behind an obstacle, a blur) into the vision embedding of the whole clip.
+
+    Two variants are trained and measured each night: an MLP, and a modern Hopfield network
+    (Ramsauer et al. 2020; ml-jku/hopfield-layers) whose stored patterns are the night's
+    clip embeddings, so its completion is always a blend of real moments.
+    """
+
+    use: Literal["auto", "hopfield", "mlp"] = Field(
+        "auto", description="what query --fragment completes with; auto: whichever of the two, or the "
+        "fragment as it is, found its clip most often on tonight's held-out frames")
+    max_frames: int = Field(20000, ge=2, description="frames of the night that fragments are made of")
+    views_per_frame: int = Field(2, ge=1, description="damaged views (fragments) per frame")
+    crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
+    hidden: int = Field(1024, ge=8, description="MLP hidden width")
+    assoc_dim: int = Field(256, ge=4, description="Hopfield query/key width")
+    beta: float = Field(8.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
+    bank_max: int = Field(50000, ge=2, description="clips stored as patterns at most")
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(10, ge=1, description="passes over tonight's fragments")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(3000, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    embed_batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReconstructConfig":
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps {self.min_steps} > max_steps {self.max_steps}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+
 class ModelsConfig(_Section):
     """The ``models:`` section: the networks trained each night."""
 
@@ -285,6 +323,7 @@ class ModelsConfig(_Section):
     cpc: CpcConfig = Field(default_factory=CpcConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     sae: SaeConfig = Field(default_factory=SaeConfig)
+    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig)
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's clips kept out "
                                     "of CPC and alignment training, to measure both on")
 

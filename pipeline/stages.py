@@ -83,6 +83,9 @@ STAGES: list[Stage] = [
           report="models.audio_report:render_align", description="Audio-visual alignment"),
     Stage("sae", "models.sae_stage:run", ("models.sae", "models.heldout_fraction"), needs=("align",),
           report="models.sae_report:render", description="Memory traces (sparse autoencoder)"),
+    Stage("reconstruct", "models.reconstruct_stage:run", ("models.reconstruct", "models.heldout_fraction"),
+          needs=("vision",), report="models.reconstruct_report:render",
+          description="Completing fragments (MLP and Hopfield reconstructors)"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "memory.retention:run", ("memory",), description="Retention"),
 ]

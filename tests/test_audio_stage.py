@@ -318,5 +318,6 @@ def test_sae_neurons_trace_scenes_and_the_next_night_continues_the_dictionary(ni
     assert len(stored(second, "sae", "sae@2026-01-15", "2026-01-15")[0]) == again["written"]
 
 
+
 def vectors_like(n: int, dim: int) -> np.ndarray:
     return np.random.default_rng(1).normal(size=(n, dim)).astype(np.float32)

@@ -100,5 +100,17 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
     assert {(h["clip_id"], h["modality"]) for h in hits} == {(c, m) for _, c, m in firing}
     assert all(h["space"] == "sae" for h in hits)
 
+    # A fragment (the top-left quarter of a frame) is completed and searched among the clips.
+    from PIL import Image
+    frame = sorted((root / "data" / "frames").rglob("*.jpg"))[3]
+    with Image.open(frame) as image:
+        image.crop((0, 0, image.width // 2, image.height // 2)).save(root / "fragment.png")
+    fragment_hits = _query(root, "--fragment", str(root / "fragment.png"), "--topk", "3")
+    assert fragment_hits and all(h["space"] == "vision" and h["model_version"] == "jepa@2026-01-15"
+                                 for h in fragment_hits)
+    assert summary["reconstruct"]["trained"] and summary["metrics"]["reconstruct"]["chosen"] in (
+        "fragment", "mlp", "hopfield")
+    assert "Completing fragments" in html
+
     wrong = run_cli("query", "--neuron", "9999", "--root", str(root), "--config", "configs/tiny.yaml")
     assert wrong.returncode == 2 and "sae@2026-01-15 has neurons 0 to 63" in wrong.stderr

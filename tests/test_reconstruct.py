@@ -1,0 +1,167 @@
+"""The reconstructors: damaged views, the two networks, what they learn, and stage
+``reconstruct`` on FFmpeg-made scenes with the ``query --fragment`` encoder.
+
+``test_demo.py`` runs ``query --fragment`` through the CLI after a whole tiny night.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_media import SCENES, insert_day, make_scene_frames
+from memory.db import make_sessionmaker, open_database
+from models.fragments import OCCLUDED_SHARE, degrade
+from models.reconstruct import HopfieldReconstructor
+from models.reconstruct_train import choose, evaluate, train_reconstructors
+from pipeline.config import ReconstructConfig
+from pipeline.paths import Paths
+from pipeline.stages import Night
+
+DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
+
+
+def test_damaged_views_are_deterministic_and_of_the_three_kinds():
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views, kinds = degrade(images, (0.1, 0.4), torch.Generator().manual_seed(1))
+    again, kinds_again = degrade(images, (0.1, 0.4), torch.Generator().manual_seed(1))
+    assert views.shape == images.shape and views.dtype == torch.uint8
+    assert torch.equal(views, again) and kinds == kinds_again
+    assert set(kinds) == {"crop", "occlude", "blur"}
+    assert all(not torch.equal(v, i) for v, i in zip(views, images))
+
+    black = torch.zeros(40, 3, 32, 32, dtype=torch.uint8)
+    views, kinds = degrade(black, (0.1, 0.4), torch.Generator().manual_seed(2))
+    for view, kind in zip(views, kinds):
+        grey = float((view == 128).float().mean())
+        if kind == "occlude":  # the block's share of the area, within rounding to whole pixels
+            assert OCCLUDED_SHARE[0] - 0.1 <= grey <= OCCLUDED_SHARE[1] + 0.1
+        else:
+            assert grey == 0
+
+
+def test_the_hopfield_completion_is_a_blend_of_the_stored_memories():
+    torch.manual_seed(0)
+    model = HopfieldReconstructor(16, 8, beta=8.0)
+    bank, fragments = torch.randn(10, 16), torch.randn(4, 16)
+    weights = torch.softmax(model.logits(fragments, bank), dim=-1)
+    torch.testing.assert_close(model(fragments, bank), weights @ bank)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4))
+    with pytest.raises(ValueError, match="stored patterns"):
+        model(fragments)
+
+
+def structured_fragments(seed: int = 0, dim: int = 32, clips: int = 40, per_clip: int = 12):
+    """Clip embeddings sharing a large common direction (as real ones do), and fragments that
+    see each clip through a fixed unknown rotation with another common offset and noise: a
+    plain cosine search cannot find their clip, a learned map can."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=dim)
+    common *= 3 / np.linalg.norm(common)
+    own = rng.normal(size=(clips, dim)) * 0.4
+    bank = common + own
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    offset = rng.normal(size=dim)
+    offset *= 3 / np.linalg.norm(offset)
+    targets = np.repeat(np.arange(clips), per_clip)
+    fragments = offset + own[targets] @ rotation.T + 0.15 * rng.normal(size=(len(targets), dim))
+    held = rng.random(len(targets)) < 0.25
+    return _unit(bank), _unit(fragments), targets, held
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
+    """Measured 2026-11-23 (this seed): held-out fragments find their clip first 0.027 as they
+    are (chance 0.025), 1.0 after either completion; cosine to the clip -0.03 -> 0.98 / 1.0."""
+    bank, fragments, targets, held = structured_fragments()
+    cfg = ReconstructConfig(hidden=128, assoc_dim=32, batch_size=64, min_steps=400, max_steps=400, lr=3e-3,
+                            warmup_steps=10)
+    trained = train_reconstructors(bank, fragments[~held], targets[~held], cfg, "cpu", seed=0, progress=False)
+    m = evaluate(trained.models, bank, fragments[held], targets[held], "cpu")
+    assert m["fragment"]["top1"] < 0.1 and m["chance_top1"] == 0.025
+    assert m["mlp"]["top1"] > 0.9 and m["hopfield"]["top1"] > 0.9, m
+    assert m["mlp"]["cosine"] > 0.9 and m["hopfield"]["cosine"] > 0.9
+    assert choose(m, "auto") in ("mlp", "hopfield") and choose(m, "mlp") == "mlp"
+
+    state = {"models": {v: model.state_dict() for v, model in trained.models.items()}, "step": trained.step}
+    resumed = train_reconstructors(bank, fragments[~held], targets[~held], cfg, "cpu", seed=0, resume=state,
+                                   steps=5, progress=False)
+    assert resumed.step == 405 and resumed.history["hopfield"][0] < trained.history["hopfield"][0] / 2
+
+
+def test_choose_prefers_the_fragment_as_it_is_when_completion_does_not_help():
+    m = {"fragment": {"top1": 0.4}, "mlp": {"top1": 0.4}, "hopfield": {"top1": 0.3}}
+    assert choose(m, "auto") == "fragment"
+    assert choose({**m, "hopfield": {"top1": 0.5}}, "auto") == "hopfield"
+    assert choose(m, "hopfield") == "hopfield"
+
+
+def _night(date, cfg, paths, engine):
+    return Night(date, cfg, paths, engine, make_sessionmaker(engine), "cpu", logging.getLogger("test"))
+
+
+def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(root, tiny_cfg):
+    """Eight lavfi scenes, one clip each, 16 frames each; the tiny vision model (60 steps).
+
+    Measured 2026-11-23: held-out fragments found their clip first 0.37 as they are, 0.15
+    after the MLP, 0.34 after the Hopfield network (chance 0.125), so ``auto`` keeps the
+    fragment as it is: with an encoder this weak, completion does not help on these scenes
+    (on the structured case above it does). What is asserted is what must hold either way.
+    """
+    from models import reconstruct_stage, vision_stage
+    from models.checkpoint import load_checkpoint
+    from models.reconstruct_query import encode_fragment_file
+
+    cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={"heldout_fraction": 0.4})})
+    paths = Paths.at(root)
+    engine = open_database(paths.database)
+    Session = make_sessionmaker(engine)
+    frames = make_scene_frames(paths.frames(DAY1), scenes=SCENES, seconds=4, fps=4)
+    insert_day(Session, root, DAY1, frames)
+    night = _night(DAY1, cfg, paths, engine)
+    night.results["vision"] = vision_stage.run(night)
+    result = reconstruct_stage.run(night)
+
+    views = cfg.models.reconstruct.views_per_frame
+    assert result["trained"] and result["bank"] == result["clips"] == len(SCENES)
+    assert result["frames"] == 16 * len(SCENES) and result["fragments"] == views * result["frames"]
+    assert set(result["fragment_kinds"]) == {"crop", "occlude", "blur"}
+    m = result["metrics"]
+    assert m["measured_on"] == "held-out frames" and m["chance_top1"] == 1 / len(SCENES)
+    assert m["fragments"] + result["trained_on"] == result["fragments"]
+    chosen = m["chosen"]
+    assert m[chosen]["top1"] == max(m[k]["top1"] for k in ("fragment", "mlp", "hopfield"))
+    assert m["fragment"]["top1"] > m["chance_top1"]
+    state = load_checkpoint(paths.checkpoints / "reconstruct" / f"{DAY1}.pt")
+    assert state["input_version"] == "jepa@2026-01-15" and len(state["bank_rows"]) == len(SCENES)
+
+    again = reconstruct_stage.run(_night(DAY1, cfg, paths, engine))  # safe to run twice
+    assert again["metrics"]["hopfield"] == m["hopfield"] and again["resumed_from"] is None
+
+    crop = root / "crop.png"
+    from PIL import Image
+    with Image.open(root / frames[SCENES[0]][5]) as image:
+        image.crop((0, 0, image.width // 2, image.height // 2)).save(crop)
+    for use in ("hopfield", "mlp", "auto"):
+        cfg_use = cfg.model_copy(update={"models": cfg.models.model_copy(update={
+            "reconstruct": cfg.models.reconstruct.model_copy(update={"use": use})})})
+        version, vector = encode_fragment_file(crop, cfg_use, paths, engine, "cpu")
+        assert version == "jepa@2026-01-15" and vector.shape == (cfg.models.jepa.dim,)
+        assert np.isfinite(vector).all()
+
+    # The next night continues both networks, on a sample of its 64 frames.
+    frames2 = make_scene_frames(paths.frames(DAY2), scenes=SCENES[:4], seconds=4, fps=4)
+    insert_day(Session, root, DAY2, frames2)
+    cfg2 = cfg.model_copy(update={"models": cfg.models.model_copy(update={
+        "reconstruct": cfg.models.reconstruct.model_copy(update={"max_frames": 40})})})
+    second = _night(DAY2, cfg2, paths, engine)
+    second.results["vision"] = vision_stage.run(second)
+    result2 = reconstruct_stage.run(second)
+    assert result2["trained"] and result2["resumed_from"] == "2026-01-15" and result2["bank"] == 4
+    assert result2["frames"] == 40 and result2["fragments"] == 40 * views
