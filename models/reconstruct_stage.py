@@ -66,13 +66,13 @@ def run(night: Night) -> dict:
         the fragment as it is and completed by the MLP and the Hopfield network, with chance.
     """
     from memory.media import day_frames
-    from memory.store import latest_version, load_vectors
+    from memory.store import load_vectors
 
     cfg, day, paths, device = night.cfg.models.reconstruct, night.day, night.paths, night.device
-    version_in = (night.results.get("vision") or {}).get("model_version") or latest_version(night.engine, SPACE)
-    if version_in != f"jepa@{day}":
-        return {"trained": False, "note": "no vision model trained tonight"}
+    version_in = f"jepa@{day}"  # the vision stage's version for this night
     rows, vectors = load_vectors(night.engine, paths, space=SPACE, model_version=version_in, date=day)
+    if not rows:
+        return {"trained": False, "note": "no vision model trained tonight"}
     result: dict = {"input_version": version_in, "clips": len(rows)}
     if len(rows) < 3:
         return {**result, "trained": False, "note": "fewer than three clips with frames tonight"}

@@ -25,15 +25,16 @@ log = logging.getLogger(__name__)
 
 MODEL = "sae"
 SPACE = "sae"
-# Which earlier stage writes each input space tonight.
-WRITER = {"shared": "align", "vision": "vision", "audio": "audio"}
+# Which earlier stage writes each input space tonight, and the model that stage names versions by.
+WRITER = {"shared": ("align", "align"), "vision": ("vision", "jepa"), "audio": ("audio", "cpc")}
 
 
-def input_version(night: Night, space: str) -> str | None:
-    """Tonight's model version of the input space: what its stage returned, else the newest."""
-    from memory.store import latest_version
-
-    return (night.results.get(WRITER[space]) or {}).get("model_version") or latest_version(night.engine, space)
+def input_version(night: Night, space: str) -> str:
+    """Tonight's model version of the input space: what its stage returned this run, else the
+    version that stage writes for this date (``--only sae`` on an earlier night reads that
+    night's vectors, not the newest night's)."""
+    stage, model = WRITER[space]
+    return (night.results.get(stage) or {}).get("model_version") or f"{model}@{night.day}"
 
 
 def strongest_neurons(activations: np.ndarray, clip_ids: np.ndarray, count: int, moments: int) -> list[dict]:
@@ -82,8 +83,6 @@ def run(night: Night) -> dict:
     cfg, day, paths, device = night.cfg.models.sae, night.day, night.paths, night.device
     space = cfg.input_space
     source_version = input_version(night, space)
-    if source_version is None:
-        return {"trained": False, "note": f"no {space} vectors in the memory yet"}
     rows, vectors = load_vectors(night.engine, paths, space=space, model_version=source_version, date=day)
     result: dict = {"input_space": space, "input_version": source_version, "rows": len(rows)}
     if len(rows) < 2:
