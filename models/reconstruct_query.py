@@ -1,7 +1,8 @@
-"""``sleep.py query --fragment``: embed a fragment of a moment, complete it, search the clips."""
+"""Use a night's reconstructor: ``sleep.py query --fragment`` and the dream stage's recalls."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,41 @@ from .reconstruct_train import complete
 from .vision_query import encode_image_file
 
 log = logging.getLogger(__name__)
+REQUIRED = ("models", "config", "input_version", "bank_rows", "date", "dim", "chosen")
+
+
+def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: str, device: str
+                   ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The completion a reconstructor checkpoint offers for fragments of ``version``'s vectors.
+
+    Args:
+        use: ``models.reconstruct.use``; ``auto`` takes what that night measured best.
+    Returns:
+        ``(name, complete)``: ``"mlp"``, ``"hopfield"`` or ``"fragment"`` (completion did not
+        help that night: fragments stay as they are), and ``(N, D) -> (N, D)`` unit vectors.
+    Raises:
+        UsageError: the checkpoint completes another vision version's fragments, or the
+            clips it stored are gone from the memory.
+    """
+    from memory.store import load_vectors
+
+    state = load_checkpoint(checkpoint, REQUIRED)
+    if state["input_version"] != version:
+        raise UsageError(f"{checkpoint}: the reconstructor completes {state['input_version']} fragments, not "
+                         f"{version}; run that night's reconstruct stage (sleep.py --date DATE --only reconstruct)")
+    _, vectors = load_vectors(engine, paths, space=SPACE, model_version=version, date=state["date"])
+    bank_rows = np.asarray(state["bank_rows"])
+    if len(vectors) == 0 or bank_rows.max() >= len(vectors):
+        raise UsageError(f"{checkpoint}: the clips it stored ({version}, {state['date']}) are no longer in the "
+                         f"memory; run that night's reconstruct stage again")
+    variant = state["chosen"] if use == "auto" else use
+    if variant == "fragment":
+        return variant, lambda fragments: fragments / np.linalg.norm(fragments, axis=1, keepdims=True)
+    model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
+    model.load_state_dict(state["models"][variant])
+    model.to(device)
+    bank = vectors[bank_rows]
+    return variant, lambda fragments: complete(model, fragments, bank, device)
 
 
 def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str
@@ -36,28 +72,12 @@ def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engin
         UsageError: unreadable image, no reconstructor yet, or one trained for an older
             vision model than the newest.
     """
-    from memory.store import load_vectors
-
     version, fragment = encode_image_file(path, cfg, paths, device)
     checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
     if checkpoint is None:
         raise UsageError(f"{paths.checkpoints / MODEL}: no reconstructor yet; run a night first")
-    state = load_checkpoint(checkpoint, ("models", "config", "input_version", "bank_rows", "date", "dim", "chosen"))
-    if state["input_version"] != version:
-        raise UsageError(f"{checkpoint}: the reconstructor completes {state['input_version']} fragments but the "
-                         f"newest vision model is {version}; run that night's reconstruct stage "
-                         f"(sleep.py --date DATE --only reconstruct)")
-    _, vectors = load_vectors(engine, paths, space=SPACE, model_version=version, date=state["date"])
-    bank_rows = np.asarray(state["bank_rows"])
-    if len(vectors) == 0 or bank_rows.max() >= len(vectors):
-        raise UsageError(f"{checkpoint}: the clips it stored ({version}, {state['date']}) are no longer in the "
-                         f"memory; run that night's reconstruct stage again")
     use = cfg.models.reconstruct.use
-    variant = state["chosen"] if use == "auto" else use
+    variant, completer = load_completer(checkpoint, engine, paths, version, use, device)
     log.info("--fragment: completed with %s (%s)", variant if variant != "fragment" else "nothing: the fragment as it is",
              "measured best on that night's held-out frames" if use == "auto" else "models.reconstruct.use")
-    if variant == "fragment":
-        return version, fragment
-    model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
-    model.load_state_dict(state["models"][variant])
-    return version, complete(model.to(device), fragment[None], vectors[bank_rows], device)[0]
+    return version, completer(fragment[None])[0]

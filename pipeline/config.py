@@ -328,6 +328,40 @@ class ModelsConfig(_Section):
                                     "of CPC and alignment training, to measure both on")
 
 
+class DreamConfig(_Section):
+    """The night's dreams: an embedding-conditioned diffusion decoder (diffusers ``UNet2DModel``,
+    DDPM training, DDIM sampling, classifier-free guidance) trained on the user's own frames,
+    decoding completed fragments and blends of two moments into images."""
+
+    image_size: int = Field(64, ge=8, description="side of the decoded images, in pixels")
+    channels: list[int] = Field([64, 128, 256], min_length=2, description="UNet widths per resolution")
+    layers_per_block: int = Field(2, ge=1)
+    attention: bool = Field(True, description="self-attention at the lowest resolution")
+    steps: int = Field(4000, ge=1, description="optimizer steps per night")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    max_frames: int = Field(20000, ge=1, description="tonight's frames it trains on at most")
+    cond_dropout: float = Field(0.1, ge=0, lt=1, description="share of steps without the embedding "
+                                "(what classifier-free guidance contrasts with)")
+    guidance: float = Field(2.0, ge=0, description="classifier-free guidance scale when dreaming")
+    sample_steps: int = Field(50, ge=1, description="DDIM steps per dream")
+    dreams: int = Field(8, ge=0, description="dreams per night: half recalled from fragments, half blends")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA")
+    log_every: int = Field(100, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "DreamConfig":
+        down = 2 ** (len(self.channels) - 1)
+        if self.image_size % down:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of {down} "
+                             f"({len(self.channels)} resolutions halve it {len(self.channels) - 1} times)")
+        if any(c % 8 for c in self.channels):
+            raise ValueError(f"channels {self.channels} must be multiples of 8 (group norm)")
+        return self
+
+
 class SleepConfig(_Section):
     """The whole validated configuration of a night."""
 
@@ -337,6 +371,7 @@ class SleepConfig(_Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    dream: DreamConfig = Field(default_factory=DreamConfig)
 
     def section_hash(self, *sections: str) -> str:
         """A short stable hash of the named sub-configs; a stage reruns when it changes.

@@ -112,5 +112,11 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
         "fragment", "mlp", "hopfield")
     assert "Completing fragments" in html
 
+    # Dreams: strips on disk beside the report, and inlined into the page.
+    dreams = summary["dream"]["dreams"]
+    assert summary["dream"]["trained"] and len(dreams) == 4
+    assert all((report / d["file"]).is_file() for d in dreams)
+    assert "<h2" in html and "Dreams" in html and html.count("data:image/png;base64,") >= len(dreams)
+
     wrong = run_cli("query", "--neuron", "9999", "--root", str(root), "--config", "configs/tiny.yaml")
     assert wrong.returncode == 2 and "sae@2026-01-15 has neurons 0 to 63" in wrong.stderr
