@@ -134,11 +134,13 @@ def evaluate(models: dict[str, torch.nn.Module], bank: np.ndarray, fragments: np
     memories = _unit(bank, "cpu").numpy()
     targets = np.asarray(targets)
 
-    def scores(vectors: np.ndarray) -> dict:
+    def scores(vectors: np.ndarray, chunk: int = 1024) -> dict:
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        sims = unit @ memories.T
-        own = sims[np.arange(len(targets)), targets]
-        rank = (sims > own[:, None]).sum(axis=1)  # clips strictly closer than the fragment's own
+        own, rank = np.zeros(len(unit)), np.zeros(len(unit), dtype=int)
+        for i in range(0, len(unit), chunk):  # a chunk of fragments against every clip at a time
+            sims = unit[i:i + chunk] @ memories.T
+            own[i:i + chunk] = sims[np.arange(len(sims)), targets[i:i + chunk]]
+            rank[i:i + chunk] = (sims > own[i:i + chunk, None]).sum(axis=1)  # clips strictly closer
         return {"cosine": round(float(own.mean()), 4), "top1": round(float((rank == 0).mean()), 4),
                 "top5": round(float((rank < 5).mean()), 4)}
 
