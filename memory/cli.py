@@ -24,7 +24,8 @@ def add_memory_commands(sub, add_common) -> None:
         add_common: ``pipeline.cli._add_common`` (``--root``, ``--config``, ``--set``, ``-v``).
     """
     query = sub.add_parser("query", help="search the memory by example",
-                           description="Find the moments most like a clip, an image or a sound.")
+                           description="Find the moments most like a clip, an image, a sound or a fragment "
+                                       "of a picture, or those a memory-trace neuron fires for.")
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--clip", type=int, metavar="ID", help="a clip already in the memory "
                       "(its own vector; the clip itself is left out of the results)")

@@ -19,6 +19,7 @@ from .dates import parse_date
 from .errors import SleepError
 from .logs import configure_console
 from .paths import Paths
+from .stages import stage_names
 
 log = logging.getLogger("sleep")
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--date", required=True, metavar="YYYY-MM-DD",
                      help="the day whose recordings are in data/raw/YYYY-MM-DD/")
     _add_common(run)
-    run.add_argument("--only", metavar="S1,S2", help="run only these stages (comma-separated)")
+    run.add_argument("--only", metavar="S1,S2", help="run only these stages (comma-separated, of: "
+                     + ", ".join(stage_names()) + ")")
     run.add_argument("--force", action="store_true", help="redo stages already done")
     run.add_argument("--device", choices=["cpu", "cuda"],
                      help="where models train (default: runtime.device in the config)")
