@@ -24,8 +24,8 @@ def add_memory_commands(sub, add_common) -> None:
         add_common: ``pipeline.cli._add_common`` (``--root``, ``--config``, ``--set``, ``-v``).
     """
     query = sub.add_parser("query", help="search the memory by example",
-                           description="Find the moments most like a clip, an image, a sound or a fragment "
-                                       "of a picture, or those a memory-trace neuron fires for.")
+                           description="Find the moments most like a clip, an image, a sound, a fragment of a "
+                                       "picture or a text, or those a memory-trace neuron fires for.")
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--clip", type=int, metavar="ID", help="a clip already in the memory "
                       "(its own vector; the clip itself is left out of the results)")
@@ -34,15 +34,18 @@ def add_memory_commands(sub, add_common) -> None:
     what.add_argument("--fragment", metavar="PATH",
                       help="an image of part of a moment (a crop, a glimpse, a blur): completed into "
                            "a whole clip by the reconstructor, then searched in the space vision")
+    what.add_argument("--text", metavar="WORDS",
+                      help="free text, such as 'a dog on the beach' (needs OpenCLIP weights on disk: "
+                           "models.clip.weights)")
     what.add_argument("--neuron", metavar="N[,N...]",
                       help="memory-trace neurons of the sparse autoencoder (space sae): the moments "
                            "whose trace these neurons carry the largest share of")
     query.add_argument("--topk", type=int, default=10, metavar="K", help="how many results (default 10)")
     query.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day searched")
     query.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day searched")
-    query.add_argument("--space", choices=["vision", "audio", "shared", "sae"],
+    query.add_argument("--space", choices=["vision", "audio", "shared", "sae", "clip", "clip_frame"],
                        help="embedding space (default: vision for --clip/--image/--fragment when it "
-                            "exists, audio for --audio, sae for --neuron)")
+                            "exists, audio for --audio, sae for --neuron, clip for --text)")
     query.add_argument("--model-version", metavar="V",
                        help="search this model version (default: the space's latest)")
     query.add_argument("--modality", choices=["vision", "audio"],
@@ -114,6 +117,8 @@ def _query_vector(args, cfg, paths: Paths, engine):
         return _neuron_vector(args, engine)
     if args.fragment is not None:
         return _fragment_vector(args, cfg, paths, engine)
+    if args.text is not None:
+        return _text_vector(args, cfg, engine)
 
     from pipeline.runner import resolve_device
 
@@ -149,6 +154,28 @@ def _fragment_vector(args, cfg, paths: Paths, engine):
     version, vector = _call_encoder(encode, "--fragment", path, cfg, paths, engine,
                                     resolve_device(cfg.runtime.device))
     return "vision", args.model_version or version, vector, ()
+
+
+def _text_vector(args, cfg, engine):
+    """The text's OpenCLIP embedding, to search the clips embedded with the same weights."""
+    from memory.store import space_dim
+    from pipeline.errors import ConfigError
+    from pipeline.runner import resolve_device
+
+    if (args.space or "clip") not in ("clip", "clip_frame"):
+        raise UsageError(f"--space {args.space}: text is searched in the space clip (or clip_frame)")
+    if not args.text.strip():
+        raise UsageError("--text: empty")
+    load = _encoder("models.clip_text", "load_clip", "--text")
+    try:
+        clip = load(cfg.models.clip, resolve_device(cfg.runtime.device))
+    except ConfigError as exc:
+        raise UsageError(f"--text: {exc}") from None
+    space = args.space or "clip"
+    if space_dim(engine, space, clip.version) is None:
+        raise UsageError(f"--text: no frames embedded with these weights ({clip.version}) yet; run a night "
+                         f"with models.clip.weights set")
+    return space, clip.version, clip.embed_text(args.text), ()
 
 
 def _neuron_vector(args, engine):

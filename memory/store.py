@@ -201,7 +201,7 @@ def spaces(engine: Engine) -> list[str]:
         names = set(session.scalars(
             select(EmbeddingSpace.name).join(Shard, Shard.space_id == EmbeddingSpace.id)
             .where(Shard.complete.is_(True))))
-    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3}
+    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3, "clip": 4}
     return sorted(names, key=lambda n: (order.get(n, 9), n))
 
 

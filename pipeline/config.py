@@ -316,6 +316,19 @@ class ReconstructConfig(_Section):
         return self
 
 
+class ClipConfig(_Section):
+    """Free-text search through OpenCLIP weights the user already has on disk (never downloaded).
+
+    Without ``weights`` the ``clip`` stage does nothing and ``query --text`` says so.
+    """
+
+    weights: str | None = Field(None, description="path of an OpenCLIP weights file (.bin, .pt, .safetensors)")
+    model: str = Field("ViT-B-32", description="the OpenCLIP architecture those weights belong to")
+    model_config_file: str | None = Field(None, description="JSON of an architecture OpenCLIP does not ship "
+                                          "(named by model), registered before loading")
+    batch_size: int = Field(64, ge=1, description="frames per forward pass")
+
+
 class ModelsConfig(_Section):
     """The ``models:`` section: the networks trained each night."""
 
@@ -324,6 +337,7 @@ class ModelsConfig(_Section):
     align: AlignConfig = Field(default_factory=AlignConfig)
     sae: SaeConfig = Field(default_factory=SaeConfig)
     reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's clips kept out "
                                     "of CPC and alignment training, to measure both on")
 

@@ -86,6 +86,8 @@ STAGES: list[Stage] = [
     Stage("reconstruct", "models.reconstruct_stage:run", ("models.reconstruct", "models.heldout_fraction"),
           needs=("vision",), report="models.reconstruct_report:render",
           description="Completing fragments (MLP and Hopfield reconstructors)"),
+    Stage("clip", "models.clip_stage:run", ("models.clip",), needs=("ingest",), report="models.clip_stage:render",
+          description="Free-text search (OpenCLIP weights on disk)"),
     Stage("dream", "dream.stage:run", ("dream",), needs=("vision", "reconstruct"), report="dream.report:render",
           description="Dreams"),
     # Last: footage older than memory.retention goes; embeddings stay.

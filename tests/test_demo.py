@@ -112,6 +112,8 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
         "fragment", "mlp", "hopfield")
     assert "Completing fragments" in html
 
+    assert summary["clip"]["note"].startswith("no OpenCLIP weights configured")  # tiny config: no weights
+
     # Dreams: strips on disk beside the report, and inlined into the page.
     dreams = summary["dream"]["dreams"]
     assert summary["dream"]["trained"] and len(dreams) == 4
