@@ -4,9 +4,10 @@ Tonight's clip embeddings (space ``vision``, the vision stage's version) are the
 patterns. Up to ``max_frames`` of tonight's frames are damaged ``views_per_frame`` times
 each (:mod:`models.fragments`: a small crop, a grey block, a blur) and embedded with
 tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
-fragment embeddings to their clip's embedding, on the clips outside the held-out set
+fragment embeddings to their clip's embedding, on the frames outside the held-out set
 (continuing last night's weights when the shapes still fit), and are measured on the
-held-out clips' fragments beside the fragments left as they are. The checkpoint records
+held-out frames' fragments beside the fragments left as they are (held out by frame, not
+by clip: every clip is a memory to recall, and a query brings a new glimpse of one). The checkpoint records
 which clips of which (version, date) form the bank, so ``query --fragment`` recalls from
 the same memories. Nothing is written to the memory store.
 """
@@ -58,10 +59,10 @@ def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) ->
 
 
 def run(night: Night) -> dict:
-    """Train both reconstructors on tonight's fragments and measure them on held-out clips.
+    """Train both reconstructors on tonight's fragments and measure them on held-out frames.
 
     Returns:
-        counts and versions, and ``metrics``: for fragments of held-out clips, the mean cosine
+        counts and versions, and ``metrics``: for fragments of held-out frames, the mean cosine
         to their clip's embedding and the share whose own clip is nearest (top 1, top 5), for
         the fragment as it is and completed by the MLP and the Hopfield network, with chance.
     """

@@ -2,9 +2,9 @@
 
 A fragment is the embedding of a damaged view of a frame (:mod:`models.fragments`); its
 target is the embedding of the frame's whole clip, one of the stored patterns (the bank).
-The MLP learns to map fragment to clip; the Hopfield network learns where to look among the stored clips (the held-out
-clips are stored too: they are memories, only never used as training fragments). AdamW,
-warm-up and cosine schedule as a pure function of the step, as every nightly trainer here.
+The MLP learns to map fragment to clip; the Hopfield network learns where to look among
+the stored clips. AdamW, warm-up and cosine schedule as a pure function of the step, as
+every nightly trainer here.
 """
 from __future__ import annotations
 
