@@ -20,6 +20,8 @@ def render(summary: dict, ctx) -> str | None:
             figures.append(f'<figure><img src="{h.image_data_uri(path)}" alt="{h.esc(item["caption"])}" '
                            f'style="max-width: 400px"><figcaption>{h.esc(item["caption"])}</figcaption></figure>')
     parts = ['<div class="grid">' + "".join(figures) + "</div>"] if figures else []
+    if metrics.get("budget_cut"):
+        parts.append(f'<p class="status failed">Shortened: {h.esc(metrics["budget_cut"])}.</p>')
     parts.append(h.table(["", ""], [
         ("decoder", f'{result.get("model_version")}, {result.get("frames")} frames, continued from '
                     f'{result.get("resumed_from") or result.get("restart_reason") or "nothing (first night)"}'),

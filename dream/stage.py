@@ -142,6 +142,7 @@ def run(night: Night) -> dict:
         "fidelity_chance": round(1 / len(clip_ids), 4), "fidelity_dreams": int(len(sample)),
         "loss_curve": trained.losses, "train_seconds": round(trained.seconds, 2),
         "images_per_second": round(trained.images_per_second, 1), "steps": trained.steps,
+        "budget_cut": trained.budget_cut,
         "global_step": trained.step,
     }
 

@@ -21,6 +21,7 @@ from pipeline.config import DreamConfig
 from .decoder import DreamDecoder, diffusion_loss, noise_scheduler
 
 log = logging.getLogger(__name__)
+PROJECT_AFTER = 6  # steps run before checking the time budget (the first one is not timed: warm-up)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class DreamTrainResult:
     seconds: float
     images_per_second: float
     losses: list[float] = field(default_factory=list)  # every log_every steps
+    budget_cut: str | None = None  # why fewer steps than configured ran, if they did
 
 
 def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, device: str, *,
@@ -63,9 +65,12 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     generator = torch.Generator().manual_seed(cfg.seed + global_step)
     batch = min(cfg.batch_size, len(frames))
     losses: list[float] = []
+    budget_cut = None
     model.train()
     started = time.perf_counter()
-    for it in tqdm(range(total), desc="dream", unit="step", disable=not progress, leave=False):
+    it = 0
+    bar = tqdm(total=total, desc="dream", unit="step", disable=not progress, leave=False)
+    while it < total:
         rows = torch.randint(len(frames), (batch,), generator=generator)
         lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.1 * cfg.lr)
         for group in optimizer.param_groups:
@@ -77,12 +82,35 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
         loss.backward()
         optimizer.step()
         global_step += 1
-        if (it + 1) % cfg.log_every == 0 or it + 1 == total:
+        it += 1
+        bar.update(1)
+        if it == 1:
+            _sync(device)
+            first_done = time.perf_counter()
+        if it == PROJECT_AFTER and cfg.max_minutes and total > it:
+            _sync(device)
+            # A CPU, or a GPU smaller than the config assumes: fit the night into the budget
+            # rather than run for a day. The schedule is a function of (step, total), so it
+            # simply ends sooner.
+            per_step = (time.perf_counter() - first_done) / (it - 1)
+            fits = max(it + 1, int(cfg.max_minutes * 60 / per_step))
+            if fits < total:
+                budget_cut = (f"{total} steps would take {total * per_step / 60:.0f} min at {per_step:.2f} s a step; "
+                              f"ran {fits} to stay within dream.max_minutes = {cfg.max_minutes:g}")
+                log.warning("dream: %s", budget_cut)
+                total = fits
+                bar.total = total
+        if it % cfg.log_every == 0 or it == total:
             losses.append(round(loss.item(), 5))
-            log.info("dream step %d/%d: loss %.4f", it + 1, total, losses[-1])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+            log.info("dream step %d/%d: loss %.4f", it, total, losses[-1])
+    bar.close()
+    _sync(device)
     seconds = time.perf_counter() - started
     model.eval()
     return DreamTrainResult(model, optimizer, global_step, total, seconds,
-                            total * batch / seconds if seconds > 0 else 0.0, losses)
+                            total * batch / seconds if seconds > 0 else 0.0, losses, budget_cut)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -352,6 +352,8 @@ class DreamConfig(_Section):
     layers_per_block: int = Field(2, ge=1)
     attention: bool = Field(True, description="self-attention at the lowest resolution")
     steps: int = Field(4000, ge=1, description="optimizer steps per night")
+    max_minutes: float | None = Field(120.0, gt=0, description="training time budget: fewer steps when the "
+                                      "first ones show that all would take longer (null = no budget)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)

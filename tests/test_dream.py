@@ -59,6 +59,19 @@ def test_the_decoder_draws_what_its_embedding_asks_for():
     assert dream(trained.model, None, steps=2, guidance=2.0, generator=torch.Generator(), batch=3).shape[0] == 3
 
 
+def test_a_night_that_would_overrun_its_time_budget_trains_fewer_steps():
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    cond = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
+    cfg = DreamConfig(image_size=16, channels=[16, 32], layers_per_block=1, attention=False, steps=500,
+                      max_minutes=1e-6, batch_size=4, warmup_steps=0, log_every=1)
+    trained = train_decoder(images, cond, cfg, "cpu", progress=False)
+    assert trained.steps == trained.step == 7 and len(trained.losses) == 7  # 6 timed, then one more
+    assert "500 steps would take" in trained.budget_cut and "dream.max_minutes" in trained.budget_cut
+    unlimited = train_decoder(images, cond, cfg.model_copy(update={"max_minutes": None, "steps": 9}), "cpu",
+                              progress=False)
+    assert unlimited.steps == 9 and unlimited.budget_cut is None
+
+
 def _night(date, cfg, paths, engine):
     return Night(date, cfg, paths, engine, make_sessionmaker(engine), "cpu", logging.getLogger("test"))
 
