@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.checkpoint import checkpoint_path, load_checkpoint, previous_checkpoint, save_checkpoint
+from models.checkpoint import (checkpoint_path, load_checkpoint, model_version, previous_checkpoint,
+                               save_checkpoint)
 from models.fragments import degrade
 from models.frames import decode_frames, square_frame
 from models.vision_embed import embed_frames, load_target_encoder
+from models.vision_stage import MODEL as VISION_MODEL
 from pipeline.atomic import atomic_dir
 from pipeline.stages import Night
 
@@ -86,7 +88,7 @@ def run(night: Night) -> dict:
     from models.reconstruct_query import load_completer
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
-    version = f"jepa@{day}"
+    version = model_version(VISION_MODEL, night.date)
     rows, vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version, date=day)
     if len(rows) < 2:
         return {"trained": False, "note": "no vision model trained tonight (or fewer than two frames)"}
@@ -119,7 +121,7 @@ def run(night: Night) -> dict:
         "input_version": version, "rng": {"torch": torch.get_rng_state()}})
 
     decoder = trained.model
-    encoder = load_target_encoder(checkpoint_path(paths.checkpoints / "jepa", night.date), night.cfg.models.jepa,
+    encoder = load_target_encoder(checkpoint_path(paths.checkpoints / VISION_MODEL, night.date), night.cfg.models.jepa,
                                   device)
     clip_rows, clip_vectors = load_vectors(night.engine, paths, space="vision", model_version=version, date=day)
     clip_ids = np.array([r.clip_id for r in clip_rows])
@@ -174,12 +176,13 @@ def run(night: Night) -> dict:
         pairs = [tuple(rng.choice(len(clip_ids), 2, replace=False)) for _ in range(n_blend)]
         blends = slerp(clip_vectors[[a for a, _ in pairs]], clip_vectors[[b for _, b in pairs]], 0.5)
         drawn = draw(blends)
+        ends = sorted({int(clip_ids[k]) for pair in pairs for k in pair})
         with night.Session() as session:
-            middles = middle_frames(session, {int(clip_ids[k]) for pair in pairs for k in pair})
+            middles = middle_frames(session, ends)
+        pictures = decode_frames([paths.root / middles[c] for c in ends], cfg.image_size, device, progress=False)
+        picture_of = {ends[i]: pictures.images[n] for n, i in enumerate(pictures.index)}
         for j, (a, b) in enumerate(pairs):
-            ends = decode_frames([paths.root / middles[int(clip_ids[k])] for k in (a, b)], cfg.image_size, device,
-                                 progress=False).images
-            strips.append(_strip([ends[0], drawn[j].cpu(), ends[1]]))
+            strips.append(_strip([picture_of[int(clip_ids[a])], drawn[j].cpu(), picture_of[int(clip_ids[b])]]))
             dreams.append({"kind": "blend", "clip_ids": [int(clip_ids[a]), int(clip_ids[b])],
                            "caption": f"clips {int(clip_ids[a])} and {int(clip_ids[b])}, and the dream half-way "
                                       "between them"})

@@ -21,11 +21,12 @@ import torch
 from pipeline.stages import Night
 
 from .audio_stage import is_heldout, night_seed
-from .checkpoint import checkpoint_path, load_checkpoint, previous_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, model_version, previous_checkpoint, save_checkpoint
 from .fragments import degrade
 from .frames import decode_frames
 from .reconstruct_train import VARIANTS, bank_rows, choose, evaluate, train_reconstructors
 from .vision_embed import embed_frames, load_target_encoder
+from .vision_stage import MODEL as VISION_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) ->
         each fragment's frame (unreadable frames give none) and how many views of each kind.
     """
     jepa = night.cfg.models.jepa
-    encoder = load_target_encoder(checkpoint_path(night.paths.checkpoints / "jepa", night.date), jepa, night.device)
+    encoder = load_target_encoder(checkpoint_path(night.paths.checkpoints / VISION_MODEL, night.date), jepa, night.device)
     cache = decode_frames([night.paths.root / p for p in frame_paths], encoder.img_size, night.device)
     generator = torch.Generator().manual_seed(seed)
     vectors, positions, kinds = [], [], {}
@@ -70,7 +71,7 @@ def run(night: Night) -> dict:
     from memory.store import load_vectors
 
     cfg, day, paths, device = night.cfg.models.reconstruct, night.day, night.paths, night.device
-    version_in = f"jepa@{day}"  # the vision stage's version for this night
+    version_in = model_version(VISION_MODEL, night.date)  # the vision stage's version for this night
     rows, vectors = load_vectors(night.engine, paths, space=SPACE, model_version=version_in, date=day)
     if not rows:
         return {"trained": False, "note": "no vision model trained tonight"}
