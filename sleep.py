@@ -7,7 +7,7 @@
 """
 import sys
 
-from pipeline.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.audio_features import log_mel_batches  # noqa: E402
-from models.cpc_train import embed_features, night_steps, train_cpc  # noqa: E402
-from pipeline.config import CONFIG_DIR, load_config  # noqa: E402
+from core.config import CONFIG_DIR, load_config
+from models.audio.features import log_mel_batches
+from models.audio.train import embed_features, night_steps, train_cpc
 
 DAY_SECONDS = 16 * 3600
 

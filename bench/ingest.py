@@ -33,10 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.binaries import ffmpeg_path  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.paths import Paths  # noqa: E402
-from pipeline.runner import run_night  # noqa: E402
+from core.config import load_config
+from core.paths import Paths
+from ingest.binaries import ffmpeg_path
+from pipeline.runner import run_night
 
 DATE = dt.date(2026, 1, 15)
 

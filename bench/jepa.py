@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.jepa_train import JepaTrainer  # noqa: E402
-from pipeline.config import CONFIG_DIR, load_config  # noqa: E402
+from core.config import CONFIG_DIR, load_config
+from models.vision.train import JepaTrainer
 
 
 def _sync(device: torch.device) -> None:

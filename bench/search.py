@@ -36,9 +36,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memory.exact import Block, exact_topk, exact_topk_batch, recall_at_k  # noqa: E402
-from memory.faiss_index import (TUNE_MARGIN, build_flat, build_hnsw, build_ivf,  # noqa: E402
-                                default_nlist, tune)
+from memory.exact import Block, exact_topk, exact_topk_batch, recall_at_k
+from memory.faiss_index import (
+    TUNE_MARGIN,
+    build_flat,
+    build_hnsw,
+    build_ivf,
+    default_nlist,
+    tune,
+)
 
 DIM = 256
 GEN_CHUNK = 500_000

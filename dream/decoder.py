@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from pipeline.config import DreamConfig
+from core.config import DreamConfig
 
 TRAIN_TIMESTEPS = 1000
 # Keys of DreamConfig that fix the shape of the weights.

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.config import DreamConfig
+from dream.decoder import DreamDecoder, diffusion_loss, noise_scheduler
 from models import schedules
-from pipeline.config import DreamConfig
-
-from .decoder import DreamDecoder, diffusion_loss, noise_scheduler
 
 log = logging.getLogger(__name__)
 PROJECT_AFTER = 6  # steps run before checking the time budget (the first one is not timed: warm-up)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import ffmpeg
 
-from pipeline.config import IngestConfig
-
-from .probe import MediaInfo
+from core.config import IngestConfig
+from ingest.probe import MediaInfo
 
 # Codecs that MP4 takes as stream copy (and that browsers play); anything else goes to MKV.
 MP4_VIDEO = {"h264", "hevc", "av1", "mpeg4", "vp9"}

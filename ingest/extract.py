@@ -17,13 +17,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import atomic_dir
-from pipeline.config import IngestConfig
-
-from .binaries import ffmpeg_path
-from .clips import clip_of, clip_windows, frame_time
-from .command import SEGMENT_LIST, OutputDirs, build_command, describe_ffmpeg_failure
-from .probe import MediaError, MediaInfo, probe_file
+from core.atomic import atomic_dir
+from core.config import IngestConfig
+from ingest.binaries import ffmpeg_path
+from ingest.clips import clip_of, clip_windows, frame_time
+from ingest.command import (
+    SEGMENT_LIST,
+    OutputDirs,
+    build_command,
+    describe_ffmpeg_failure,
+)
+from ingest.probe import MediaError, MediaInfo, probe_file
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from .binaries import ffprobe_path
+from ingest.binaries import ffprobe_path
 
 log = logging.getLogger(__name__)
 

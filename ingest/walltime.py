@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from .probe import parse_creation_time
+from ingest.probe import parse_creation_time
 
 _DATE_TIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})[_\-T ]?(\d{2})(\d{2})(\d{2})")
 _HH_MM_SS = re.compile(r"(?<!\d)(\d{2})[-.](\d{2})[-.](\d{2})(?![\d])")

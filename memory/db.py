@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
-from pipeline.paths import make_private_dir
+from core.paths import make_private_dir
 
 
 class Base(DeclarativeBase):
@@ -30,7 +30,7 @@ def _on_connect(dbapi_conn, _record) -> None:
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
-    from . import catalog, ledger, schema  # noqa: F401
+    from memory import catalog, ledger, schema
 
     make_private_dir(path.parent)
     engine = create_engine(f"sqlite:///{path}", future=True)

@@ -18,14 +18,13 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.atomic import TMP_MARK
-from pipeline.lock import NightLock
-from pipeline.paths import Paths
-
-from .catalog import EmbeddingSpace, Shard, ShardRow
-from .db import open_database
-from .schema import AudioSegment, Clip, Frame, Source
-from .store import EmbeddingRow, write_embeddings
+from core.atomic import TMP_MARK
+from core.lock import NightLock
+from core.paths import Paths
+from memory.catalog import EmbeddingSpace, Shard, ShardRow
+from memory.db import open_database
+from memory.schema import AudioSegment, Clip, Frame, Source
+from memory.store import EmbeddingRow, write_embeddings
 
 log = logging.getLogger(__name__)
 _TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")

@@ -17,7 +17,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from .exact import Block, exact_topk_batch, recall_at_k
+from memory.exact import Block, exact_topk_batch, recall_at_k
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from pipeline.lock import NightLock
-from pipeline.paths import Paths
-
-from .catalog import EmbeddingSpace, Shard, ShardRow
-from .db import open_database
-from .ledger import StageRun
-from .schema import AudioSegment, Clip, Frame, Source
+from core.lock import NightLock
+from core.paths import Paths
+from memory.catalog import EmbeddingSpace, Shard, ShardRow
+from memory.db import open_database
+from memory.ledger import StageRun
+from memory.schema import AudioSegment, Clip, Frame, Source
 
 log = logging.getLogger(__name__)
 

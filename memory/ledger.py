@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .db import Base
+from memory.db import Base
 
 
 class StageRun(Base):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .schema import AudioSegment, Clip, Frame
+from memory.schema import AudioSegment, Clip, Frame
 
 # SQLite allows at most 999 bound parameters in older builds.
 _IN_CHUNK = 900

@@ -15,10 +15,9 @@ import shutil
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.paths import Paths
-
-from .catalog import ShardRow
-from .schema import AudioSegment, Clip, Frame, Source
+from core.paths import Paths
+from memory.catalog import ShardRow
+from memory.schema import AudioSegment, Clip, Frame, Source
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,3 @@ def apply_retention(engine, paths: Paths, retention, today: dt.date) -> dict:
             "derived_removed": [d.isoformat() for d in derived],
             "metrics": {"raw_days_removed": len(raw), "derived_days_removed": len(derived),
                         "frames_dropped": frames_dropped, "audio_segments_dropped": audio_dropped}}
-
-
-def run(night) -> dict:
-    """The ``retention`` stage: :func:`apply_retention` relative to the night's date."""
-    return apply_retention(night.engine, night.paths, night.cfg.memory.retention, night.date)

@@ -31,19 +31,18 @@ import numpy as np
 from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from pipeline.paths import Paths
-
-from .catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
-from .exact import Block, exact_topk
-from .media import middle_frames
-from .schema import Clip, Frame, Source
+from core.paths import Paths
+from memory.catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
+from memory.exact import Block, exact_topk
+from memory.media import middle_frames
+from memory.schema import Clip, Frame, Source
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """Engine choice; mirrors ``pipeline.config.SearchConfig`` (any object with these fields)."""
+    """Engine choice; mirrors ``core.config.SearchConfig`` (any object with these fields)."""
 
     index: str = "auto"
     faiss_threshold: int = 200_000
@@ -137,7 +136,7 @@ def _index_kind(options) -> str:
 def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], blocks: list[Block],
                  kind: str, options):
     """The FAISS index over all of the version's shards, from the caches or built now."""
-    from . import faiss_index
+    from memory import faiss_index
 
     key = (space.id, kind, options.min_recall, tuple(s.path for s in shards))
     cached = _INDEXES.get(key)
@@ -164,9 +163,8 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
         if built is None or built.kind != "flat":
             import faiss
 
-            from pipeline.atomic import atomic_write_bytes, atomic_write_text
-
-            from .store import private_folder
+            from core.atomic import atomic_write_bytes, atomic_write_text
+            from memory.store import private_folder
 
             private_folder(paths, folder)
             for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
@@ -296,7 +294,7 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
     Raises:
         ValueError: a query that is not a finite non-zero vector of the space's dimension.
     """
-    from .store import latest_version
+    from memory.store import latest_version
 
     options = options or SearchOptions()
     query = np.asarray(query, dtype=np.float32).reshape(-1)

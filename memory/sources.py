@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .schema import AudioSegment, Clip, Frame, Source
+from memory.schema import AudioSegment, Clip, Frame, Source
 
 
 @dataclass

@@ -26,11 +26,10 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
-from pipeline.atomic import atomic_file
-from pipeline.paths import Paths, make_private_dir
-
-from .catalog import EmbeddingSpace, Shard, ShardRow, space_of
-from .search import Hit, search  # noqa: F401  (re-exported: the store's public API)
+from core.atomic import atomic_file
+from core.paths import Paths, make_private_dir
+from memory.catalog import EmbeddingSpace, Shard, ShardRow, space_of
+from memory.search import Hit, search
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def spaces(engine: Engine) -> list[str]:
         names = set(session.scalars(
             select(EmbeddingSpace.name).join(Shard, Shard.space_id == EmbeddingSpace.id)
             .where(Shard.complete.is_(True))))
-    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3, "clip": 4}
+    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3, "openclip": 4}
     return sorted(names, key=lambda n: (order.get(n, 9), n))
 
 
@@ -213,7 +212,7 @@ def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str
         ``(rows, vectors)``: one :class:`EmbeddingRow` per vector and a float32 ``(N, D)``
         array (unit length, as stored); empty when that key holds nothing.
     """
-    from .search import open_shard
+    from memory.search import open_shard
 
     with Session(engine) as session:
         shard = session.scalars(

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.errors import SleepError
-from pipeline.paths import make_private_dir
+from core.atomic import atomic_write_bytes, atomic_write_text
+from core.errors import SleepError
+from core.paths import make_private_dir
 
 log = logging.getLogger(__name__)
 LATEST = "latest"

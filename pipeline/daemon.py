@@ -27,16 +27,15 @@ import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from core.config import SleepConfig, parse_clock_time
+from core.errors import LockHeld, SleepError
+from core.lock import NightLock, lock_holder
+from core.paths import Paths
+from core.signals import GracefulStop
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-
-from .config import SleepConfig, parse_clock_time
-from .errors import LockHeld, SleepError
-from .lock import NightLock, lock_holder
-from .paths import Paths
-from .runner import NightOutcome, run_night
-from .signals import GracefulStop
-from .stages import STAGES, Stage
+from pipeline.runner import NightOutcome, run_night
+from stages import STAGES, Stage
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from .config import CONFIG_DIR, load_config
-from .errors import UsageError
-from .paths import Paths
+from core.config import CONFIG_DIR, load_config
+from core.errors import UsageError
+from core.paths import Paths
 
 log = logging.getLogger(__name__)
 DEMO_MARK = ".sleep-demo"
@@ -59,7 +59,7 @@ def make_sample_day(root: Path, date: dt.date) -> Path:
 
 def run_demo(root: Path, date: dt.date):
     """Build the sample day under ``root`` and run its night with the tiny config."""
-    from .runner import run_night
+    from pipeline.runner import run_night
 
     raw = make_sample_day(root, date)
     log.info("sample day: %s (%d files)", raw, len(list(raw.iterdir())))

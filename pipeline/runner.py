@@ -7,16 +7,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from core.atomic import sweep_tmp
+from core.config import SleepConfig
+from core.errors import UsageError
+from core.lock import NightLock
+from core.logs import night_log
+from core.paths import Paths
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-
-from .atomic import sweep_tmp
-from .config import SleepConfig
-from .errors import UsageError
-from .lock import NightLock
-from .logs import night_log
-from .paths import Paths
-from .stages import STAGES, Night, Stage, config_hash
+from stages import STAGES, Night, Stage, config_hash
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
 """``sleep.py status``: the ledger of every night, as data."""
 from __future__ import annotations
 
+from core.lock import lock_holder
+from core.paths import Paths
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-
-from .daemon import daemon_status
-from .lock import lock_holder
-from .paths import Paths
+from pipeline.daemon import daemon_status
 
 
 def night_status(paths: Paths) -> dict:

@@ -1,27 +1,28 @@
 """Assemble ``summary.json`` from the ledger and render ``index.html`` from its sections.
 
-Section API: every stage may name a renderer (``Stage.report``) taking
-``(summary: dict, ctx: ReportContext)`` and returning an HTML fragment (or ``None`` to
+Section API: a stage's section is ``report/sections/{stage}.py``, whose ``render`` takes
+``(summary: dict, ctx: ReportContext)`` and returns an HTML fragment (or ``None`` to
 leave its section out). The summary and stage-timings sections are this package's own.
 """
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 
+from core.atomic import atomic_write_text
+from core.config import SleepConfig
+from core.paths import Paths
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-from pipeline.atomic import atomic_write_text
-from pipeline.config import SleepConfig
-from pipeline.paths import Paths
-from pipeline.stages import Stage
-
-from . import html as h
+from report import html as h
+from stages import Stage
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -107,11 +108,22 @@ def _timings_section(summary: dict, ctx: ReportContext) -> str:
     return h.table(["stage", "status", "time", "attempts", "error"], rows)
 
 
+def section_renderer(stage_name: str) -> Callable[[dict, ReportContext], str | None] | None:
+    """``report.sections.{stage_name}.render``, or ``None`` for a stage without a section."""
+    try:
+        module = importlib.import_module(f"report.sections.{stage_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"report.sections.{stage_name}":
+            return None
+        raise
+    return module.render
+
+
 def render_sections(summary: dict, ctx: ReportContext, stages: list[Stage]) -> list[Section]:
     sections = [Section("summary", "Summary", _summary_section(summary, ctx)),
                 Section("timings", "Stage timings", _timings_section(summary, ctx))]
     for stage in stages:
-        render = stage.report_function()
+        render = section_renderer(stage.name)
         if render is None:
             continue
         try:

@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.binaries import ffmpeg_path  # noqa: E402
-from pipeline.config import CONFIG_DIR, load_config  # noqa: E402
+from core.config import CONFIG_DIR, load_config
+from ingest.binaries import ffmpeg_path
 
 
 def pytest_collection_modifyitems(config, items):

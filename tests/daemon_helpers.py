@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline.stages import Stage  # noqa: E402
+from stages import Stage
 
 SLOW_SECONDS = 2.0
 
@@ -60,10 +60,10 @@ def calls(root: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR, load_config
+    from core.logs import configure_console
+    from core.paths import Paths
     from pipeline.daemon import run_daemon
-    from pipeline.logs import configure_console
-    from pipeline.paths import Paths
 
     root, now = argv
     configure_console()

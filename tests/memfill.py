@@ -6,9 +6,9 @@ import datetime as dt
 import numpy as np
 from sqlalchemy.orm import Session
 
+from core.paths import Paths
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.store import EmbeddingRow, write_embeddings
-from pipeline.paths import Paths
 
 DIM = 32
 

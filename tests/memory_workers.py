@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 BIG_DIM = 1024
 
 
@@ -28,8 +27,8 @@ def _setup(root: str):
     import torch
 
     torch.set_num_threads(1)
+    from core.paths import Paths
     from memory.db import open_database
-    from pipeline.paths import Paths
 
     paths = Paths.at(root)
     return open_database(paths.database), paths
@@ -68,6 +67,7 @@ def writer(root: str, day: str, clip_ids: list[int], rewrites: int, done_flag: s
     """Write (and rewrite) one day's vision shard while readers search."""
     engine, paths = _setup(root)
     from memfill import day_vectors
+
     from memory.store import EmbeddingRow, write_embeddings
 
     try:

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from audio_scenes import SCENES, clips_of, make_scene, pixel_features
-from models.align import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, AlignModel, clip_loss
-from models.align_stage import mean_per_clip, pair_up
-from models.align_train import evaluate_alignment, make_optimizer, train_alignment
-from models.audio_features import log_mel_batches
-from models.cpc_train import embed_features, train_cpc
+
+from core.config import CONFIG_DIR, load_config
+from models.align.heads import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, AlignModel, clip_loss
+from models.align.train import evaluate_alignment, make_optimizer, train_alignment
+from models.audio.features import log_mel_batches
+from models.audio.train import embed_features, train_cpc
 from models.retrieval import ranks_of_partners, retrieval_metrics
-from pipeline.config import CONFIG_DIR, load_config
+from stages.align import mean_per_clip, pair_up
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,15 @@ import types
 import numpy as np
 import pytest
 import soundfile
-
 from audio_scenes import RATE, SCENES, clips_of, make_scene, pixel_features
 from conftest import make_media
+
+from core.errors import UsageError
+from core.paths import Paths
 from memory.db import make_sessionmaker, open_database
 from memory.schema import AudioSegment, Clip, Source
 from memory.store import EmbeddingRow, load_vectors, spaces, write_embeddings
-from pipeline.errors import UsageError
-from pipeline.paths import Paths
-from pipeline.stages import Night
+from stages import Night
 
 DAY1, DAY2 = dt.date(2026, 1, 14), dt.date(2026, 1, 15)
 
@@ -98,8 +98,9 @@ def night1(tmp_path_factory, scenes):
     The vision space is filled by the test with its pixel stand-in for the vision model
     (see test_align.py). A quarter of the clips is held out so that several are measured.
     """
-    from models import align_stage, audio_stage
-    from pipeline.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR, load_config
+    from stages import align as align_stage
+    from stages import audio as audio_stage
 
     cfg = with_audio(load_config(CONFIG_DIR / "tiny.yaml"), heldout_fraction=0.25)
     root = tmp_path_factory.mktemp("night1")
@@ -145,7 +146,7 @@ def test_align_stage_writes_every_clips_senses_and_measures_recall(night1):
 
 
 def test_a_day_with_only_silent_video_writes_nothing_and_does_not_fail(root, tiny_cfg, scenes):
-    from models import audio_stage
+    from stages import audio as audio_stage
 
     night = make_night(root, tiny_cfg, DAY1)
     add_day(night.paths, night.Session, DAY1, [])
@@ -155,7 +156,7 @@ def test_a_day_with_only_silent_video_writes_nothing_and_does_not_fail(root, tin
 
 
 def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(root, tiny_cfg, scenes):
-    from models import audio_stage
+    from stages import audio as audio_stage
 
     cfg = with_audio(tiny_cfg, cpc__min_steps=4, cpc__max_steps=4)
     first = make_night(root, cfg, DAY1)
@@ -177,7 +178,7 @@ def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(root
 
 def test_query_by_sound_finds_the_scene_it_came_from(night1, tmp_path):
     """A new FFmpeg-made mp4 of each scene's sound; its nearest stored moment by cosine."""
-    from models.audio_query import encode_audio_file
+    from stages.audio import encode_audio_file
 
     rows, vectors = stored(night1.night, "audio", "cpc@2026-01-14", "2026-01-14")
     hits = 0
@@ -190,7 +191,7 @@ def test_query_by_sound_finds_the_scene_it_came_from(night1, tmp_path):
 
 
 def test_query_of_a_file_without_audio_is_a_usage_error(night1, tmp_path):
-    from models.audio_query import encode_audio_file
+    from stages.audio import encode_audio_file
 
     silent = make_media(tmp_path / "silent.mp4", seconds=2, audio=None)
     with pytest.raises(UsageError, match="no audio stream"):
@@ -198,8 +199,8 @@ def test_query_of_a_file_without_audio_is_a_usage_error(night1, tmp_path):
 
 
 def test_queries_before_any_night_are_usage_errors(root, tiny_cfg, tmp_path):
-    from models.align_query import to_shared
-    from models.audio_query import encode_audio_file
+    from stages.align import to_shared
+    from stages.audio import encode_audio_file
 
     media = make_media(tmp_path / "a.wav", seconds=1, video=None)
     with pytest.raises(UsageError, match="no CPC checkpoint"):
@@ -215,7 +216,7 @@ def test_an_image_finds_moments_that_sound_like_it_looks(night1, scenes):
     test_align.py); it goes through ``to_shared`` and is compared with the stored
     shared-space audio rows.
     """
-    from models.align_query import to_shared
+    from stages.align import to_shared
 
     rows, shared = stored(night1.night, "shared", "align@2026-01-14", "2026-01-14")
     audio_rows = [i for i, r in enumerate(rows) if r.modality == "audio"]
@@ -248,7 +249,7 @@ def test_night_end_to_end(root, tiny_cfg, scenes):
 
     from memory.db import open_database as open_db
     from memory.store import search
-    from models.audio_query import encode_audio_file
+    from stages.audio import encode_audio_file
 
     paths = Paths.at(root)
     version, vector = encode_audio_file(raw / "scene0.mp4", cfg, paths, "cpu")
@@ -262,8 +263,9 @@ def test_night_end_to_end(root, tiny_cfg, scenes):
 
 
 def test_report_sections_show_the_figures_beside_chance(night1):
-    from models.audio_report import render_align, render_cpc
     from report.build import ReportContext
+    from report.sections.align import render as render_align
+    from report.sections.audio import render as render_cpc
 
     summary: dict = {"metrics": {}}
     for name in ("audio", "align"):
@@ -286,7 +288,7 @@ def test_sae_neurons_trace_scenes_and_the_next_night_continues_the_dictionary(ni
     neuron's moments from its most common scene, averaged, against the same figure for
     moments drawn at random. Measured 2026-11-23 (tiny config): 0.944 against chance 0.417.
     """
-    from models import sae_stage
+    from stages import sae as sae_stage
 
     night = night1.night
     result = sae_stage.run(night)

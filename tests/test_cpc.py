@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from audio_scenes import SCENES, clips_of, make_scene
-from models.audio_features import AudioReadError, log_mel_batches, read_wav
-from models.cpc import CpcModel, info_nce, negative_indices
+
+from models.audio.cpc import CpcModel, info_nce, negative_indices
+from models.audio.features import AudioReadError, log_mel_batches, read_wav
+from models.audio.train import embed_features, evaluate_cpc, get_lr, train_cpc
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.cpc_train import evaluate_cpc, embed_features, get_lr, train_cpc
 
 
 @pytest.fixture(scope="module")
 def cpc_cfg():
-    from pipeline.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR, load_config
 
     return load_config(CONFIG_DIR / "tiny.yaml").models.cpc
 

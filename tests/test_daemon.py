@@ -14,17 +14,17 @@ import zoneinfo
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
 from daemon_helpers import QUICK_STAGES, calls
+
+from core.config import CONFIG_DIR, ConfigError, SleepConfig, load_config
+from core.lock import lock_holder
+from core.paths import Paths
+from core.signals import GracefulStop
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-from pipeline.config import CONFIG_DIR, ConfigError, SleepConfig, load_config
 from pipeline.daemon import Daemon, days_to_catch_up, latest_due_night, run_daemon
-from pipeline.lock import lock_holder
-from pipeline.paths import Paths
 from pipeline.runner import run_night
-from pipeline.signals import GracefulStop
 from pipeline.status import night_status
 
 UTC = dt.timezone.utc

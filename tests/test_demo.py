@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -69,9 +68,9 @@ def test_demo_memory_answers_image_sound_and_cross_modal_queries(demo):
 
 
 def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
+    from core.paths import Paths
     from memory.db import open_database
     from memory.store import load_vectors
-    from pipeline.paths import Paths
 
     root, result = demo
     assert result.returncode == 0
@@ -112,7 +111,7 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
         "fragment", "mlp", "hopfield")
     assert "Completing fragments" in html
 
-    assert summary["clip"]["note"].startswith("no OpenCLIP weights configured")  # tiny config: no weights
+    assert summary["openclip"]["note"].startswith("no OpenCLIP weights configured")  # tiny config: no weights
 
     # Dreams: strips on disk beside the report, and inlined into the page.
     dreams = summary["dream"]["dreams"]

@@ -9,16 +9,16 @@ import logging
 
 import numpy as np
 import torch
+from jepa_media import SCENES, insert_day, make_scene_frames
 from PIL import Image
 
+from core.config import DreamConfig
+from core.paths import Paths
 from dream.decoder import dream
-from dream.stage import slerp
 from dream.train import train_decoder
-from jepa_media import SCENES, insert_day, make_scene_frames
 from memory.db import make_sessionmaker, open_database
-from pipeline.config import DreamConfig
-from pipeline.paths import Paths
-from pipeline.stages import Night
+from stages import Night
+from stages.dream import slerp
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 COLOURS = torch.tensor([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], dtype=torch.uint8)
@@ -77,8 +77,9 @@ def _night(date, cfg, paths, engine):
 
 
 def test_stage_dreams_recalls_and_blends_and_continues_the_next_night(root, tiny_cfg):
-    from dream import stage as dream_stage
-    from models import reconstruct_stage, vision_stage
+    from stages import dream as dream_stage
+    from stages import reconstruct as reconstruct_stage
+    from stages import vision as vision_stage
 
     paths = Paths.at(root)
     engine = open_database(paths.database)

@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 import soundfile as sf
+from conftest import make_media, run_cli
 from PIL import Image
 from sqlalchemy import func, select
 
-from conftest import make_media, run_cli
+from core.config import CONFIG_DIR, load_config
+from core.paths import Paths
 from ingest.binaries import ffmpeg_path
 from ingest.clips import clip_windows
 from ingest.command import OutputDirs, audio_packet_samples, build_command
@@ -20,8 +22,6 @@ from ingest.probe import MediaInfo, describe_probe_failure
 from ingest.walltime import time_from_name
 from memory.db import make_sessionmaker, open_database
 from memory.schema import AudioSegment, Clip, Frame, Source
-from pipeline.config import CONFIG_DIR, load_config
-from pipeline.paths import Paths
 from pipeline.runner import run_night
 
 DATE = dt.date(2026, 1, 15)

@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from models import schedules
-from models.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, previous_checkpoint,
-                               save_checkpoint)
+from models.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+)
 from models.ema import EMA
-from models.masks import MultiBlockMaskCollator, apply_masks
-from models.vit import VisionTransformer, sincos_2d
+from models.vision.masks import MultiBlockMaskCollator, apply_masks
+from models.vision.vit import VisionTransformer, sincos_2d
 
 
 def _collator(**kw):

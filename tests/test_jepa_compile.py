@@ -15,8 +15,8 @@ import shutil
 import pytest
 import torch
 
-from models.jepa_train import JepaTrainer
-from pipeline.config import CONFIG_DIR, load_config
+from core.config import CONFIG_DIR, load_config
+from models.vision.train import JepaTrainer
 
 
 def _tiny_batch(cfg) -> torch.Tensor:

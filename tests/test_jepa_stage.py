@@ -6,13 +6,12 @@ import logging
 
 import numpy as np
 import pytest
-
-from memory.db import make_sessionmaker, open_database
-from pipeline.paths import Paths
-from pipeline.stages import Night
-
 from jepa_media import SCENES, insert_day, make_scene_frames
+
+from core.paths import Paths
 from memory import store
+from memory.db import make_sessionmaker, open_database
+from stages import Night
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 
@@ -22,8 +21,7 @@ def _night(date, cfg, paths, engine):
 
 
 def test_two_nights_train_resume_and_fill_the_vision_spaces(root, tiny_cfg):
-    from models.vision_query import encode_image_file
-    from models.vision_stage import run
+    from stages.vision import encode_image_file, run
 
     cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={
         "jepa": tiny_cfg.models.jepa.model_copy(update={"steps": 8, "warmup_steps": 2})})})

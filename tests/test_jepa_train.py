@@ -6,15 +6,14 @@ import datetime as dt
 import numpy as np
 import pytest
 import torch
+from jepa_media import RETRIEVAL_SCENES, handheld, make_scene_frames
 
 from models import health
 from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from models.frames import decode_frames
-from models.jepa import build_encoder
-from models.jepa_train import CHECKPOINT_KEYS, train_night
-from models.vision_embed import embed_frames, load_target_encoder
-
-from jepa_media import RETRIEVAL_SCENES, handheld, make_scene_frames
+from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.frames import decode_frames
+from models.vision.jepa import build_encoder
+from models.vision.train import CHECKPOINT_KEYS, train_night
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 
@@ -33,7 +32,7 @@ def cache(scene_frames):
 
 @pytest.fixture(scope="module")
 def two_nights(cache, tmp_path_factory):
-    from pipeline.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR, load_config
 
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(update={"steps": 6, "warmup_steps": 2})
     folder = tmp_path_factory.mktemp("ckpt") / "jepa"
@@ -138,7 +137,7 @@ def test_trained_encoder_beats_random_at_same_clip_retrieval(handheld_frames, on
     grey exposure jitter alone 0.77-0.80 vs 0.83 (seed 0, 300 and 1000 steps), colour and
     hue jitter 0.639/0.653, 0.667/0.611, 0.722/0.597 (seeds 0-2), clean scenes 1.0 vs 1.0.
     """
-    from pipeline.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR, load_config
 
     images, groups = handheld_frames
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(update={"steps": 300, "warmup_steps": 30})

@@ -5,18 +5,18 @@ import os
 import signal
 import time
 
+import memory_workers
 import numpy as np
+from memfill import add_day, fill
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-import memory_workers
-from memfill import add_day, fill
+from core.atomic import TMP_MARK
+from core.paths import Paths
 from memory.catalog import Shard
 from memory.db import open_database
 from memory.doctor import doctor
 from memory.store import latest_version, search
-from pipeline.atomic import TMP_MARK
-from pipeline.paths import Paths
 
 
 def test_readers_see_all_of_a_day_or_none_and_no_errors(root):

@@ -6,11 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
+from memfill import DIM, fill
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from conftest import run_cli
-from memfill import DIM, fill
+from core.config import RetentionConfig
+from core.errors import LockHeld
+from core.lock import NightLock
+from core.paths import Paths
 from memory import ledger
 from memory.catalog import Shard, ShardRow
 from memory.db import open_database
@@ -20,11 +24,7 @@ from memory.retention import apply_retention
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.search import clip_vector
 from memory.store import search
-from pipeline.config import RetentionConfig
-from pipeline.errors import LockHeld
-from pipeline.lock import NightLock
-from pipeline.paths import Paths
-from pipeline.stages import STAGES
+from stages import STAGES
 
 DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
 
@@ -106,7 +106,7 @@ def test_retention_drops_old_footage_and_keeps_memories(mem):
 
 
 def test_retention_is_the_last_stage():
-    assert STAGES[-1].name == "retention" and STAGES[-1].run == "memory.retention:run"
+    assert STAGES[-1].name == "retention" and STAGES[-1].run == "stages.retention:run"
 
 
 def test_doctor_repairs_a_missing_shard_file(mem):
@@ -192,7 +192,7 @@ def test_cli_query_by_image_without_a_vision_model_is_a_usage_error(mem, tmp_pat
 
 
 def test_every_memory_command_and_flag_has_help():
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
 
     sub = build_parser()._subparsers._group_actions[0]
     for name in ("query", "forget", "doctor"):

@@ -5,16 +5,16 @@ import stat
 
 import numpy as np
 import pytest
+from memfill import DIM, add_day, day_vectors, embed_day, fill
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from memfill import DIM, add_day, day_vectors, embed_day, fill
+from core.paths import Paths
 from memory.catalog import Shard, ShardRow
 from memory.db import open_database
 from memory.exact import Block, exact_topk, exact_topk_batch
 from memory.search import SearchOptions
 from memory.store import EmbeddingRow, latest_version, search, write_embeddings
-from pipeline.paths import Paths
 
 DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
 

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from conftest import REPO, make_media, run_cli
-from pipeline.atomic import TMP_MARK
+
+from core.atomic import TMP_MARK
 
 DATE = "2026-01-15"
 

@@ -6,13 +6,14 @@ import sys
 import time
 
 from conftest import REPO, run_cli
-from pipeline.paths import Paths
+
+from core.paths import Paths
 
 HOLD_LOCK = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from pipeline.lock import NightLock
-from pipeline.paths import Paths
+from core.lock import NightLock
+from core.paths import Paths
 with NightLock(Paths.at({root!r}).lock, "night 2026-01-15"):
     print("locked", flush=True)
     time.sleep(60)

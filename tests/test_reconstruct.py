@@ -11,15 +11,15 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from jepa_media import SCENES, insert_day, make_scene_frames
+
+from core.config import ReconstructConfig
+from core.paths import Paths
 from memory.db import make_sessionmaker, open_database
-from models.fragments import OCCLUDED_SHARE, degrade
-from models.reconstruct import HopfieldReconstructor
-from models.reconstruct_train import choose, evaluate, train_reconstructors
-from pipeline.config import ReconstructConfig
-from pipeline.paths import Paths
-from pipeline.stages import Night
+from models.reconstruct.fragments import OCCLUDED_SHARE, degrade
+from models.reconstruct.networks import HopfieldReconstructor
+from models.reconstruct.train import choose, evaluate, train_reconstructors
+from stages import Night
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
 
@@ -114,9 +114,10 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
     fragment as it is: with an encoder this weak, completion does not help on these scenes
     (on the structured case above it does). What is asserted is what must hold either way.
     """
-    from models import reconstruct_stage, vision_stage
     from models.checkpoint import load_checkpoint
-    from models.reconstruct_query import encode_fragment_file
+    from stages import reconstruct as reconstruct_stage
+    from stages import vision as vision_stage
+    from stages.reconstruct import encode_fragment_file
 
     cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={"heldout_fraction": 0.4})})
     paths = Paths.at(root)

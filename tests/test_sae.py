@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.sae import SparseAutoencoder, fraction_of_variance_unexplained
-from models.sae_stage import strongest_neurons
-from models.sae_train import encode, evaluate, night_steps, train_sae
-from pipeline.config import ConfigError, SaeConfig, load_config
+from core.config import ConfigError, SaeConfig, load_config
+from models.sae.autoencoder import SparseAutoencoder, fraction_of_variance_unexplained
+from models.sae.train import encode, evaluate, night_steps, train_sae
+from stages.sae import strongest_neurons
 
 
 def sparse_data(n: int, dim: int = 32, atoms: int = 48, active: int = 3, seed: int = 0):

@@ -6,17 +6,16 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli
-from pipeline.atomic import atomic_dir, atomic_write_text, sweep_tmp
-from pipeline.config import CONFIG_DIR, DEFAULT_CONFIG, SleepConfig, load_config
-from pipeline.dates import parse_date
-from pipeline.errors import ConfigError, LockHeld, UsageError
-from pipeline.lock import NightLock, lock_holder
-from pipeline.paths import Paths
-from pipeline.runner import run_night
-from pipeline.stages import Stage
 
+from core.atomic import atomic_dir, atomic_write_text, sweep_tmp
+from core.config import CONFIG_DIR, DEFAULT_CONFIG, SleepConfig, load_config
+from core.dates import parse_date
+from core.errors import ConfigError, LockHeld, UsageError
+from core.lock import NightLock, lock_holder
+from core.paths import Paths
+from pipeline.runner import run_night
+from stages import Stage
 
 # -- dates and config ------------------------------------------------------------------
 
@@ -219,7 +218,7 @@ def test_cli_status_json_lists_the_night(day_root):
 
 
 def test_every_command_has_help():
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     sub = parser._subparsers._group_actions[0]

@@ -1,0 +1,479 @@
+"""One validated config object for the whole night.
+
+The YAML file is read, ``--set a.b.c=value`` overrides are applied, and the result is
+validated by :class:`SleepConfig` before any work starts. Unknown keys, wrong types and
+bad values are all reported at once, each naming its key (borgmatic ``validate.py``).
+Every function receives only the sub-config it needs (``cfg.ingest``), never a global.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class IngestConfig(_Section):
+    clip_seconds: float = Field(3.0, gt=0, le=600)
+    frame_fps: float = Field(1.0, gt=0, le=60)
+    frame_short_side: int = Field(256, ge=16, le=4096)
+    jpeg_quality: int = Field(3, ge=2, le=31, description="FFmpeg -q:v, 2 best .. 31 worst")
+    audio_sample_rate: int = Field(16000, ge=8000, le=96000)
+    write_clips: bool = True
+    workers: int = Field(0, ge=0, description="processes; 0 means one per CPU core")
+    extensions: list[str] = Field(
+        default_factory=lambda: [
+            ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".3gp", ".flv", ".wmv",
+            ".mpg", ".mpeg", ".ts", ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac",
+            ".amr", ".wma",
+        ]
+    )
+
+
+class RetentionConfig(_Section):
+    raw_days: int | None = Field(None, ge=0, description="keep raw recordings N days; null keeps forever")
+    derived_days: int | None = Field(None, ge=0, description="keep clips, frames, audio M days")
+
+
+class SearchConfig(_Section):
+    # Exact results by default, as the memory issue asks. BENCHMARKS.md: `auto` answers a
+    # 10M-row query in 0.24 ms at recall@10 0.994 where flat takes 377 ms (and holds a
+    # float32 copy in RAM); `exact` (no FAISS) beat flat at every size measured.
+    index: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field(
+        "flat", description="exact: never FAISS; flat: exact IndexFlatIP; ivf/hnsw: approximate; "
+                            "auto: ivf, falling back to exact where recall would drop")
+    faiss_threshold: int = Field(200_000, ge=0, description="rows from which FAISS is used")
+    min_recall: float = Field(0.95, gt=0, le=1, description="recall@10 an approximate index must keep")
+
+
+class MemoryConfig(_Section):
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+
+class ReportConfig(_Section):
+    max_listed_files: int = Field(500, ge=1)
+
+
+_CLOCK_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def parse_clock_time(text: str) -> tuple[int, int]:
+    """Parse a 24-hour ``"HH:MM"`` into ``(hour, minute)``.
+
+    Raises:
+        ValueError: naming what is wrong (``"25:00"``, ``"4.30"``).
+    """
+    match = _CLOCK_TIME.match(text.strip())
+    if not match:
+        raise ValueError("expected a 24-hour time HH:MM, e.g. 04:30")
+    hour, minute = int(match[1]), int(match[2])
+    if hour > 23 or minute > 59:
+        raise ValueError("expected a 24-hour time HH:MM, e.g. 04:30 (hour 0-23, minute 0-59)")
+    return hour, minute
+
+
+class ScheduleConfig(_Section):
+    """When ``sleep.py daemon`` runs the night, and how far back it catches up."""
+
+    # 04:30 is clear of every common DST switch hour: the US and central Europe switch at
+    # 02:00-03:00 local time, eastern Europe (EET) at 03:00-04:00, the UK and Portugal at
+    # 01:00-02:00. A run inside a switch hour happens twice or not at all on those dates.
+    at: str = Field("04:30", description="local time of the nightly run, HH:MM (quoted in YAML)")
+    timezone: str | None = Field(None, description="IANA zone such as Europe/Berlin; null = this machine's")
+    # APScheduler's default grace is 1 s, which silently drops a night missed while the
+    # machine slept; 12 h still runs it on a machine woken by the afternoon, and a night
+    # missed by more is picked up by the next run's catch-up.
+    misfire_grace_seconds: int = Field(43200, ge=1)
+    catch_up_days: int = Field(7, ge=0, le=366,
+                               description="also run unfinished nights with recordings up to N days back")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _check_at(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            # YAML 1.1 reads an unquoted 4:30 as the base-60 number 270.
+            raise ValueError('write the time in quotes, e.g. at: "04:30"')
+        hour, minute = parse_clock_time(value)
+        return f"{hour:02d}:{minute:02d}"
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as Europe/Berlin") from None
+        return value
+
+
+class JepaConfig(_Section):
+    """I-JEPA vision encoder (models/vision/jepa.py) and its nightly trainer (models/vision/train.py)."""
+
+    # -- network: a ViT encoder and a narrow ViT predictor
+    img_size: int = Field(224, ge=16, le=1024, description="frames are resized and centre-cropped to this square")
+    patch_size: int = Field(16, ge=2, le=64)
+    dim: int = Field(256, ge=8, description="encoder width; also the embedding size")
+    depth: int = Field(6, ge=1)
+    heads: int = Field(4, ge=1)
+    pred_dim: int = Field(128, ge=8)
+    pred_depth: int = Field(3, ge=1)
+    pred_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    # -- masks (facebookresearch/ijepa multiblock collator)
+    num_targets: int = Field(4, ge=1, le=16)
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = Field(10, ge=1, description="fewest context patches a sample may keep")
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    # -- optimisation; schedules restart each night over that night's `steps`
+    steps: int = Field(2000, ge=1, description="optimizer steps per night")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    start_lr: float = Field(2e-4, ge=0)
+    final_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    ema_momentum: tuple[float, float] = (0.996, 1.0)
+    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of each batch from earlier days")
+    replay_max_frames: int = Field(20000, ge=0, description="earlier days' frames decoded per night")
+    # -- speed
+    bf16: bool = True
+    compile: bool = True
+    embed_batch_size: int = Field(256, ge=1)
+    gpu_cache_max_gb: float = Field(16.0, ge=0, description="frame caches up to this size live on the GPU")
+    # -- health
+    rank_warn_share: float = Field(0.1, ge=0, le=1, description="warn when effective rank < share x dim")
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "JepaConfig":
+        problems = []
+        if self.img_size % self.patch_size:
+            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            problems.append(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.pred_dim % self.pred_heads:
+            problems.append(f"pred_dim {self.pred_dim} is not a multiple of pred_heads {self.pred_heads}")
+        if self.dim % 4 or self.pred_dim % 4:
+            problems.append("dim and pred_dim must be multiples of 4 (2-D sin-cos positions)")
+        for name in ("target_scale", "target_aspect", "context_scale", "crop_scale", "weight_decay",
+                     "ema_momentum"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                problems.append(f"{name} must be (low, high) with 0 <= low <= high, got {(lo, hi)}")
+        if self.target_scale[1] > 1 or self.context_scale[1] > 1 or self.ema_momentum[1] > 1:
+            problems.append("target_scale, context_scale and ema_momentum must stay within [0, 1]")
+        if self.num_targets * self.target_scale[0] >= 1:
+            problems.append("num_targets x target_scale low >= 1 leaves no patch for the context")
+        if self.warmup_steps > self.steps:
+            problems.append(f"warmup_steps {self.warmup_steps} > steps {self.steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class CpcConfig(_Section):
+    """CPC audio model (van den Oord et al. 2018; facebookresearch/CPC_audio) and its nightly training."""
+
+    sample_rate: int = Field(16000, ge=8000, le=96000, description="the model's input rate; other rates are resampled")
+    n_mels: int = Field(64, ge=8, le=256)
+    n_fft: int = Field(400, ge=64, description="STFT window in samples (25 ms at 16 kHz)")
+    hop_length: int = Field(160, ge=16, description="mel frame step in samples (10 ms at 16 kHz)")
+    encoder_channels: int = Field(256, ge=8, description="width of the convolutional encoder (z)")
+    encoder_layers: int = Field(3, ge=1, le=8)
+    encoder_stride: int = Field(2, ge=1, le=8, description="mel frames per encoded step")
+    context_hidden: int = Field(256, ge=8, description="GRU hidden size (c); the audio embedding size")
+    predict_steps: int = Field(12, ge=1, le=64, description="K future steps predicted")
+    negatives: Literal["batch", "other_sequences", "same_sequence"] = Field(
+        "batch", description="where InfoNCE negatives come from: any sequence and time step of the "
+        "batch (CPC_audio), only other sequences, or only other time steps of the same sequence")
+    n_negatives: int = Field(128, ge=1)
+    window_s: float = Field(1.28, gt=0, description="seconds per training crop")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: float = Field(4.0, gt=0, description="passes over the night's audio (today's plus replay)")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(20000, ge=1)
+    replay_ratio: float = Field(0.5, ge=0, description="earlier days' segments per segment of today")
+    replay_max_segments: int = Field(20000, ge=0)
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    embed_batch_size: int = Field(256, ge=1)
+    log_every: int = Field(20, ge=1)
+
+
+class AlignConfig(_Section):
+    """CLIP-style projection heads tying the vision and audio spaces together (open_clip ClipLoss)."""
+
+    dim: int = Field(256, ge=4, description="size of the shared space")
+    hidden: int = Field(512, ge=0, description="hidden width of each head; 0 = a linear projection")
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(30, ge=1)
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(5000, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="on weight matrices only; never on the logit scale")
+    warmup_steps: int = Field(20, ge=0)
+
+
+class SaeConfig(_Section):
+    """TopK sparse autoencoder over the night's embeddings (Gao et al. 2024; openai/sparse_autoencoder).
+
+    Each of its ``latents`` neurons is a memory trace: the moments that make it fire.
+    """
+
+    input_space: Literal["shared", "vision", "audio"] = Field(
+        "shared", description="the space whose vectors it encodes; shared holds both senses")
+    latents: int = Field(1024, ge=2, description="neurons (memory traces) in the dictionary")
+    k: int = Field(16, ge=1, description="neurons active per vector (TopK)")
+    aux_k: int = Field(128, ge=0, description="dead neurons asked to explain the residual (AuxK); 0 = off")
+    aux_coef: float = Field(1 / 32, ge=0, description="weight of the AuxK loss")
+    dead_steps: int = Field(100, ge=1, description="a neuron silent for this many steps counts as dead")
+    batch_size: int = Field(1024, ge=2)
+    epochs: int = Field(50, ge=1, description="passes over tonight's vectors")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(5000, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    report_neurons: int = Field(12, ge=0, description="neurons shown in the report with their moments")
+    report_moments: int = Field(4, ge=1, description="moments shown per neuron")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "SaeConfig":
+        if self.k > self.latents:
+            raise ValueError(f"k {self.k} > latents {self.latents}")
+        if self.aux_k > self.latents:
+            raise ValueError(f"aux_k {self.aux_k} > latents {self.latents}")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps {self.min_steps} > max_steps {self.max_steps}")
+        return self
+
+
+class ReconstructConfig(_Section):
+    """Reconstructors that complete the embedding of a fragment of a moment (a crop, a glimpse
+    behind an obstacle, a blur) into the vision embedding of the whole clip.
+
+    Two variants are trained and measured each night: an MLP, and a modern Hopfield network
+    (Ramsauer et al. 2020; ml-jku/hopfield-layers) whose stored patterns are the night's
+    clip embeddings, so its completion is always a blend of real moments.
+    """
+
+    use: Literal["auto", "hopfield", "mlp"] = Field(
+        "auto", description="what query --fragment completes with; auto: whichever of the two, or the "
+        "fragment as it is, found its clip most often on tonight's held-out frames")
+    max_frames: int = Field(20000, ge=2, description="frames of the night that fragments are made of")
+    views_per_frame: int = Field(2, ge=1, description="damaged views (fragments) per frame")
+    crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
+    hidden: int = Field(1024, ge=8, description="MLP hidden width")
+    assoc_dim: int = Field(256, ge=4, description="Hopfield query/key width")
+    beta: float = Field(8.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
+    bank_max: int = Field(50000, ge=2, description="clips stored as patterns at most")
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(10, ge=1, description="passes over tonight's fragments")
+    min_steps: int = Field(200, ge=1)
+    max_steps: int = Field(3000, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    embed_batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReconstructConfig":
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps {self.min_steps} > max_steps {self.max_steps}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+
+class OpenClipConfig(_Section):
+    """Free-text search through OpenCLIP weights the user already has on disk (never downloaded).
+
+    Without ``weights`` the ``openclip`` stage does nothing and ``query --text`` says so.
+    """
+
+    weights: str | None = Field(None, description="path of an OpenCLIP weights file (.bin, .pt, .safetensors)")
+    model: str = Field("ViT-B-32", description="the OpenCLIP architecture those weights belong to")
+    model_config_file: str | None = Field(None, description="JSON of an architecture OpenCLIP does not ship "
+                                          "(named by model), registered before loading")
+    batch_size: int = Field(64, ge=1, description="frames per forward pass")
+
+
+class ModelsConfig(_Section):
+    """The ``models:`` section: the networks trained each night."""
+
+    jepa: JepaConfig = Field(default_factory=JepaConfig)
+    cpc: CpcConfig = Field(default_factory=CpcConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    sae: SaeConfig = Field(default_factory=SaeConfig)
+    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig)
+    openclip: OpenClipConfig = Field(default_factory=OpenClipConfig)
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's frames (vision, "
+                                    "reconstruct) or clips (audio, align, sae) kept out of training, to "
+                                    "measure each learner on")
+
+
+class DreamConfig(_Section):
+    """The night's dreams: an embedding-conditioned diffusion decoder (diffusers ``UNet2DModel``,
+    DDPM training, DDIM sampling, classifier-free guidance) trained on the user's own frames,
+    decoding completed fragments and blends of two moments into images."""
+
+    image_size: int = Field(64, ge=8, description="side of the decoded images, in pixels")
+    channels: list[int] = Field([64, 128, 256], min_length=2, description="UNet widths per resolution")
+    layers_per_block: int = Field(2, ge=1)
+    attention: bool = Field(True, description="self-attention at the lowest resolution")
+    steps: int = Field(4000, ge=1, description="optimizer steps per night")
+    max_minutes: float | None = Field(120.0, gt=0, description="training time budget: fewer steps when the "
+                                      "first ones show that all would take longer (null = no budget)")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    max_frames: int = Field(20000, ge=1, description="tonight's frames it trains on at most")
+    cond_dropout: float = Field(0.1, ge=0, lt=1, description="share of steps without the embedding "
+                                "(what classifier-free guidance contrasts with)")
+    guidance: float = Field(2.0, ge=0, description="classifier-free guidance scale when dreaming")
+    sample_steps: int = Field(50, ge=1, description="DDIM steps per dream")
+    dreams: int = Field(8, ge=0, description="dreams per night: half recalled from fragments, half blends")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA")
+    log_every: int = Field(100, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "DreamConfig":
+        down = 2 ** (len(self.channels) - 1)
+        if self.image_size % down:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of {down} "
+                             f"({len(self.channels)} resolutions halve it {len(self.channels) - 1} times)")
+        if any(c % 8 for c in self.channels):
+            raise ValueError(f"channels {self.channels} must be multiples of 8 (group norm)")
+        return self
+
+
+class SleepConfig(_Section):
+    """The whole validated configuration of a night."""
+
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    dream: DreamConfig = Field(default_factory=DreamConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short stable hash of the named sub-configs; a stage reruns when it changes.
+
+        A name may be dotted (``models.jepa``) so a stage depends on just its part of a section.
+        """
+        data = {}
+        for name in sections:
+            node = self
+            for part in name.split("."):
+                node = getattr(node, part)
+            data[name] = node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _apply_override(tree: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    # YAML typing lets `--set ingest.workers=4` and `--set ingest.write_clips=false` work.
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+# Keys an earlier release used, and what replaced them: a config that still has one is
+# refused with the new name, so nobody's setting is silently dropped.
+RENAMED_KEYS = {
+    "models.clip": "models.openclip",  # "clip" names a 3-second clip everywhere else
+    "models.jepa.heldout_share": "models.heldout_fraction",  # one held-out share for every learner
+}
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the config:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+            lines.append(f"  {key}: renamed; use {RENAMED_KEYS[key]}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> SleepConfig:
+    """Read, override and validate a config.
+
+    Args:
+        path: a YAML file; ``None`` means ``configs/default.yaml``.
+        overrides: ``key.path=value`` strings applied after the file.
+    Returns:
+        the validated :class:`SleepConfig`.
+    Raises:
+        ConfigError: naming the file and every bad key.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return SleepConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(str(path), exc)) from None

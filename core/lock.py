@@ -1,0 +1,58 @@
+"""One night at a time per root: an advisory lock that the kernel frees even after kill -9."""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from core.errors import LockHeld
+
+
+class NightLock:
+    """``with NightLock(path, what):`` holds the root; a second holder gets :class:`LockHeld`.
+
+    The file keeps the holder's pid and what it is doing, so the refusal can name it.
+    """
+
+    def __init__(self, path: Path, what: str):
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "NightLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeld(f"another night is running on {self.path.parent} ({holder}); "
+                           f"not starting a second one") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {self.what}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock now (``"pid N: ..."``), or ``None`` when nobody does."""
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

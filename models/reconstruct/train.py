@@ -1,0 +1,159 @@
+"""Train both reconstructors on one night's (fragment, clip) pairs, and measure them.
+
+A fragment is the embedding of a damaged view of a frame (:mod:`models.fragments`); its
+target is the embedding of the frame's whole clip, one of the stored patterns (the bank).
+The MLP learns to map fragment to clip; the Hopfield network learns where to look among
+the stored clips. AdamW, warm-up and cosine schedule as a pure function of the step, as
+every nightly trainer here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.config import ReconstructConfig
+from models import schedules
+from models.batches import night_steps, shuffled_batches
+from models.reconstruct.networks import build
+
+log = logging.getLogger(__name__)
+VARIANTS = ("mlp", "hopfield")
+
+
+def bank_rows(n: int, cfg: ReconstructConfig, seed: int) -> np.ndarray:
+    """Which of the night's ``n`` clips are stored patterns: all, or a seeded ``bank_max`` sample."""
+    if n <= cfg.bank_max:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cfg.bank_max, replace=False))
+
+
+def _unit(x, device: str) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32), device=device), dim=-1)
+
+
+@dataclass
+class ReconstructTrainResult:
+    models: dict[str, torch.nn.Module]
+    step: int                 # global, over all nights
+    steps: int                # tonight's
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)  # variant -> loss curve
+
+
+def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray, cfg: ReconstructConfig,
+                         device: str, *, seed: int = 0, resume: dict | None = None, steps: int | None = None,
+                         progress: bool = True) -> ReconstructTrainResult:
+    """Fit the MLP and the Hopfield reconstructor on (fragment, clip) pairs.
+
+    Args:
+        bank: ``(M, D)`` the night's clip embeddings (the Hopfield network's memories).
+        fragments: ``(F, D)`` embeddings of damaged views.
+        targets: ``(F,)`` each fragment's clip, as a row of ``bank``.
+        cfg: the ``models.reconstruct`` config.
+        device: ``cpu`` or ``cuda``.
+        seed: seeds initialisation and batch order.
+        resume: last night's checkpoint (``models``, ``step``) when its shapes fit.
+        steps: overrides :func:`night_steps`.
+    Raises:
+        ValueError: fewer than two pairs, or fragments and targets of different lengths.
+    """
+    if len(fragments) != len(targets):
+        raise ValueError(f"{len(fragments)} fragments but {len(targets)} targets")
+    if len(fragments) < 2:
+        raise ValueError("the reconstructors need at least two fragments")
+    memories, views = _unit(bank, device), _unit(fragments, device)
+    target_rows = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+    torch.manual_seed(seed)
+    models = {v: build(v, memories.shape[1], cfg).to(device) for v in VARIANTS}
+    global_step = 0
+    if resume is not None:
+        for v in VARIANTS:
+            models[v].load_state_dict(resume["models"][v])
+        global_step = int(resume["step"])
+    for m in models.values():
+        m.set_statistics(views, memories)  # tonight's, also when continuing last night's weights
+    optimizers = {v: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                  for v, m in models.items()}
+
+    total = steps if steps is not None else night_steps(len(views), cfg)
+    generator = torch.Generator().manual_seed(seed)
+    batches = shuffled_batches(len(views), min(cfg.batch_size, len(views)), generator)
+    history: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    started = time.perf_counter()
+    for m in models.values():
+        m.train()
+    for it in tqdm(range(total), desc="reconstruct", unit="step", disable=not progress, leave=False):
+        idx = next(batches).to(device)
+        target = target_rows[idx]
+        batch = views[idx]
+        lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.0)
+        for v, model in models.items():
+            for group in optimizers[v].param_groups:
+                group["lr"] = lr
+            loss = model.loss(batch, memories, target)
+            optimizers[v].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[v].step()
+            if it % 10 == 0 or it == total - 1:
+                history[v].append(round(loss.item(), 5))
+        global_step += 1
+    seconds = time.perf_counter() - started
+    for m in models.values():
+        m.eval()
+    log.info("reconstruct: %d steps on %d fragments (%d clips stored) in %.1fs; final loss %s", total,
+             len(views), len(memories), seconds, {v: h[-1] for v, h in history.items()})
+    return ReconstructTrainResult(models, global_step, total, seconds, history)
+
+
+@torch.no_grad()
+def complete(model: torch.nn.Module, fragments: np.ndarray, bank: np.ndarray, device: str,
+             batch_size: int = 1024) -> np.ndarray:
+    """Completed unit vectors ``(N, D)`` float32 for ``(N, D)`` fragment embeddings."""
+    model.eval()
+    memories, x = _unit(bank, device), _unit(fragments, device)
+    out = [F.normalize(model(x[i:i + batch_size], memories), dim=-1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, memories.shape[1]), np.float32)
+
+
+def evaluate(models: dict[str, torch.nn.Module], bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray,
+             device: str) -> dict:
+    """Fragments as they are, and completed by each model, against the clips they came from.
+
+    Returns:
+        ``{"fragment": {...}, "mlp": {...}, "hopfield": {...}, "chance_top1", "fragments"}``;
+        each entry has ``cosine`` (mean cosine to the clip's embedding) and ``top1``/``top5``
+        (share whose own clip is the nearest / among the five nearest of all stored clips).
+    """
+    memories = _unit(bank, "cpu").numpy()
+    targets = np.asarray(targets)
+
+    def scores(vectors: np.ndarray, chunk: int = 1024) -> dict:
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        own, rank = np.zeros(len(unit)), np.zeros(len(unit), dtype=int)
+        for i in range(0, len(unit), chunk):  # a chunk of fragments against every clip at a time
+            sims = unit[i:i + chunk] @ memories.T
+            own[i:i + chunk] = sims[np.arange(len(sims)), targets[i:i + chunk]]
+            rank[i:i + chunk] = (sims > own[i:i + chunk, None]).sum(axis=1)  # clips strictly closer
+        return {"cosine": round(float(own.mean()), 4), "top1": round(float((rank == 0).mean()), 4),
+                "top5": round(float((rank < 5).mean()), 4)}
+
+    out = {"fragment": scores(np.asarray(fragments, dtype=np.float32)),
+           "chance_top1": round(1 / len(memories), 6), "fragments": int(len(targets))}
+    for v, model in models.items():
+        out[v] = scores(complete(model, fragments, memories, device))
+    return out
+
+
+def choose(metrics: dict, use: str) -> str:
+    """What ``query --fragment`` completes with: ``use`` itself, or for ``auto`` whichever of
+    the fragment as it is (``"fragment"``), the MLP and the Hopfield network found the most
+    held-out fragments' clips first (ties go to the simpler one, in that order)."""
+    if use != "auto":
+        return use
+    return max(("fragment", "mlp", "hopfield"), key=lambda k: (metrics[k]["top1"], -("fragment", "mlp", "hopfield").index(k)))

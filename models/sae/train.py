@@ -1,0 +1,126 @@
+"""Train the sparse autoencoder on one night's vectors, measure it, and encode with it.
+
+Adam with a warm-up and cosine schedule that is a pure function of the step (as every
+nightly trainer here), ``epochs`` shuffled passes over the vectors; after each step the
+decoder's columns go back to unit norm and the part of their gradient that only changes
+that norm is removed first (openai/sparse_autoencoder ``training_loop_``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.config import SaeConfig
+from models import schedules
+from models.batches import night_steps, shuffled_batches
+from models.sae.autoencoder import SparseAutoencoder, fraction_of_variance_unexplained
+
+log = logging.getLogger(__name__)
+
+
+def build(n_inputs: int, cfg: SaeConfig) -> SparseAutoencoder:
+    return SparseAutoencoder(n_inputs, cfg.latents, cfg.k, cfg.aux_k, cfg.dead_steps)
+
+
+@dataclass
+class SaeTrainResult:
+    model: SparseAutoencoder
+    optimizer: torch.optim.Optimizer
+    step: int                 # global, over all nights
+    steps: int                # tonight's
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0,
+              resume: dict | None = None, steps: int | None = None, progress: bool = True) -> SaeTrainResult:
+    """Fit the autoencoder to ``(N, D)`` vectors.
+
+    Args:
+        vectors: tonight's training vectors (float32).
+        cfg: the ``models.sae`` config.
+        device: ``cpu`` or ``cuda``.
+        seed: seeds initialisation and batch order.
+        resume: last night's checkpoint (``model``, ``optimizer``, ``step``) when its shapes
+            fit; ``None`` starts fresh, with the pre-encoder bias at the vectors' median.
+        steps: overrides :func:`night_steps`.
+        progress: show a tqdm bar.
+    Raises:
+        ValueError: fewer than two vectors.
+    """
+    n = len(vectors)
+    if n < 2:
+        raise ValueError("the sparse autoencoder needs at least two vectors")
+    x = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device)
+    torch.manual_seed(seed)
+    model = build(x.shape[1], cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    global_step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        global_step = int(resume["step"])
+    else:
+        with torch.no_grad():  # centre the dictionary on the data (a cheap geometric median)
+            model.pre_bias.copy_(x.median(dim=0).values)
+
+    batch = min(cfg.batch_size, n)
+    total = steps if steps is not None else night_steps(n, cfg)
+    batches = shuffled_batches(n, batch, torch.Generator().manual_seed(seed))
+    history: list[dict] = []
+    model.train()
+    started = time.perf_counter()
+    for it in tqdm(range(total), desc="sae", unit="step", disable=not progress, leave=False):
+        idx = next(batches).to(device)
+        lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.1 * cfg.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        mse, parts = model(x[idx])
+        loss = mse + cfg.aux_coef * parts["aux"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        model.remove_parallel_decoder_grad_()
+        optimizer.step()
+        model.normalise_decoder_()
+        global_step += 1
+        if it % 10 == 0 or it == total - 1:
+            history.append({"step": global_step, "mse": mse.item(), "aux": float(parts["aux"].detach()),
+                            "dead": float(model.dead_mask().float().mean()), "lr": lr})
+    seconds = time.perf_counter() - started
+    model.eval()
+    log.info("sae: %d steps on %d vectors in %.1fs, normalised MSE %.3f, dead %.1f%%", total, n, seconds,
+             history[-1]["mse"], 100 * history[-1]["dead"])
+    return SaeTrainResult(model, optimizer, global_step, total, seconds, history)
+
+
+@torch.no_grad()
+def encode(model: SparseAutoencoder, vectors: np.ndarray, device: str, batch_size: int = 4096) -> np.ndarray:
+    """``(N, D)`` vectors -> ``(N, latents)`` float32 activations, at most ``k`` non-zero per row."""
+    model.eval()
+    out = [model.encode(torch.as_tensor(np.asarray(vectors[i:i + batch_size], dtype=np.float32),
+                                        device=device)).cpu().numpy()
+           for i in range(0, len(vectors), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.n_latents), np.float32)
+
+
+def evaluate(model: SparseAutoencoder, vectors: np.ndarray, activations: np.ndarray, device: str) -> dict:
+    """How well the dictionary describes ``vectors`` (held out, when there are enough).
+
+    Returns:
+        ``fvu`` (fraction of variance unexplained, 0 = perfect), ``active_per_vector``
+        (mean non-zero neurons), ``neurons_used`` and ``dead_share`` (neurons that fire
+        for none of ``activations``' rows).
+    """
+    x = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device)
+    fired = (activations > 0).any(axis=0)
+    return {
+        "fvu": round(fraction_of_variance_unexplained(model, x), 5) if len(x) >= 2 else None,
+        "active_per_vector": round(float((activations > 0).sum(axis=1).mean()), 3) if len(activations) else 0.0,
+        "neurons_used": int(fired.sum()),
+        "dead_share": round(1 - float(fired.mean()), 4),
+    }

@@ -1,0 +1,276 @@
+"""The nightly I-JEPA trainer: data, model, optimizer, schedule, the step, checkpoint.
+
+Each night continues from the newest earlier checkpoint (``checkpoints/jepa/``), trains
+``steps`` optimizer steps on the day's frames mixed with a replay sample of earlier days,
+and writes ``checkpoints/jepa/{date}.pt``. Learning rate, weight decay and EMA momentum
+restart their schedules each night (a night is one run over its own data); they and the
+masks are pure functions of the step, so nothing but the step is needed to resume.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from core.config import JepaConfig
+from models import schedules
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+)
+from models.ema import EMA
+from models.vision.frames import BatchGatherer, normalise, random_resized_crop
+from models.vision.jepa import ARCH_KEYS, JEPA
+from models.vision.masks import MultiBlockMaskCollator
+from models.vision.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+CHECKPOINT_KEYS = ("model", "optimizer", "ema", "rng", "step", "config")
+
+
+def param_groups(model: JEPA, weight_decay: float) -> list[dict]:
+    """AdamW groups: weights decay; biases and LayerNorm gains (1-D tensors) do not.
+
+    The target encoder is left out: it is never trained, only averaged.
+    """
+    decay, no_decay = [], []
+    for module in (model.encoder, model.predictor):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
+            {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    # One fresh generator per step: crops and batch rows depend on (seed, step) only.
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class JepaTrainer:
+    """Model, optimizer, EMA and masks for I-JEPA, and one training step.
+
+    Args:
+        cfg: the ``models.jepa`` config.
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, cfg: JepaConfig, device: str):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.model = JEPA(cfg).to(self.device)
+        self.ema = EMA(self.model.target_encoder)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay[0]), lr=cfg.lr,
+                                           fused=self.device.type == "cuda")
+        self.masks = MultiBlockMaskCollator(self.model.encoder.grid, cfg.num_targets, cfg.target_scale,
+                                            cfg.target_aspect, cfg.context_scale, cfg.min_keep, cfg.seed)
+        self.global_step = 0
+        on_cuda = self.device.type == "cuda"
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and cfg.bf16
+                         else contextlib.nullcontext())
+        # Context and target sizes change from step to step; after the first change dynamo
+        # recompiles once with dynamic token counts instead of once per shape.
+        self.loss_fn = torch.compile(self.model) if on_cuda and cfg.compile else self.model
+        # Why the compiled loss was given up for eager mode tonight, if it was (see _loss).
+        self.compile_fallback: str | None = None
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def state_dict(self, date: dt.date) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": {"encoder": self.model.encoder.state_dict(),
+                      "predictor": self.model.predictor.state_dict()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "rng": rng,
+            "step": self.global_step,
+            "date": date.isoformat(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict, source: Path) -> None:
+        """Continue from a checkpoint; its network shape must match the config.
+
+        Raises:
+            CheckpointError: the shapes differ or the weights do not load.
+        """
+        saved = state["config"]
+        changed = [k for k in ARCH_KEYS if saved.get(k) != self.cfg.model_dump(mode="json")[k]]
+        if changed:
+            raise CheckpointError(
+                f"{source}: trained with other network sizes ({', '.join(f'{k}={saved.get(k)}' for k in changed)});"
+                " move checkpoints/jepa aside to train the new size from scratch")
+        try:
+            self.model.encoder.load_state_dict(state["model"]["encoder"])
+            self.model.predictor.load_state_dict(state["model"]["predictor"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: weights do not load ({exc})") from None
+        self.global_step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    # -- one step ------------------------------------------------------------------------
+    def step(self, batch: torch.Tensor, night_step: int, night_steps: int) -> torch.Tensor:
+        """One optimizer step on a batch of uint8 frames already on the device.
+
+        Args:
+            batch: ``(B, 3, S, S)`` uint8.
+            night_step: 0-based step within tonight's run (drives the schedules).
+            night_steps: steps in tonight's run.
+        Returns:
+            the loss as a 0-d tensor on the device (not synchronised).
+        """
+        cfg = self.cfg
+        lr = schedules.warmup_cosine(night_step, night_steps, cfg.warmup_steps, cfg.start_lr, cfg.lr,
+                                     cfg.final_lr)
+        wd = schedules.cosine(night_step, night_steps, *cfg.weight_decay)
+        momentum = schedules.linear(night_step, night_steps, *cfg.ema_momentum)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group["decay"]:
+                group["weight_decay"] = wd
+
+        generator = _generator(cfg.seed, self.global_step)
+        images = random_resized_crop(normalise(batch), cfg.crop_scale, generator)
+        masks = self.masks(batch.shape[0], self.global_step)
+        if self.device.type == "cuda":
+            masks = masks.pin_memory()
+        masks = masks.to(self.device, non_blocking=True)
+
+        loss = self._loss(images, masks)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.model.encoder, momentum)
+        self.global_step += 1
+        return loss.detach()
+
+
+    def _loss(self, images: torch.Tensor, masks) -> torch.Tensor:
+        """Forward and backward; a compiler failure falls back to eager mode for the night.
+
+        Inductor has shape-specialisation bugs with the changing token counts in some torch
+        releases (2.9.1 on CPU asserts a saved tensor's stride in the backward of the first
+        dynamic graph; 2.11 does not), and a night must not be lost to one. The failure
+        comes before ``optimizer.step``, so redoing the step eagerly changes nothing else.
+        """
+        try:
+            with self.autocast:
+                loss = self.loss_fn(images, masks.context, masks.targets)
+            loss.backward()
+            return loss
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # any compiler error: eager mode is the same maths
+            if self.loss_fn is self.model:
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.compile_fallback = f"step {self.global_step}: {type(exc).__name__}: {first_line}"
+            log.warning("jepa: torch.compile failed at step %d (%s: %s); continuing in eager mode",
+                        self.global_step, type(exc).__name__, first_line)
+            self.loss_fn = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast:
+                loss = self.model(images, masks.context, masks.targets)
+            loss.backward()
+            return loss
+
+
+@dataclass
+class TrainResult:
+    """What one night of training produced."""
+
+    target_encoder: VisionTransformer  # the EMA encoder, on the device, in eval mode
+    losses: list[float]
+    steps: int
+    global_step: int
+    resumed_from: str | None
+    checkpoint: str
+    seconds: float
+    images_per_second: float  # after the first steps (compilation) are done
+    compiled: bool  # the loss ran through torch.compile to the end of the night
+    compile_fallback: str | None  # why compilation was given up mid-night, if it was
+
+
+def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | None, *,
+                date: dt.date, checkpoint_dir: Path, device: str, progress: bool = True) -> TrainResult:
+    """Train tonight's I-JEPA steps and write ``{checkpoint_dir}/{date}.pt``.
+
+    Args:
+        cfg: the ``models.jepa`` config.
+        frames: ``(N, 3, S, S)`` uint8 cache of today's training frames.
+        replay: ``(R, 3, S, S)`` uint8 frames of earlier days, or ``None``/empty.
+        date: the night's date (names the checkpoint).
+        checkpoint_dir: ``checkpoints/jepa``.
+        device: ``"cpu"`` or ``"cuda"``.
+    Returns:
+        a :class:`TrainResult` with the loss of every step.
+    Raises:
+        CheckpointError: the earlier checkpoint exists but cannot be continued.
+        ValueError: no frames to train on.
+    """
+    if frames.shape[0] == 0:
+        raise ValueError("no frames to train on")
+    trainer = JepaTrainer(cfg, device)
+    previous = previous_checkpoint(checkpoint_dir, date)
+    if previous is not None:
+        trainer.load_state_dict(load_checkpoint(previous, CHECKPOINT_KEYS), previous)
+        log.info("jepa: continuing from %s (step %d)", previous.name, trainer.global_step)
+    else:
+        log.info("jepa: no earlier checkpoint in %s; starting from scratch", checkpoint_dir)
+
+    gpu_max = cfg.gpu_cache_max_gb * 2**30
+    today = BatchGatherer(frames, device, cfg.batch_size, gpu_max)
+    earlier = BatchGatherer(replay, device, cfg.batch_size, gpu_max) if replay is not None and len(replay) else None
+    n_replay = int(round(cfg.batch_size * cfg.replay_fraction)) if earlier else 0
+    n_today = cfg.batch_size - n_replay
+
+    steps = cfg.steps
+    losses = torch.zeros(steps, device=trainer.device)
+    warm = min(10, steps // 5)
+    started = time.perf_counter()
+    warm_time = started
+    trainer.model.train()
+    for i in tqdm(range(steps), desc="jepa", unit="step", disable=not progress, leave=False):
+        rows = torch.randint(len(today), (n_today,), generator=_generator(cfg.seed + 1, trainer.global_step))
+        batch = today.gather(rows)
+        if n_replay:
+            rows = torch.randint(len(earlier), (n_replay,), generator=_generator(cfg.seed + 2, trainer.global_step))
+            batch = torch.cat([batch, earlier.gather(rows)])
+        losses[i] = trainer.step(batch, i, steps)
+        if i + 1 == warm:
+            _sync(trainer.device)
+            warm_time = time.perf_counter()
+        if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+            value = float(losses[i])  # synchronises; only every log_every steps
+            if value != value:
+                raise FloatingPointError(f"jepa: loss is NaN at step {trainer.global_step}")
+            log.info("jepa step %d/%d (global %d): loss %.4f", i + 1, steps, trainer.global_step, value)
+    _sync(trainer.device)
+    ended = time.perf_counter()
+    timed_steps = steps - warm
+    ips = timed_steps * cfg.batch_size / (ended - warm_time) if timed_steps > 0 else 0.0
+
+    path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date))
+    target = trainer.model.target_encoder.eval()
+    return TrainResult(target, [float(v) for v in losses.cpu()], steps, trainer.global_step,
+                       previous.name if previous else None, str(path), ended - started, ips,
+                       compiled=trainer.loss_fn is not trainer.model,
+                       compile_fallback=trainer.compile_fallback)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,249 @@
+"""Stage ``audio``: CPC on the day's sound, then every audio segment into the space ``audio``.
+
+The night continues last night's model (``checkpoints/cpc/``) on today's segments mixed
+with a replay of earlier days' segments still on disk, measures CPC loss and per-step
+accuracy on held-out clips, embeds every segment of the day (pooled context vectors) and
+writes them with model version ``cpc@{date}``. Clips without audio have no segment row
+and are simply absent: nothing is zero-filled.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.config import CpcConfig, SleepConfig
+from core.errors import UsageError
+from core.paths import Paths
+from ingest.binaries import ffmpeg_path
+from memory.media import SegmentRef, day_segments, earlier_segments
+from models.audio.cpc import CpcModel
+from models.audio.features import AudioReadError, log_mel_batches, read_wav
+from models.audio.train import (
+    architecture_of,
+    crop_frames,
+    embed_features,
+    evaluate_cpc,
+    train_cpc,
+)
+from models.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+)
+from stages import Night
+
+log = logging.getLogger(__name__)
+
+MODEL = "cpc"
+SPACE = "audio"
+CURVE_POINTS = 200  # loss curve points kept in summary.json
+
+
+def is_heldout(clip_id: int, fraction: float, seed: int) -> bool:
+    """Whether a clip is kept out of training to measure on (stable per clip and seed).
+
+    A hash of the clip id, not a draw over the day's list, so that the audio and the
+    alignment stages hold out the same clips although they see different sets.
+    """
+    digest = hashlib.blake2b(f"{seed}:{clip_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def pick_replay(pool: list[SegmentRef], count: int, seed: int) -> list[SegmentRef]:
+    """A seeded random choice of ``count`` earlier segments (all of them if fewer)."""
+    if count >= len(pool):
+        return list(pool)
+    chosen = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: str
+               ) -> tuple[list[SegmentRef], list[np.ndarray], list[dict]]:
+    """Read segments; a file that cannot be read is recorded with its reason and left out."""
+    kept, waves, skipped = [], [], []
+    for ref in tqdm(refs, desc=desc, unit="file", leave=False, disable=len(refs) < 200):
+        try:
+            waves.append(read_wav(paths.root / ref.path, sample_rate))
+        except AudioReadError as exc:
+            skipped.append({"file": ref.path, "reason": str(exc)})
+            continue
+        kept.append(ref)
+    return kept, waves, skipped
+
+
+def night_seed(night: Night) -> int:
+    return night.cfg.runtime.seed * 1_000_003 + night.date.toordinal()
+
+
+def _curve(history: list[dict]) -> list[float]:
+    stride = max(1, len(history) // CURVE_POINTS)
+    return [round(h["loss"], 5) for h in history[::stride]]
+
+
+def run(night: Night) -> dict:
+    """Train CPC on the night's audio and write the ``audio`` space.
+
+    Returns:
+        the stage result: counts, replay, resume, ``model_version``, and ``metrics``
+        (held-out CPC loss and per-step accuracy with chance, the training curve and
+        throughput).
+    """
+    from memory.store import EmbeddingRow, write_embeddings
+
+    cfg, day, paths, device = night.cfg.models.cpc, night.day, night.paths, night.device
+    fraction, seed = night.cfg.models.heldout_fraction, night_seed(night)
+    with night.Session() as session:
+        today_refs = day_segments(session, day)
+        replay_pool = earlier_segments(session, day)
+    today, today_waves, skipped = load_waves(today_refs, paths, cfg.sample_rate, desc="audio")
+    for item in skipped:
+        log.warning("audio: %s left out: %s", item["file"], item["reason"])
+    result: dict = {"segments": len(today), "skipped": skipped, "negatives": cfg.negatives,
+                    "n_negatives": cfg.n_negatives}
+    if not today:
+        log.info("audio: no audio segments on %s; nothing to train or embed", day)
+        return {**result, "note": "no audio today"}
+
+    wanted = min(cfg.replay_max_segments, round(cfg.replay_ratio * len(today)))
+    replay_refs = pick_replay(replay_pool, wanted, seed)
+    replay_refs = [r for r in replay_refs if (paths.root / r.path).is_file()]  # retention may have removed some
+    replay, replay_waves, replay_bad = load_waves(replay_refs, paths, cfg.sample_rate, desc="replay")
+    result["replay"] = {"segments": len(replay), "days": sorted({r.date for r in replay}),
+                        "pool": len(replay_pool), "unreadable": len(replay_bad)}
+
+    features = log_mel_batches(today_waves, cfg, device)
+    replay_features = log_mel_batches(replay_waves, cfg, device)
+    heldout = [is_heldout(r.clip_id, fraction, seed) for r in today]
+    train_features = [f for f, h in zip(features, heldout) if not h] + replay_features
+    eval_features = [f for f, h in zip(features, heldout) if h]
+    frames = crop_frames(cfg)
+    if not any(f.shape[1] >= frames for f in train_features):
+        log.warning("audio: no segment is as long as one %.2fs training crop; nothing trained", cfg.window_s)
+        return {**result, "note": f"no segment as long as audio.cpc.window_s={cfg.window_s}s"}
+
+    resume, resumed_from, restart_reason = None, None, None
+    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
+    if previous is not None:
+        checkpoint = load_checkpoint(previous)  # a damaged checkpoint stops the stage
+        if architecture_of(checkpoint["config"]) == architecture_of(cfg):
+            resume, resumed_from = checkpoint, previous.stem
+        else:
+            restart_reason = f"{previous.name} has another architecture; starting a fresh model"
+            log.warning("audio: %s", restart_reason)
+    log.info("audio: %d segments today (%d held out), %d replayed from %d earlier day(s), %s",
+             len(today), len(eval_features), len(replay), len(result["replay"]["days"]),
+             f"continuing from {resumed_from}" if resumed_from else "a fresh model")
+
+    trained = train_cpc(train_features, cfg, device, seed=seed, resume=resume)
+    evaluation = evaluate_cpc(trained.model, eval_features, cfg, device, seed=seed)
+    evaluated_on = "held-out clips"
+    if evaluation is None:
+        evaluation = evaluate_cpc(trained.model, features, cfg, device, seed=seed)
+        evaluated_on = "all of today's clips (too few held out)"
+
+    vectors, kept = embed_features(trained.model, features, cfg, device)
+    version = f"{MODEL}@{day}"
+    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+        "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
+        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    })
+    rows = [EmbeddingRow(clip_id=today[i].clip_id, modality="audio") for i in kept]
+    write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day, rows=rows,
+                     vectors=vectors)
+    log.info("audio: wrote %d vectors to space %r as %s", len(rows), SPACE, version)
+    return {**result, "model_version": version, "embedded": len(rows), "heldout_segments": len(eval_features),
+            "resumed_from": resumed_from, "restart_reason": restart_reason, "steps": trained.steps,
+            "global_step": trained.step,
+            "metrics": {**(evaluation or {}), "evaluated_on": evaluated_on if evaluation else None,
+                        "train_loss_curve": _curve(trained.history), "train_seconds": round(trained.seconds, 2),
+                        "audio_seconds_per_second": round(trained.audio_per_second, 1)}}
+
+
+# --- query side ------------------------------------------------------------
+log = logging.getLogger(__name__)
+
+
+def decode_command(path: Path, sample_rate: int) -> list[str]:
+    """The FFmpeg command that writes the first audio stream of ``path`` as mono f32le to stdout."""
+    stream = ffmpeg.input(str(path)).output("pipe:", map="0:a:0", format="f32le", acodec="pcm_f32le",
+                                             ac=1, ar=sample_rate, vn=None)
+    cmd = stream.compile(cmd=str(ffmpeg_path()))
+    # ffmpeg-python puts global args after the output, where FFmpeg may ignore them.
+    return [cmd[0], "-nostdin", "-v", "error", *cmd[1:]]
+
+
+def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """Decode ``path`` to mono float32 at ``sample_rate``.
+
+    Raises:
+        UsageError: the file is missing, FFmpeg cannot read it, or it has no audio.
+    """
+    if not path.is_file():
+        raise UsageError(f"--audio {path}: no such file")
+    cmd = decode_command(path, sample_rate)
+    log.debug("decoding: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"ffmpeg exit code {proc.returncode}"
+        if "matches no streams" in proc.stderr.decode(errors="replace"):
+            reason = "it has no audio stream"
+        raise UsageError(f"--audio {path}: cannot decode ({reason})")
+    wave = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    if wave.size == 0:
+        raise UsageError(f"--audio {path}: it has no audio samples")
+    return wave
+
+
+def load_latest_cpc(paths: Paths, device: str) -> tuple[str, CpcModel]:
+    """The latest night's CPC model, built with the config it was trained with.
+
+    Raises:
+        UsageError: no night has trained CPC yet under this root.
+    """
+    latest = latest_checkpoint(paths.checkpoints / "cpc")
+    if latest is None:
+        raise UsageError(f"no CPC checkpoint yet under {paths.checkpoints / 'cpc'}: run a night with audio first")
+    checkpoint = load_checkpoint(latest, ("model", "config"))
+    model = CpcModel(CpcConfig(**checkpoint["config"])).to(device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return checkpoint.get("model_version", f"cpc@{latest.stem}"), model
+
+
+@torch.no_grad()
+def encode_audio_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str) -> tuple[str, np.ndarray]:
+    """Embed a sound file into the ``audio`` space.
+
+    Args:
+        path: any file FFmpeg reads that has an audio stream.
+        cfg: the validated config (``ingest.clip_seconds`` sets the piece length).
+        paths: the layout of the root whose checkpoints are used.
+        device: ``cpu`` or ``cuda``.
+    Returns:
+        ``(model_version, vector)``: ``cpc@{date}`` and an L2-normalised ``(D,)`` float32.
+    Raises:
+        UsageError: unreadable file, no audio, or no checkpoint yet.
+    """
+    version, model = load_latest_cpc(paths, device)
+    mcfg = model.cfg
+    wave = decode_audio(Path(path), mcfg.sample_rate)
+    piece = max(1, int(round(cfg.ingest.clip_seconds * mcfg.sample_rate)))
+    pieces = [wave[i:i + piece] for i in range(0, len(wave), piece)]
+    if len(pieces) > 1 and len(pieces[-1]) < piece // 4:
+        pieces = pieces[:-1]  # a sliver at the end says little and would count as much as a piece
+    vectors, kept = embed_features(model, log_mel_batches(pieces, mcfg, device), mcfg, device)
+    if not kept:
+        raise UsageError(f"--audio {path}: too short to embed ({len(wave) / mcfg.sample_rate:.3f}s)")
+    vector = vectors.mean(axis=0)
+    return version, (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)

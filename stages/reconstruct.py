@@ -1,0 +1,225 @@
+"""Stage ``reconstruct``: learn to complete fragments of tonight's moments into whole clips.
+
+Tonight's clip embeddings (space ``vision``, the vision stage's version) are the stored
+patterns. Up to ``max_frames`` of tonight's frames are damaged ``views_per_frame`` times
+each (:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
+tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
+fragment embeddings to their clip's embedding, on the frames outside the held-out set
+(continuing last night's weights when the shapes still fit), and are measured on the
+held-out frames' fragments beside the fragments left as they are (held out by frame, not
+by clip: every clip is a memory to recall, and a query brings a new glimpse of one). The checkpoint records
+which clips of which (version, date) form the bank, so ``query --fragment`` recalls from
+the same memories. Nothing is written to the memory store.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import ReconstructConfig, SleepConfig
+from core.errors import UsageError
+from core.paths import Paths
+from models.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    model_version,
+    previous_checkpoint,
+    save_checkpoint,
+)
+from models.reconstruct.fragments import degrade
+from models.reconstruct.networks import build
+from models.reconstruct.train import (
+    VARIANTS,
+    bank_rows,
+    choose,
+    complete,
+    evaluate,
+    train_reconstructors,
+)
+from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.frames import decode_frames
+from stages import Night
+from stages.audio import is_heldout, night_seed
+from stages.vision import MODEL as VISION_MODEL
+from stages.vision import encode_image_file
+
+log = logging.getLogger(__name__)
+
+MODEL = "reconstruct"
+SPACE = "vision"
+
+
+def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Embeddings of ``views_per_frame`` damaged views of each frame, with tonight's encoder.
+
+    Returns:
+        ``(vectors (F, D), frame_positions (F,), kinds)``: the position in ``frame_paths`` of
+        each fragment's frame (unreadable frames give none) and how many views of each kind.
+    """
+    jepa = night.cfg.models.jepa
+    encoder = load_target_encoder(checkpoint_path(night.paths.checkpoints / VISION_MODEL, night.date), jepa, night.device)
+    cache = decode_frames([night.paths.root / p for p in frame_paths], encoder.img_size, night.device)
+    generator = torch.Generator().manual_seed(seed)
+    vectors, positions, kinds = [], [], {}
+    chunk = cfg.embed_batch_size
+    for _ in range(cfg.views_per_frame):
+        for start in range(0, len(cache.index), chunk):
+            images = cache.images[start:start + chunk].to(night.device)
+            views, kind = degrade(images, cfg.crop_scale, generator)
+            vectors.append(embed_frames(encoder, views, batch_size=chunk, bf16=jepa.bf16))
+            positions.extend(cache.index[start:start + chunk])
+            for k in kind:
+                kinds[k] = kinds.get(k, 0) + 1
+    dim = encoder.dim
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), np.asarray(positions), kinds
+
+
+def run(night: Night) -> dict:
+    """Train both reconstructors on tonight's fragments and measure them on held-out frames.
+
+    Returns:
+        counts and versions, and ``metrics``: for fragments of held-out frames, the mean cosine
+        to their clip's embedding and the share whose own clip is nearest (top 1, top 5), for
+        the fragment as it is and completed by the MLP and the Hopfield network, with chance.
+    """
+    from memory.media import day_frames
+    from memory.store import load_vectors
+
+    cfg, day, paths, device = night.cfg.models.reconstruct, night.day, night.paths, night.device
+    version_in = model_version(VISION_MODEL, night.date)  # the vision stage's version for this night
+    rows, vectors = load_vectors(night.engine, paths, space=SPACE, model_version=version_in, date=day)
+    if not rows:
+        return {"trained": False, "note": "no vision model trained tonight"}
+    result: dict = {"input_version": version_in, "clips": len(rows)}
+    if len(rows) < 3:
+        return {**result, "trained": False, "note": "fewer than three clips with frames tonight"}
+
+    seed = night_seed(night)
+    stored = bank_rows(len(rows), cfg, seed)
+    bank = vectors[stored]
+    clip_ids = np.array([rows[i].clip_id for i in stored])
+    bank_row_of = {int(c): i for i, c in enumerate(clip_ids)}
+    with night.Session() as session:
+        frames = [f for f in day_frames(session, day) if f.clip_id in bank_row_of]
+    if len(frames) > cfg.max_frames:  # a seeded uniform sample of the night's frames
+        keep = np.random.default_rng([seed, 0xF4A6]).choice(len(frames), cfg.max_frames, replace=False)
+        frames = [frames[i] for i in np.sort(keep)]
+    fragments, positions, kinds = fragment_embeddings(night, [f.path for f in frames], cfg, seed)
+    if len(fragments) < 3:
+        return {**result, "trained": False, "note": "fewer than three frames could be read"}
+    targets = np.array([bank_row_of[frames[p].clip_id] for p in positions])
+    # Held out by frame, not by clip: every clip is a memory the reconstructor must recall, and
+    # a query brings a new glimpse of one, so it is measured on frames it never saw damaged.
+    held = np.array([is_heldout(frames[p].frame_id, night.cfg.models.heldout_fraction, seed) for p in positions])
+    train = ~held if (~held).sum() >= 2 else np.ones(len(targets), bool)
+    measured = held if held.sum() >= 2 else train
+
+    resume, resumed_from, restart_reason = None, None, None
+    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
+    if previous is not None:
+        checkpoint = load_checkpoint(previous, ("models", "step", "dim", "config"))
+        shape = (checkpoint["dim"], checkpoint["config"]["hidden"], checkpoint["config"]["assoc_dim"])
+        if shape == (vectors.shape[1], cfg.hidden, cfg.assoc_dim):
+            resume, resumed_from = checkpoint, previous.stem
+        else:
+            restart_reason = f"{previous.name} has (dim, hidden, assoc_dim) {shape}; starting fresh"
+            log.warning("reconstruct: %s", restart_reason)
+
+    trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed, resume=resume)
+    measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device)
+    # Headline first (the night's one-screen summary shows a stage's first scalar figures).
+    metrics = {f"top1_{k}": measured_metrics[k]["top1"] for k in ("fragment", "mlp", "hopfield")}
+    metrics.update(measured_metrics)
+    metrics.update({
+        "measured_on": "held-out frames" if measured is held else "training frames (too few held out)",
+        "loss_curves": trained.history, "train_seconds": round(trained.seconds, 2),
+        "hopfield_beta": round(float(trained.models["hopfield"].beta.detach()), 3), "use": cfg.use,
+        "chosen": choose(metrics, cfg.use),
+    })
+    version = f"{MODEL}@{day}"
+    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+        "models": {v: trained.models[v].state_dict() for v in VARIANTS}, "step": trained.step,
+        "config": cfg.model_dump(mode="json"), "date": day, "model_version": version,
+        "dim": int(vectors.shape[1]), "input_space": SPACE, "input_version": version_in,
+        "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"],
+        "rng": {"torch": torch.get_rng_state()},
+    })
+    log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield;"
+             " query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
+             metrics["hopfield"]["top1"], metrics["chosen"])
+    return {**result, "trained": True, "model_version": version, "bank": len(stored),
+            "frames": len(frames), "fragments": len(fragments), "fragment_kinds": kinds,
+            "trained_on": int(train.sum()), "resumed_from": resumed_from, "restart_reason": restart_reason,
+            "steps": trained.steps, "metrics": metrics}
+
+
+# --- query side ------------------------------------------------------------
+log = logging.getLogger(__name__)
+REQUIRED = ("models", "config", "input_version", "bank_rows", "date", "dim", "chosen")
+
+
+def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: str, device: str
+                   ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The completion a reconstructor checkpoint offers for fragments of ``version``'s vectors.
+
+    Args:
+        use: ``models.reconstruct.use``; ``auto`` takes what that night measured best.
+    Returns:
+        ``(name, complete)``: ``"mlp"``, ``"hopfield"`` or ``"fragment"`` (completion did not
+        help that night: fragments stay as they are), and ``(N, D) -> (N, D)`` unit vectors.
+    Raises:
+        UsageError: the checkpoint completes another vision version's fragments, or the
+            clips it stored are gone from the memory.
+    """
+    from memory.store import load_vectors
+
+    state = load_checkpoint(checkpoint, REQUIRED)
+    if state["input_version"] != version:
+        raise UsageError(f"{checkpoint}: the reconstructor completes {state['input_version']} fragments, not "
+                         f"{version}; run that night's reconstruct stage (sleep.py --date DATE --only reconstruct)")
+    _, vectors = load_vectors(engine, paths, space=SPACE, model_version=version, date=state["date"])
+    bank_rows = np.asarray(state["bank_rows"])
+    if len(vectors) == 0 or bank_rows.max() >= len(vectors):
+        raise UsageError(f"{checkpoint}: the clips it stored ({version}, {state['date']}) are no longer in the "
+                         f"memory; run that night's reconstruct stage again")
+    variant = state["chosen"] if use == "auto" else use
+    if variant == "fragment":
+        return variant, lambda fragments: fragments / np.linalg.norm(fragments, axis=1, keepdims=True)
+    model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
+    model.load_state_dict(state["models"][variant])
+    model.to(device)
+    bank = vectors[bank_rows]
+    return variant, lambda fragments: complete(model, fragments, bank, device)
+
+
+def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str
+                         ) -> tuple[str, np.ndarray]:
+    """Embed an image of part of a moment and complete it into a clip embedding.
+
+    Args:
+        path: any image PIL reads: a crop, a glimpse, a blurred or partly hidden picture.
+        cfg: the validated config (``models.reconstruct.use`` picks the variant).
+        paths: the layout (checkpoints and shards).
+        engine: the memory database (the Hopfield variant recalls from the stored clips).
+        device: ``"cpu"`` or ``"cuda"``.
+    Returns:
+        ``(model_version, vector)``: the vision version (``jepa@{date}``) and the completed
+        ``(dim,)`` vector, to search the space ``vision``.
+    Raises:
+        UsageError: unreadable image, no reconstructor yet, or one trained for an older
+            vision model than the newest.
+    """
+    version, fragment = encode_image_file(path, cfg, paths, device)
+    checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
+    if checkpoint is None:
+        raise UsageError(f"{paths.checkpoints / MODEL}: no reconstructor yet; run a night first")
+    use = cfg.models.reconstruct.use
+    variant, completer = load_completer(checkpoint, engine, paths, version, use, device)
+    log.info("--fragment: completed with %s (%s)", variant if variant != "fragment" else "nothing: the fragment as it is",
+             "measured best on that night's held-out frames" if use == "auto" else "models.reconstruct.use")
+    return version, completer(fragment[None])[0]

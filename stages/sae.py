@@ -1,0 +1,141 @@
+"""Stage ``sae``: a sparse dictionary of the night's moments, one neuron per memory trace.
+
+Reads tonight's vectors of ``models.sae.input_space`` (by default ``shared``: every clip's
+vision and audio rows in the aligned space), trains the TopK autoencoder on the clips
+outside the held-out set (continuing last night's dictionary when its shape still fits),
+measures it on the held-out clips, and writes every row's neuron activations to the space
+``sae`` as ``sae@{date}``. Search there with a neuron's one-hot vector (``query --neuron``)
+ranks moments by the share of their trace that neuron carries. Rows whose code is all zero
+(no neuron fired) are left out and counted.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
+from models.sae.train import encode, evaluate, train_sae
+from stages import Night
+from stages.audio import is_heldout, night_seed
+
+log = logging.getLogger(__name__)
+
+MODEL = "sae"
+SPACE = "sae"
+# Which earlier stage writes each input space tonight, and the model that stage names versions by.
+WRITER = {"shared": ("align", "align"), "vision": ("vision", "jepa"), "audio": ("audio", "cpc")}
+
+
+def input_version(night: Night, space: str) -> str:
+    """Tonight's model version of the input space: what its stage returned this run, else the
+    version that stage writes for this date (``--only sae`` on an earlier night reads that
+    night's vectors, not the newest night's)."""
+    stage, model = WRITER[space]
+    return (night.results.get(stage) or {}).get("model_version") or f"{model}@{night.day}"
+
+
+def strongest_neurons(activations: np.ndarray, clip_ids: np.ndarray, count: int, moments: int) -> list[dict]:
+    """The neurons that are the strongest one for the most clips, each with its top moments.
+
+    Args:
+        activations: ``(N, latents)`` raw (unnormalised) activations.
+        clip_ids: ``(N,)`` the clip of each row (a clip may have a row per sense).
+        count: neurons to return.
+        moments: distinct clips per neuron, highest activation first.
+    Returns:
+        ``[{"neuron", "clips_led", "rows_fired", "top": [{"clip_id", "activation"}]}]``.
+    """
+    if count == 0 or len(activations) == 0:
+        return []
+    live = activations.max(axis=1) > 0
+    leader = activations.argmax(axis=1)
+    led = {n: len(set(clip_ids[live & (leader == n)].tolist())) for n in np.unique(leader[live]).tolist()}
+    ranked = sorted(led, key=lambda n: (-led[n], n))[:count]
+    out = []
+    for n in ranked:
+        column = activations[:, n]
+        top, seen = [], set()
+        for row in np.argsort(-column, kind="stable"):
+            if column[row] <= 0 or len(top) == moments:
+                break
+            clip = int(clip_ids[row])
+            if clip not in seen:
+                seen.add(clip)
+                top.append({"clip_id": clip, "activation": round(float(column[row]), 4)})
+        out.append({"neuron": int(n), "clips_led": int(led[n]), "rows_fired": int((column > 0).sum()),
+                    "top": top})
+    return out
+
+
+def run(night: Night) -> dict:
+    """Train tonight's dictionary and write every row's neuron activations to ``sae``.
+
+    Returns:
+        counts and versions, the neurons for the report (with a frame path per moment), and
+        ``metrics``: training curve, held-out FVU, active neurons per row, neurons used.
+    """
+    from memory.media import middle_frames
+    from memory.store import EmbeddingRow, load_vectors, write_embeddings
+
+    cfg, day, paths, device = night.cfg.models.sae, night.day, night.paths, night.device
+    space = cfg.input_space
+    source_version = input_version(night, space)
+    rows, vectors = load_vectors(night.engine, paths, space=space, model_version=source_version, date=day)
+    result: dict = {"input_space": space, "input_version": source_version, "rows": len(rows)}
+    if len(rows) < 2:
+        return {**result, "trained": False, "note": f"fewer than two {space} vectors tonight"}
+
+    clip_ids = np.array([r.clip_id for r in rows])
+    seed = night_seed(night)
+    heldout = np.array([is_heldout(int(c), night.cfg.models.heldout_fraction, seed) for c in clip_ids])
+    train_rows = ~heldout if (~heldout).sum() >= 2 else np.ones(len(rows), bool)
+
+    resume, resumed_from, restart_reason = None, None, None
+    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
+    if previous is not None:
+        checkpoint = load_checkpoint(previous, ("model", "optimizer", "step", "n_inputs", "config"))
+        shape = (checkpoint["n_inputs"], checkpoint["config"]["latents"])
+        if shape == (vectors.shape[1], cfg.latents):
+            resume, resumed_from = checkpoint, previous.stem
+        else:
+            restart_reason = f"{previous.name} has (inputs, latents) {shape}; starting a fresh dictionary"
+            log.warning("sae: %s", restart_reason)
+
+    trained = train_sae(vectors[train_rows], cfg, device, seed=seed, resume=resume)
+    activations = encode(trained.model, vectors, device)
+    measured_on = heldout if heldout.sum() >= 2 else train_rows
+    metrics: dict = {
+        **evaluate(trained.model, vectors[measured_on], activations, device),
+        "measured_on": "held-out clips" if measured_on is heldout else "training clips (too few held out)",
+        "train_mse_curve": [round(h["mse"], 5) for h in trained.history],
+        "train_dead_curve": [round(h["dead"], 4) for h in trained.history],
+        "train_seconds": round(trained.seconds, 2),
+        "latents": cfg.latents, "k": cfg.k,
+    }
+
+    version = f"{MODEL}@{day}"
+    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+        "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
+        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
+        "n_inputs": int(vectors.shape[1]), "input_space": space, "input_version": source_version,
+        "rng": {"torch": torch.get_rng_state()},
+    })
+
+    fired = activations.max(axis=1) > 0
+    kept = [r for r, f in zip(rows, fired) if f]
+    write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day,
+                     rows=[EmbeddingRow(r.clip_id, r.modality, r.frame_id) for r in kept],
+                     vectors=activations[fired])
+    neurons = strongest_neurons(activations, clip_ids, cfg.report_neurons, cfg.report_moments)
+    with night.Session() as session:
+        thumbnails = middle_frames(session, {m["clip_id"] for n in neurons for m in n["top"]})
+    for neuron in neurons:
+        for moment in neuron["top"]:
+            moment["frame_path"] = thumbnails.get(moment["clip_id"])
+    log.info("sae: wrote %d of %d rows to space %r as %s (%d silent); held-out FVU %s, %d neurons used",
+             len(kept), len(rows), SPACE, version, int((~fired).sum()), metrics["fvu"], metrics["neurons_used"])
+    return {**result, "trained": True, "model_version": version, "written": len(kept),
+            "silent_rows": int((~fired).sum()), "resumed_from": resumed_from,
+            "restart_reason": restart_reason, "steps": trained.steps, "neurons": neurons, "metrics": metrics}

@@ -1,0 +1,192 @@
+"""Stage ``vision``: train I-JEPA on the day's frames, embed every frame into memory.
+
+Reads the night's Frame rows (and a replay sample of earlier days'), decodes them once,
+continues training from last night's checkpoint, embeds every frame with the EMA target
+encoder, and writes two memory spaces: ``vision_frame`` (one row per frame, for image
+search that lands on a frame) and ``vision`` (one row per clip, the mean of its frames).
+Both are tagged ``jepa@{date}``. Safe to run twice: training restarts from the checkpoint
+before the night's date and the store replaces the night's shard.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from core.config import SleepConfig
+from core.errors import UsageError
+from core.paths import Paths
+from memory.media import day_frames, earlier_frame_ids, frame_paths
+from models import health
+from models.checkpoint import latest_checkpoint, model_version
+from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.frames import decode_frames, sample_replay, square_frame
+from models.vision.jepa import build_encoder
+from models.vision.train import train_night
+from stages import Night
+
+log = logging.getLogger(__name__)
+MODEL = "jepa"
+CURVE_POINTS = 200
+
+
+def downsample(values: list[float], points: int = CURVE_POINTS) -> list[float]:
+    """At most ``points`` values: means of equal consecutive runs (keeps the curve's shape)."""
+    if len(values) <= points:
+        return [round(v, 6) for v in values]
+    return [round(float(chunk.mean()), 6) for chunk in np.array_split(np.asarray(values), points)]
+
+
+def _day_frames(night: Night) -> list[tuple[int, int, str]]:
+    with night.Session() as session:
+        return [(f.frame_id, f.clip_id, f.path) for f in day_frames(session, night.day)]
+
+
+def _replay_paths(night: Night, max_frames: int, seed: int) -> list[str]:
+    """A seeded sample of earlier days' frame paths (ids first: cheap even for a long memory)."""
+    if max_frames == 0:
+        return []
+    with night.Session() as session:
+        ids = earlier_frame_ids(session, night.day)
+        return frame_paths(session, [ids[i] for i in sample_replay(len(ids), max_frames, seed)])
+
+
+def _heldout(n: int, share: float, seed: int) -> np.ndarray:
+    """Positions of frames kept out of training, to measure retrieval on unseen frames."""
+    k = int(round(n * share))
+    if share > 0 and n >= 4:
+        k = max(k, 1)
+    k = min(k, n - 1)  # training needs at least one frame
+    rng = np.random.default_rng([seed, 0x4E1D])
+    return np.sort(rng.choice(n, size=k, replace=False)) if k > 0 else np.zeros(0, dtype=int)
+
+
+def run(night: Night) -> dict:
+    """Train, embed and store tonight's vision memory.
+
+    Returns:
+        ``{"frames", "embedded", "failed", "checkpoint", "model_version", "resumed_from",
+        "metrics": {...}}``; metrics hold the loss curve and the health figures.
+    """
+    from memory.store import EmbeddingRow, write_embeddings
+
+    cfg = night.cfg.models.jepa
+    root = night.paths.root
+    rows = _day_frames(night)
+    if not rows:
+        log.info("vision: no frames for %s; nothing to train or embed", night.day)
+        return {"frames": 0, "embedded": 0, "failed": [], "trained": False, "metrics": {}}
+
+    cache = decode_frames([root / path for _, _, path in rows], cfg.img_size, night.device)
+    if len(cache.index) == 0:
+        raise RuntimeError(f"none of the {len(rows)} frames of {night.day} could be decoded")
+    frame_ids = np.array([rows[i][0] for i in cache.index])
+    clip_ids = np.array([rows[i][1] for i in cache.index])
+
+    held = _heldout(len(cache.index), night.cfg.models.heldout_fraction, cfg.seed)
+    train_rows = torch.from_numpy(np.setdiff1d(np.arange(len(cache.index)), held))
+    replay_paths = _replay_paths(night, cfg.replay_max_frames if cfg.replay_fraction > 0 else 0, cfg.seed)
+    existing = [root / p for p in replay_paths if (root / p).exists()]  # retention may have removed some
+    replay = decode_frames(existing, cfg.img_size, night.device).images if existing else None
+    log.info("vision: %d frames (%d held out), %d replay frames from earlier days",
+             len(cache.index), len(held), 0 if replay is None else len(replay))
+
+    result = train_night(cfg, cache.images[train_rows], replay, date=night.date,
+                         checkpoint_dir=night.paths.checkpoints / MODEL, device=night.device)
+    vectors = embed_frames(result.target_encoder, cache.images, batch_size=cfg.embed_batch_size,
+                           bf16=cfg.bf16)
+
+    # The baseline: an untrained encoder of the same shape, measured on the same frames.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        random_encoder = build_encoder(cfg).to(night.device)
+    random_vectors = embed_frames(random_encoder, cache.images, batch_size=cfg.embed_batch_size,
+                                  bf16=cfg.bf16)
+    del random_encoder
+
+    version = model_version(MODEL, night.date)
+    write_embeddings(night.engine, night.paths, space="vision_frame", model_version=version, date=night.day,
+                     rows=[EmbeddingRow(int(c), "vision", int(f)) for c, f in zip(clip_ids, frame_ids)],
+                     vectors=vectors)
+    clips, inverse = np.unique(clip_ids, return_inverse=True)
+    sums = np.zeros((len(clips), vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, vectors)
+    means = (sums / np.bincount(inverse)[:, None]).astype(np.float32)
+    write_embeddings(night.engine, night.paths, space="vision", model_version=version, date=night.day,
+                     rows=[EmbeddingRow(int(c), "vision") for c in clips], vectors=means)
+
+    rank = health.effective_rank(vectors)
+    floor = health.rank_floor(cfg.dim, len(vectors), cfg.rank_warn_share)
+    collapse = rank < floor
+    if collapse:
+        log.warning("vision: embeddings may be collapsing: effective rank %.1f < %.1f "
+                    "(%.0f%% of the rank they could reach)", rank, floor, 100 * cfg.rank_warn_share)
+    metrics = {
+        "final_loss": round(float(np.mean(result.losses[-max(1, len(result.losses) // 20):])), 6),
+        "loss_curve": downsample(result.losses),
+        "steps": result.steps,
+        "global_step": result.global_step,
+        "train_seconds": round(result.seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "compiled": result.compiled,
+        "compile_fallback": result.compile_fallback,
+        "embedding_std": round(health.embedding_std(vectors), 6),
+        "effective_rank": round(rank, 2),
+        "rank_floor": round(floor, 2),
+        "dim": cfg.dim,
+        "collapse_warning": bool(collapse),
+        "heldout_frames": int(len(held)),
+        "same_source_retrieval": round(health.same_source_retrieval(vectors, clip_ids, held), 4),
+        "same_source_retrieval_random": round(health.same_source_retrieval(random_vectors, clip_ids, held), 4),
+        "random_effective_rank": round(health.effective_rank(random_vectors), 2),
+    }
+    log.info("vision: loss %.4f, rank %.1f, same-clip retrieval %.3f (random encoder %.3f)",
+             metrics["final_loss"], rank, metrics["same_source_retrieval"],
+             metrics["same_source_retrieval_random"])
+    return {
+        "frames": len(rows),
+        "embedded": int(len(vectors)),
+        "clips": int(len(clips)),
+        "failed": cache.failed,
+        "replay_frames": 0 if replay is None else int(len(replay)),
+        "checkpoint": result.checkpoint,
+        "resumed_from": result.resumed_from,
+        "model_version": version,
+        "trained": True,
+        "metrics": metrics,
+    }
+
+
+# --- query side ------------------------------------------------------------
+def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str) -> tuple[str, np.ndarray]:
+    """Embed an image the way the night embedded its frames.
+
+    Args:
+        path: any image PIL reads (JPEG, PNG, ...).
+        cfg: the validated config (``cfg.models.jepa`` is used).
+        paths: the layout (checkpoints are read from ``paths.checkpoints / "jepa"``).
+        device: ``"cpu"`` or ``"cuda"``.
+    Returns:
+        ``(model_version, vector)``: ``"jepa@{date}"`` of the checkpoint used and a
+        ``(dim,)`` float32 vector, to search the ``vision`` or ``vision_frame`` space.
+    Raises:
+        UsageError: the file cannot be read as an image, or no vision model is trained yet.
+        CheckpointError: the newest checkpoint is unreadable.
+    """
+    path = Path(path)
+    checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
+    if checkpoint is None:
+        raise UsageError(f"{paths.checkpoints / MODEL}: no vision model yet; run a night first")
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UsageError(f"{path}: cannot read image ({exc})") from None
+    encoder = load_target_encoder(checkpoint, cfg.models.jepa, device)
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W) uint8
+    frame = square_frame(image, encoder.img_size).unsqueeze(0)
+    vector = embed_frames(encoder, frame, batch_size=1, bf16=cfg.models.jepa.bf16)[0]
+    return model_version(MODEL, checkpoint.stem), vector
