@@ -1,16 +1,12 @@
-"""``sleep.py query | forget | doctor``: thin shells over :mod:`memory.search`,
-:mod:`memory.forget` and :mod:`memory.doctor`; ``--json`` prints what those functions return.
+"""``sleep.py query | forget | doctor``: thin shells over :func:`api.query`, :func:`api.forget`
+and :func:`api.doctor`; ``--json`` prints what those functions return.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from pathlib import Path
 
-from core.dates import parse_date
 from core.errors import UsageError
-from core.paths import Paths
 
 FORGET_HELP = ("remove one day completely: its recordings (data/raw/DATE), clips, frames, "
                "audio, embeddings, database rows and report; other days are untouched")
@@ -77,175 +73,30 @@ def add_memory_commands(sub, add_common) -> None:
     doctor.set_defaults(func=cmd_doctor)
 
 
-def _encoder(module: str, function: str, flag: str):
+def _neurons(text: str) -> list[int]:
     try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            raise UsageError(f"{flag}: {module} is not part of this install yet; query with "
-                             f"--clip ID instead") from None
-        raise
-    fn = getattr(mod, function, None)
-    if fn is None:
-        raise UsageError(f"{flag}: {module} has no {function}(); query with --clip ID instead")
-    return fn
-
-
-def _call_encoder(fn, flag: str, *args):
-    try:
-        return fn(*args)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{flag}: no trained model yet ({exc}); run a night first") from None
-
-
-def _query_vector(args, cfg, paths: Paths, engine):
-    """``(space, model_version, vector, exclude_clip_ids)`` for the query's flag."""
-    from memory.search import clip_vector
-    from memory.store import spaces
-
-    if args.clip is not None:
-        have = spaces(engine)
-        if not have:
-            raise UsageError(f"{paths.database}: no embeddings in the memory yet")
-        space = args.space or have[0]
-        found = clip_vector(engine, paths, space, args.clip, args.model_version)
-        if found is None:
-            raise UsageError(f"--clip {args.clip}: no {space} vector for that clip")
-        return space, found[0], found[1], (args.clip,)
-
-    if args.neuron is not None:
-        return _neuron_vector(args, engine)
-    if args.fragment is not None:
-        return _fragment_vector(args, cfg, paths, engine)
-    if args.text is not None:
-        return _text_vector(args, cfg, engine)
-
-    from pipeline.runner import resolve_device
-
-    device = resolve_device(cfg.runtime.device)
-    if args.image is not None:
-        flag, path, modality = "--image", Path(args.image), "vision"
-        encode = _encoder("stages.vision", "encode_image_file", flag)
-    else:
-        flag, path, modality = "--audio", Path(args.audio), "audio"
-        encode = _encoder("stages.audio", "encode_audio_file", flag)
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such file")
-    version, vector = _call_encoder(encode, flag, path, cfg, paths, device)
-    space = args.space or modality
-    if space == "shared":
-        to_shared = _encoder("stages.align", "to_shared", "--space shared")
-        version, vector = _call_encoder(to_shared, "--space shared", vector, modality, cfg, paths,
-                                        device)
-    elif space != modality:
-        raise UsageError(f"--space {space}: a {flag[2:]} query searches {modality} or shared")
-    return space, args.model_version or version, vector, ()
-
-
-def _fragment_vector(args, cfg, paths: Paths, engine):
-    from pipeline.runner import resolve_device
-
-    if (args.space or "vision") != "vision":
-        raise UsageError(f"--space {args.space}: a fragment is completed into the space vision")
-    path = Path(args.fragment)
-    if not path.is_file():
-        raise UsageError(f"--fragment {path}: no such file")
-    encode = _encoder("stages.reconstruct", "encode_fragment_file", "--fragment")
-    version, vector = _call_encoder(encode, "--fragment", path, cfg, paths, engine,
-                                    resolve_device(cfg.runtime.device))
-    return "vision", args.model_version or version, vector, ()
-
-
-def _text_vector(args, cfg, engine):
-    """The text's OpenCLIP embedding, to search the clips embedded with the same weights."""
-    from memory.store import space_dim
-    from pipeline.runner import resolve_device
-
-    if (args.space or "openclip") not in ("openclip", "openclip_frame"):
-        raise UsageError(f"--space {args.space}: text is searched in the space openclip (or openclip_frame)")
-    if not args.text.strip():
-        raise UsageError("--text: empty")
-    from core.errors import ConfigError
-    from stages.openclip import load_text_encoder as load
-    try:
-        clip = load(cfg.models.openclip, resolve_device(cfg.runtime.device))
-    except ConfigError as exc:
-        raise UsageError(f"--text: {exc}") from None
-    space = args.space or "openclip"
-    if space_dim(engine, space, clip.version) is None:
-        raise UsageError(f"--text: no frames embedded with these weights ({clip.version}) yet; run a night "
-                         f"with models.openclip.weights set")
-    return space, clip.version, clip.embed_text(args.text), ()
-
-
-def _neuron_vector(args, engine):
-    """The sum of the named neurons' one-hot vectors in the ``sae`` space."""
-    import numpy as np
-
-    from memory.store import latest_version, space_dim
-
-    try:
-        neurons = [int(n) for n in args.neuron.split(",") if n.strip()]
+        return [int(n) for n in text.split(",") if n.strip()]
     except ValueError:
-        raise UsageError(f"--neuron {args.neuron}: expected neuron numbers such as 12 or 12,40") from None
-    if not neurons:
-        raise UsageError("--neuron: name at least one neuron")
-    if (args.space or "sae") != "sae":
-        raise UsageError(f"--space {args.space}: neurons live in the space sae")
-    version = args.model_version or latest_version(engine, "sae")
-    dim = space_dim(engine, "sae", version) if version else None
-    if dim is None:
-        raise UsageError("--neuron: no memory traces yet (the sae stage has not run)")
-    bad = [n for n in neurons if not 0 <= n < dim]
-    if bad:
-        raise UsageError(f"--neuron {bad[0]}: {version} has neurons 0 to {dim - 1}")
-    vector = np.zeros(dim, np.float32)
-    vector[neurons] = 1.0
-    return "sae", version, vector, ()
-
-
-def run_query(args) -> list[dict]:
-    """The hits of ``sleep.py query`` as dicts (what ``--json`` prints)."""
-    from core.config import load_config
-    from memory.db import open_database
-    from memory.search import search
-
-    cfg = load_config(args.config, args.overrides)
-    paths = Paths.at(args.root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
-    date_from = parse_date(args.date_from).isoformat() if args.date_from else None
-    date_to = parse_date(args.date_to).isoformat() if args.date_to else None
-    if args.topk < 1:
-        raise UsageError(f"--topk {args.topk}: must be at least 1")
-    engine = open_database(paths.database)
-    try:
-        space, version, vector, exclude = _query_vector(args, cfg, paths, engine)
-        try:
-            hits = search(engine, paths, space=space, query=vector, topk=args.topk,
-                          model_version=version, date_from=date_from, date_to=date_to,
-                          modality=args.modality, source=args.source,
-                          exclude_clip_ids=exclude, options=cfg.memory.search)
-        except ValueError as exc:
-            raise UsageError(f"query: {exc}") from None
-    finally:
-        engine.dispose()
-    if args.neuron is not None:  # a moment where none of the neurons fires is no match
-        hits = [h for h in hits if h.score > 0]
-    return [h.as_dict() for h in hits]
+        raise UsageError(f"--neuron {text}: expected neuron numbers such as 12 or 12,40") from None
 
 
 def cmd_query(args) -> int:
-    hits = run_query(args)
+    from api import query
+
+    hits = query(args.root, image=args.image, audio=args.audio, clip=args.clip, fragment=args.fragment,
+                 neuron=None if args.neuron is None else _neurons(args.neuron), text=args.text,
+                 topk=args.topk, date_from=args.date_from, date_to=args.date_to, space=args.space,
+                 modality=args.modality, source=args.source, model_version=args.model_version,
+                 config=args.config, overrides=args.overrides)
     if args.json:
-        print(json.dumps(hits, indent=2))
+        print(json.dumps([h.as_dict() for h in hits], indent=2))
         return 0
     if not hits:
         print("no matches")
     for h in hits:
-        when = h["wall_start"].replace("T", " ") if h["wall_start"] else h["date"]
-        print(f"{when:<19}  {h['score']:.3f}  {h['modality']:<6}  {h['source_path']} +{h['start_s']:.1f}s  "
-              f"clip {h['clip_id']}  {h['frame_path'] or '-'}")
+        when = h.wall_start.replace("T", " ") if h.wall_start else h.date
+        print(f"{when:<19}  {h.score:.3f}  {h.modality:<6}  {h.source_path} +{h.start_s:.1f}s  "
+              f"clip {h.clip_id}  {h.frame_path or '-'}")
     return 0
 
 
@@ -265,17 +116,15 @@ def _print_plan(plan: dict, done: bool) -> None:
 
 
 def cmd_forget(args) -> int:
-    from memory.forget import forget_day, plan_forget
+    from api import forget, plan_forget
 
-    date = parse_date(args.date)
-    paths = Paths.at(args.root)
     if not args.yes:
-        plan = plan_forget(paths, date)
+        plan = plan_forget(args.root, args.date)
         _print_plan(plan, done=False)
         if not _confirm(plan):
             print("nothing removed")
             return 0
-    removed = forget_day(paths, date)
+    removed = forget(args.root, args.date)
     if args.json:
         print(json.dumps(removed, indent=2))
     else:
@@ -284,9 +133,9 @@ def cmd_forget(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from memory.doctor import doctor
+    from api import doctor
 
-    result = doctor(Paths.at(args.root), repair=args.repair)
+    result = doctor(args.root, repair=args.repair)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,1 +1,62 @@
-"""Episodic memory: the only package that speaks SQL or opens embedding shards."""
+"""Episodic memory: the store every night writes to and every query reads.
+
+The only package that speaks SQL or opens embedding shards. It holds:
+
+- the database (:mod:`memory.db`): sources, clips, frames and audio segments
+  (:mod:`memory.schema`, written by :mod:`memory.sources`), which embedding shards exist
+  (:mod:`memory.catalog`), and the stage ledger (:mod:`memory.ledger`);
+- the vectors, one shard file per (space, model version, night), whose on-disk format
+  belongs to :mod:`memory.shards` alone; :func:`write_embeddings` and
+  :func:`load_vectors` store and read them, :func:`search` finds the nearest ones;
+- the care of both: :func:`forget_day`, :func:`apply_retention` and :func:`doctor`.
+
+What other packages use is re-exported here. Importing the package loads neither torch
+nor FAISS (the search imports them when it first needs them), but it does load NumPy
+and SQLAlchemy.
+"""
+# Eager imports, not a lazy ``__getattr__``: ``search`` and ``doctor`` are also the names
+# of submodules, and loading a submodule later would rebind them to the module.
+from memory import ledger
+from memory.catalog import latest_version, space_dim, spaces
+from memory.db import make_sessionmaker, open_database
+from memory.doctor import doctor
+from memory.forget import forget_day, plan_forget
+from memory.media import (
+    FrameRef,
+    SegmentRef,
+    day_frames,
+    day_segments,
+    earlier_frame_ids,
+    earlier_segments,
+    frame_paths,
+    middle_frames,
+)
+from memory.retention import apply_retention
+from memory.schema import Source
+from memory.search import Hit, SearchOptions, clip_vector, search
+from memory.shards import ShardError
+from memory.sources import (
+    ClipRecord,
+    day_sources,
+    day_totals,
+    save_source,
+    source_counts,
+    update_sources,
+)
+from memory.store import EmbeddingRow, ShardInfo, load_vectors, write_embeddings
+
+__all__ = [
+    # the database
+    "open_database", "make_sessionmaker", "ledger",
+    # a night's recordings: what ingest writes and the model stages read
+    "Source", "ClipRecord", "save_source", "update_sources", "day_sources", "day_totals",
+    "source_counts", "FrameRef", "SegmentRef", "day_frames", "day_segments",
+    "earlier_frame_ids", "earlier_segments", "frame_paths", "middle_frames",
+    # vectors
+    "EmbeddingRow", "ShardInfo", "ShardError", "write_embeddings", "load_vectors",
+    "latest_version", "space_dim", "spaces",
+    # search
+    "search", "SearchOptions", "Hit", "clip_vector",
+    # care
+    "forget_day", "plan_forget", "apply_retention", "doctor",
+]

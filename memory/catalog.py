@@ -4,7 +4,8 @@ An embedding space is a (name, model version, dimension): ``vision`` vectors of
 ``jepa@2026-01-15`` are not comparable with those of ``jepa@2026-02-01``, so a search
 always stays inside one version. A shard is the ``.npy`` file of one (space, version,
 date); each of its rows has a :class:`ShardRow` naming the clip (and frame) it came from.
-The database only ever holds a shard once its file is complete (see ``memory.store``).
+The database only ever holds a shard once its file is complete (see ``memory.store``);
+what the file holds is :mod:`memory.shards`' business.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import datetime as dt
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Engine,
     ForeignKey,
     Index,
     Integer,
@@ -84,3 +86,30 @@ def complete_shards(session: Session, space_id: int, date_from: str | None = Non
     if date_to:
         query = query.where(Shard.date <= date_to)
     return list(session.scalars(query.order_by(Shard.date)))
+
+
+def latest_version(engine: Engine, space: str) -> str | None:
+    """The newest model version of ``space`` that has at least one complete shard."""
+    with Session(engine) as session:
+        return session.scalars(
+            select(EmbeddingSpace.model_version)
+            .join(Shard, Shard.space_id == EmbeddingSpace.id)
+            .where(EmbeddingSpace.name == space, Shard.complete.is_(True))
+            .order_by(EmbeddingSpace.id.desc()).limit(1)).first()
+
+
+def space_dim(engine: Engine, space: str, model_version: str) -> int | None:
+    """The width of the vectors of one (space, model_version), or ``None`` if it holds none."""
+    with Session(engine) as session:
+        found = space_of(session, space, model_version)
+        return None if found is None else found.dim
+
+
+def spaces(engine: Engine) -> list[str]:
+    """Names of the spaces that hold vectors, ``vision`` first."""
+    with Session(engine) as session:
+        names = set(session.scalars(
+            select(EmbeddingSpace.name).join(Shard, Shard.space_id == EmbeddingSpace.id)
+            .where(Shard.complete.is_(True))))
+    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3, "openclip": 4}
+    return sorted(names, key=lambda n: (order.get(n, 9), n))

@@ -1,17 +1,26 @@
 """The SQLite database (``memory/episodic.sqlite``): engine set-up and the ORM base.
 
 WAL mode lets queries read while a night writes; a busy timeout makes writers wait for
-each other instead of failing.
+each other instead of failing. Opening a database also brings an older one up to date
+(:func:`_rename_clip_spaces`).
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.paths import make_private_dir
+
+log = logging.getLogger(__name__)
+
+# The OpenCLIP stage was called ``clip`` until the layout refactor (#13).
+_RENAMED_SPACES = {"clip": "openclip", "clip_frame": "openclip_frame"}
+_OLD_VERSION_PREFIX, _NEW_VERSION_PREFIX = "clip@", "openclip@"
 
 
 class Base(DeclarativeBase):
@@ -27,6 +36,61 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _renamed(name: str, model_version: str) -> tuple[str, str]:
+    if model_version.startswith(_OLD_VERSION_PREFIX):
+        model_version = _NEW_VERSION_PREFIX + model_version[len(_OLD_VERSION_PREFIX):]
+    return _RENAMED_SPACES[name], model_version
+
+
+def _rename_clip_spaces(engine: Engine, path: Path) -> None:
+    """Rename the spaces ``clip``/``clip_frame`` (versions ``clip@...``) to ``openclip``/
+    ``openclip_frame`` (``openclip@...``); idempotent, one transaction.
+
+    Why: the stage and its spaces were renamed, and text search and the stage now ask for
+    the new names; left alone, a memory written before the rename would look empty to
+    them, and the next night would start a second space beside the old one. Only rows
+    change: shard files are found by the path (relative to the root) each ``shards`` row
+    holds, which keeps naming the old folder, so no file moves.
+    """
+    find = text("SELECT id, name, model_version FROM embedding_spaces WHERE name IN (:a, :b)")
+    names = dict(zip("ab", _RENAMED_SPACES))
+    # A read first: every process opens the database, and only a memory from before the
+    # rename should cost a write lock (which would wait behind a night's writes).
+    with engine.connect() as conn:
+        pending = conn.execute(find, names).all()
+    if pending:
+        with engine.begin() as conn:
+            kept = renamed = 0
+            for space_id, name, version in conn.execute(find, names).all():
+                new_name, new_version = _renamed(name, version)
+                taken = conn.execute(text("SELECT 1 FROM embedding_spaces WHERE name = :n AND "
+                                          "model_version = :v AND id != :id"),
+                                     {"n": new_name, "v": new_version, "id": space_id}).first()
+                if taken:
+                    # Only if an old and a new program both wrote this version: leave it
+                    # rather than merge shards; searches read the new one.
+                    kept += 1
+                    continue
+                # ``name = :old``: another process opening the same database at the same
+                # moment may have renamed it already.
+                renamed += conn.execute(text(
+                    "UPDATE embedding_spaces SET name = :n, model_version = :v "
+                    "WHERE id = :id AND name = :old"),
+                    {"n": new_name, "v": new_version, "id": space_id, "old": name}).rowcount
+        if renamed:
+            log.info("renamed %d embedding space version(s) from clip to openclip", renamed)
+        if kept:
+            log.warning("%d clip/clip_frame space version(s) kept their old name: the openclip "
+                        "one exists too", kept)
+            return
+    # Cached search indexes live in folders named after the space (``memory/index/{space}``,
+    # beside the database): ones under an old name would never be used again, nor found
+    # by ``forget``, yet hold the vectors of every night they covered.
+    for old in _RENAMED_SPACES:
+        if (path.parent / "index" / old).is_dir():
+            shutil.rmtree(path.parent / "index" / old, ignore_errors=True)
+
+
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
@@ -36,6 +100,7 @@ def open_database(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _on_connect)
     Base.metadata.create_all(engine)
+    _rename_clip_spaces(engine, path)
     for suffix in ("", "-wal", "-shm"):
         candidate = Path(f"{path}{suffix}")
         if candidate.exists():

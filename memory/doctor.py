@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from pathlib import Path
 
-import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
@@ -24,6 +22,7 @@ from core.paths import Paths
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.schema import AudioSegment, Clip, Frame, Source
+from memory.shards import read_rows, shard_problem
 from memory.store import EmbeddingRow, write_embeddings
 
 log = logging.getLogger(__name__)
@@ -38,14 +37,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _shape(path: Path) -> tuple[tuple, str] | None:
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return None
-    return array.shape, str(array.dtype)
 
 
 class _Report:
@@ -75,14 +66,13 @@ def _check_shards(session: Session, paths: Paths, report: _Report) -> list[int]:
     compact = []
     for shard in session.scalars(select(Shard).order_by(Shard.id)):
         what = f"shard {shard.path} ({shard.date})"
-        shape = _shape(paths.root / shard.path) if shard.complete else None
         if not shard.complete:
             if report.problem(f"{what}: marked incomplete", "removed its row and file"):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
                 (paths.root / shard.path).unlink(missing_ok=True)
             continue
-        if shape != ((shard.rows, shard.dim), "float16"):
-            found = "missing" if shape is None else f"holds {shape[0]} {shape[1]}"
+        found = shard_problem(paths, shard)
+        if found is not None:
             if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})",
                               "removed it; rerun that night's embedding stage"):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
@@ -110,7 +100,6 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
             space = session.get(EmbeddingSpace, shard.space_id)
             kept = session.execute(select(ShardRow).where(ShardRow.shard_id == shard_id)
                                    .order_by(ShardRow.row)).scalars().all()
-            vectors = np.load(paths.root / shard.path, mmap_mode="r")
         if not kept:
             with Session(engine) as session, session.begin():
                 session.execute(delete(Shard).where(Shard.id == shard_id))
@@ -119,7 +108,7 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
         write_embeddings(engine, paths, space=space.name, model_version=space.model_version,
                          date=shard.date,
                          rows=[EmbeddingRow(r.clip_id, r.modality, r.frame_id) for r in kept],
-                         vectors=np.asarray(vectors[[r.row for r in kept]], dtype=np.float32))
+                         vectors=read_rows(paths, shard, [r.row for r in kept]))
 
 
 def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:

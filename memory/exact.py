@@ -1,11 +1,12 @@
-"""Exact cosine top-k over float16 vectors, in blocks, without loading the memory into RAM.
+"""Exact cosine top-k over stored vectors, in blocks, without loading the memory into RAM.
 
-Vectors are stored L2-normalised as float16 in memory-mapped ``.npy`` shards, so cosine
-similarity is a dot product. NumPy has no fast float16 kernels (converting 1M x 256 to
-float32 costs ~0.3 s on 2 cores), so the matrix-vector product runs through torch on a
-zero-copy view of the same memory map (~15 ms for 1M rows). Its float16 output is only
-used to find candidates: every row within :data:`FP16_MARGIN` of the k-th best float16
-score is rescored in float32, so the result equals a float32 search (ties aside).
+Shards hold L2-normalised float16 rows (:mod:`memory.shards`), so cosine similarity is a
+dot product. NumPy has no fast float16 kernels (converting 1M x 256 to float32 costs
+~0.3 s on 2 cores), so the matrix-vector product runs through torch, in the rows' own
+dtype, on a zero-copy view of the same memory map (~15 ms for 1M rows). Its output is only
+used to find candidates: every row within :data:`FP16_MARGIN` of the k-th best rough
+score is rescored in float32, so the result equals a float32 search (ties aside). The
+kernel takes whatever dtype a block holds; the margin is sized for float16, the coarsest.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Block:
 
     Args:
         offset: the global id of the first row (ids are ``offset + row``).
-        vectors: ``(n, D)`` float16 (a memory map is fine).
+        vectors: ``(n, D)`` float16 or float32 (a memory map is fine).
         mask: optional ``(n,)`` bool; ``False`` rows are never returned.
     """
 
@@ -68,14 +69,13 @@ def exact_topk(blocks: Iterable[Block], query: np.ndarray, k: int,
     import torch  # here, not at the top: forget and doctor never pay for importing it
 
     q32 = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    q16 = q32.half()
     best_s = np.empty(0, np.float32)
     best_i = np.empty(0, np.int64)
     for block in blocks:
         n = len(block.vectors)
         for start in range(0, n, chunk_rows):
             chunk = as_tensor(block.vectors[start:start + chunk_rows])
-            rough = chunk @ q16  # (n,) float16 scores
+            rough = chunk @ q32.to(chunk.dtype)  # (n,) scores in the rows' dtype
             if block.mask is not None:
                 keep = torch.from_numpy(block.mask[start:start + chunk_rows])
                 rough.masked_fill_(~keep, -np.inf)

@@ -22,6 +22,7 @@ from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.ledger import StageRun
 from memory.schema import AudioSegment, Clip, Frame, Source
+from memory.shards import day_files
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,8 @@ def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
         .join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id).where(Shard.date == day)).all()
     files = [str(p.relative_to(paths.root)) for p in _folders(paths, date) if p.exists()]
     files += [path for path, _, _ in shards if (paths.root / path).exists()]
-    files += sorted(str(p.relative_to(paths.root))
-                    for p in paths.embeddings.glob(f"*/*/{day}-*.npy")
-                    if str(p.relative_to(paths.root)) not in files)
+    files += [rel for rel in (str(p.relative_to(paths.root)) for p in day_files(paths, day))
+              if rel not in files]
     indexes = sorted({str((paths.memory / "index" / name / version).relative_to(paths.root))
                       for _, name, version in shards
                       if (paths.memory / "index" / name / version).exists()})

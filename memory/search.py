@@ -32,10 +32,17 @@ from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from core.paths import Paths
-from memory.catalog import EmbeddingSpace, Shard, ShardRow, complete_shards
+from memory.catalog import (
+    EmbeddingSpace,
+    Shard,
+    ShardRow,
+    complete_shards,
+    latest_version,
+)
 from memory.exact import Block, exact_topk
 from memory.media import middle_frames
 from memory.schema import Clip, Frame, Source
+from memory.shards import open_shard, private_folder, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +78,11 @@ class Hit:
 
 # Process caches. Shard files are never rewritten in place (every write has a new name),
 # so a path identifies its content for good.
-_MAPS: dict[str, np.ndarray] = {}
 _ROW_META: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _INDEXES: dict[tuple, object] = {}
 # What the index cache holds for a memory where ``auto`` found no approximate index worth
 # using (e.g. isotropic vectors: IVF must probe every list): the exact path is faster.
 EXACT = "exact"
-
-
-def open_shard(paths: Paths, shard: Shard) -> np.ndarray:
-    """The shard's ``(rows, dim)`` float16 vectors, memory-mapped (cached per file)."""
-    array = _MAPS.get(shard.path)
-    if array is None:
-        array = np.load(paths.root / shard.path, mmap_mode="r")
-        if array.shape != (shard.rows, shard.dim) or array.dtype != np.float16:
-            raise ValueError(f"{shard.path}: holds {array.shape} {array.dtype}, database says "
-                             f"({shard.rows}, {shard.dim}) float16; run `sleep.py doctor`")
-        _MAPS[shard.path] = array
-    return array
 
 
 def _row_meta(session: Session, shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,7 +158,6 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
             import faiss
 
             from core.atomic import atomic_write_bytes, atomic_write_text
-            from memory.store import private_folder
 
             private_folder(paths, folder)
             for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
@@ -294,8 +287,6 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
     Raises:
         ValueError: a query that is not a finite non-zero vector of the space's dimension.
     """
-    from memory.store import latest_version
-
     options = options or SearchOptions()
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(query))
@@ -363,4 +354,4 @@ def clip_vector(engine: Engine, paths: Paths, space: str, clip_id: int,
     if found is None:
         return None
     shard, row, version = found
-    return version, np.asarray(open_shard(paths, shard)[row], dtype=np.float32)
+    return version, read_rows(paths, shard, [row])[0]

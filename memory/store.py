@@ -1,7 +1,6 @@
-"""The embedding store: vectors in ``.npy`` shards, their clips in SQLite.
+"""The embedding store: vectors in shard files, their clips in SQLite.
 
-Layout: ``memory/embeddings/{space}/{model_version}/{date}-{id}.npy``, float16, rows
-L2-normalised so that cosine similarity is a dot product. A shard is written to a
+A shard's file (its layout, dtype and checks: :mod:`memory.shards`) is written to a
 temporary name, fsynced and renamed; only then does one transaction replace the
 (space, version, date) key's shard row and add its rows, so the database never points at
 a shard that is not complete, and a reader sees all of a day's rows or none. Every write
@@ -17,26 +16,31 @@ latest version cover the whole memory and the old version's shards can be forgot
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
-from core.atomic import atomic_file
-from core.paths import Paths, make_private_dir
-from memory.catalog import EmbeddingSpace, Shard, ShardRow, space_of
-from memory.search import Hit, search
+from core.paths import Paths
+from memory import shards
+
+# latest_version, space_dim, spaces, Hit and search are re-exported: callers outside the
+# package have long imported them from here.
+from memory.catalog import (  # noqa: F401
+    EmbeddingSpace,
+    Shard,
+    ShardRow,
+    latest_version,
+    space_dim,
+    space_of,
+    spaces,
+)
+from memory.search import Hit, search  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("vision", "audio")
-# Space and version names become folder names.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -67,48 +71,6 @@ class ShardInfo:
     dim: int
 
 
-def _check_key(space: str, model_version: str, date: str) -> None:
-    for what, value in (("space", space), ("model_version", model_version)):
-        if not _SAFE_NAME.match(value or ""):
-            raise ValueError(f"{what} {value!r}: use letters, digits and _.@+- only")
-    if not _DATE.match(date or ""):
-        raise ValueError(f"date {date!r}: expected YYYY-MM-DD")
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """L2-normalised float32 copy of ``(N, D)`` vectors; a zero or non-finite row is an error."""
-    v = np.asarray(vectors, dtype=np.float32)
-    if v.ndim != 2:
-        raise ValueError(f"vectors must be (N, D), got shape {v.shape}")
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    bad = ~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0)
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} vector(s) are zero or not finite (first: row "
-                         f"{int(np.argmax(bad))})")
-    return v / norms
-
-
-def shard_folder(paths: Paths, space: str, model_version: str) -> Path:
-    return paths.embeddings / space / model_version
-
-
-def private_folder(paths: Paths, folder: Path) -> Path:
-    """Create ``folder`` under ``memory/`` with every level 0700 (``mkdir(parents=True)``
-    would give the intermediate levels the umask's mode)."""
-    make_private_dir(paths.memory)
-    current = paths.memory
-    for part in folder.relative_to(paths.memory).parts:
-        current = current / part
-        current.mkdir(mode=0o700, exist_ok=True)
-    return folder
-
-
-def _write_npy(final: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary name, fsync, rename: the file is whole or absent."""
-    with atomic_file(final) as fh:
-        np.save(fh, array, allow_pickle=False)
-
-
 def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version: str, date: str,
                      rows: list[EmbeddingRow], vectors: np.ndarray) -> ShardInfo:
     """Store the vectors of one (space, model_version, date); replaces an earlier write.
@@ -120,15 +82,15 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
         model_version: ``"{model}@{date}"`` of the encoder, e.g. ``"jepa@2026-01-15"``.
         date: the night, ``YYYY-MM-DD``.
         rows: one :class:`EmbeddingRow` per vector, same order.
-        vectors: ``(N, D)`` array; normalised here and stored as float16.
+        vectors: ``(N, D)`` array; normalised here and stored in the shard format.
     Returns:
         the :class:`ShardInfo` written.
     Raises:
         ValueError: bad names, shapes, modalities, zero vectors, or a dimension that
             differs from earlier writes of the same space and version.
     """
-    _check_key(space, model_version, date)
-    unit = normalise(vectors)
+    shards.check_key(space, model_version, date)
+    unit = shards.normalise(vectors)
     if len(rows) != len(unit):
         raise ValueError(f"{len(rows)} rows for {len(unit)} vectors")
     if len(unit) == 0:
@@ -138,9 +100,8 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
         raise ValueError(f"modality {odd[0]!r}: expected one of {MODALITIES}")
     dim = unit.shape[1]
 
-    folder = private_folder(paths, shard_folder(paths, space, model_version))
-    final = folder / f"{date}-{uuid.uuid4().hex[:12]}.npy"
-    _write_npy(final, unit.astype(np.float16))
+    final = shards.write_shard(paths, space=space, model_version=model_version, date=date,
+                               unit=unit)
     rel = str(final.relative_to(paths.root))
 
     old_path: str | None = None
@@ -177,33 +138,6 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
     return info
 
 
-def latest_version(engine: Engine, space: str) -> str | None:
-    """The newest model version of ``space`` that has at least one complete shard."""
-    with Session(engine) as session:
-        return session.scalars(
-            select(EmbeddingSpace.model_version)
-            .join(Shard, Shard.space_id == EmbeddingSpace.id)
-            .where(EmbeddingSpace.name == space, Shard.complete.is_(True))
-            .order_by(EmbeddingSpace.id.desc()).limit(1)).first()
-
-
-def space_dim(engine: Engine, space: str, model_version: str) -> int | None:
-    """The width of the vectors of one (space, model_version), or ``None`` if it holds none."""
-    with Session(engine) as session:
-        found = space_of(session, space, model_version)
-        return None if found is None else found.dim
-
-
-def spaces(engine: Engine) -> list[str]:
-    """Names of the spaces that hold vectors, ``vision`` first."""
-    with Session(engine) as session:
-        names = set(session.scalars(
-            select(EmbeddingSpace.name).join(Shard, Shard.space_id == EmbeddingSpace.id)
-            .where(Shard.complete.is_(True))))
-    order = {"vision": 0, "audio": 1, "shared": 2, "sae": 3, "openclip": 4}
-    return sorted(names, key=lambda n: (order.get(n, 9), n))
-
-
 def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str,
                  date: str) -> tuple[list[EmbeddingRow], np.ndarray]:
     """The stored rows and vectors of one (space, model_version, date).
@@ -212,8 +146,6 @@ def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str
         ``(rows, vectors)``: one :class:`EmbeddingRow` per vector and a float32 ``(N, D)``
         array (unit length, as stored); empty when that key holds nothing.
     """
-    from memory.search import open_shard
-
     with Session(engine) as session:
         shard = session.scalars(
             select(Shard).join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
@@ -223,6 +155,6 @@ def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str
             return [], np.zeros((0, 0), np.float32)
         meta = session.execute(select(ShardRow.row, ShardRow.clip_id, ShardRow.modality, ShardRow.frame_id)
                                .where(ShardRow.shard_id == shard.id).order_by(ShardRow.row)).all()
-        vectors = np.asarray(open_shard(paths, shard), dtype=np.float32)
+        vectors = shards.read_rows(paths, shard, [r for r, *_ in meta])
     rows = [EmbeddingRow(clip_id, modality, frame_id) for _, clip_id, modality, frame_id in meta]
-    return rows, vectors[[r for r, *_ in meta]]
+    return rows, vectors

@@ -9,6 +9,7 @@ from typing import Callable
 
 from core.atomic import sweep_tmp
 from core.config import SleepConfig
+from core.device import resolve_device
 from core.errors import UsageError
 from core.lock import NightLock
 from core.logs import night_log
@@ -34,19 +35,6 @@ class NightOutcome:
     @property
     def ok(self) -> bool:
         return not any(s in ("failed", "blocked") for s in self.states.values())
-
-
-def resolve_device(requested: str) -> str:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a usage error."""
-    if requested == "cpu":
-        return "cpu"
-    import torch  # only when a choice depends on it
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise UsageError("--device cuda: no CUDA device is available on this machine")
-    return "cpu"
 
 
 def select_stages(only: list[str] | None, stages: list[Stage]) -> list[Stage]:

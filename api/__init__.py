@@ -1,0 +1,16 @@
+"""The memory from Python: what ``sleep.py query | forget | doctor | status`` print, as data.
+
+    >>> from api import query
+    >>> hits = query("~/sleep", clip=12, topk=5, date_from="2026-01-10")
+    >>> [h.as_dict() for h in hits]  # what `sleep.py query --clip 12 --topk 5 --from 2026-01-10 --json` prints
+
+Every function takes the root folder first; errors a person can act on are
+:class:`core.errors.UsageError` (the CLI prints them in one line and exits 2). Running a
+night is :func:`pipeline.runner.run_night`, a layer above this one.
+"""
+from api.maintenance import doctor, forget, plan_forget
+from api.nights import status
+from api.search import query
+from memory import Hit
+
+__all__ = ["Hit", "doctor", "forget", "plan_forget", "query", "status"]

@@ -1,0 +1,52 @@
+"""Forget a day and check the memory: :mod:`memory.forget` and :mod:`memory.doctor` for callers
+that hold a root folder and a date (``sleep.py forget`` and ``sleep.py doctor`` call these)."""
+from __future__ import annotations
+
+from api.args import Day, Root, date_of, paths_of
+import memory
+
+
+def plan_forget(root: Root, date: Day) -> dict:
+    """What :func:`forget` would remove, without removing anything.
+
+    Args:
+        root: the folder holding ``data/`` and ``memory/`` (or its :class:`~core.paths.Paths`).
+        date: the day, a ``datetime.date`` or ``"YYYY-MM-DD"``.
+    Returns:
+        ``{"date", "database": {table: rows}, "files": [paths relative to the root]}``.
+    Raises:
+        UsageError: ``date`` is not a calendar date.
+    """
+    return memory.plan_forget(paths_of(root), date_of(date, "date"))
+
+
+def forget(root: Root, date: Day) -> dict:
+    """Remove one day completely: its recordings, clips, frames, audio, embeddings, database
+    rows and report. Other days and the model checkpoints are kept.
+
+    Args:
+        root: the folder holding ``data/`` and ``memory/`` (or its :class:`~core.paths.Paths`).
+        date: the day, a ``datetime.date`` or ``"YYYY-MM-DD"``.
+    Returns:
+        what was removed, in :func:`plan_forget`'s form.
+    Raises:
+        UsageError: ``date`` is not a calendar date.
+        LockHeld: a night (or another forget) is running on this root.
+    """
+    return memory.forget_day(paths_of(root), date_of(date, "date"))
+
+
+def doctor(root: Root, *, repair: bool = False) -> dict:
+    """Check every shard against its database rows and every file the database names.
+
+    Args:
+        root: the folder holding ``memory/`` (or its :class:`~core.paths.Paths`).
+        repair: make database and files agree (drop rows whose files are gone, delete files
+            no row knows, compact shards).
+    Returns:
+        ``{"problems": [...], "repaired": [...], "notes": [...], "ok": bool}``; ``ok`` is
+        false while problems remain; notes (leftovers of interrupted writes) are harmless.
+    Raises:
+        LockHeld: a night is running (its half-written files would look like problems).
+    """
+    return memory.doctor(paths_of(root), repair=repair)

@@ -1,0 +1,248 @@
+"""Search the memory by example from Python: ``query(root, clip=12)`` returns the hits that
+``sleep.py query --clip 12 --json`` prints, as :class:`~memory.search.Hit` objects.
+
+The example (a clip already in the memory, an image, a sound, a fragment of a picture, free
+text, or memory-trace neurons) becomes a vector of one embedding space through the stage
+that owns that space; :func:`memory.search.search` then finds its nearest moments.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from api.args import Day, Root, config_of, date_of, paths_of
+from core.config import SleepConfig
+from core.device import resolve_device
+from core.errors import ConfigError, UsageError
+from core.paths import Paths
+from memory import Hit
+
+SPACES = ("vision", "audio", "shared", "sae", "openclip", "openclip_frame")
+MODALITIES = ("vision", "audio")
+# (space, model_version, vector, clip ids left out of the results)
+Query = tuple[str, str | None, np.ndarray, tuple[int, ...]]
+
+
+def query(
+    root: Root,
+    *,
+    image: str | os.PathLike | None = None,
+    audio: str | os.PathLike | None = None,
+    clip: int | None = None,
+    fragment: str | os.PathLike | None = None,
+    neuron: int | Sequence[int] | None = None,
+    text: str | None = None,
+    topk: int = 10,
+    date_from: Day | None = None,
+    date_to: Day | None = None,
+    space: str | None = None,
+    modality: str | None = None,
+    source: str | None = None,
+    model_version: str | None = None,
+    config: SleepConfig | str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+) -> list[Hit]:
+    """The moments most like one example, best first.
+
+    Give exactly one of ``image``, ``audio``, ``clip``, ``fragment``, ``neuron``, ``text``.
+
+    Args:
+        root: the folder holding ``memory/`` and ``checkpoints/`` (or its :class:`Paths`).
+        image: an image file, embedded by the newest vision model.
+        audio: a file FFmpeg reads with a sound track, embedded by the newest audio model.
+        clip: the id of a clip in the memory; its own stored vector is the query and the
+            clip itself is left out of the results.
+        fragment: an image of part of a moment, completed into a whole clip by the
+            reconstructor and searched in the space ``vision``.
+        neuron: one memory-trace neuron of the sparse autoencoder, or several: the moments
+            whose trace these neurons carry the largest share of (space ``sae``); moments
+            where none of them fires are no match.
+        text: free text, embedded by the OpenCLIP weights of ``models.openclip.weights``.
+        topk: how many hits, at least 1.
+        date_from: first day searched, a ``datetime.date`` or ``"YYYY-MM-DD"``.
+        date_to: last day searched, likewise.
+        space: the embedding space, one of :data:`SPACES`; by default ``vision`` for a clip
+            (the first space holding vectors when there is no vision), image or fragment,
+            ``audio`` for a sound, ``sae`` for neurons, ``openclip`` for text.
+        modality: only hits from this sense (``"vision"`` or ``"audio"``).
+        source: only clips whose recording's path contains this text.
+        model_version: search this model version; ``None`` takes the space's latest.
+        config: a :class:`SleepConfig`, or a YAML file (``None``: the default config).
+        overrides: ``key.path=value`` strings applied to the config file.
+    Returns:
+        up to ``topk`` :class:`Hit`, best first (``hit.as_dict()`` is one ``--json`` entry).
+    Raises:
+        UsageError: a bad argument, no memory yet, or no trained model for the example.
+        ConfigError: the config file is invalid.
+    """
+    examples = {"image": image, "audio": audio, "clip": clip, "fragment": fragment,
+                "neuron": neuron, "text": text}
+    given = [name for name, value in examples.items() if value is not None]
+    if len(given) != 1:
+        got = f" (got {' and '.join(given)})" if given else ""
+        raise UsageError(f"query: give exactly one of {', '.join(examples)}{got}")
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral):
+        raise UsageError(f"--topk {topk!r}: expected a whole number")
+    if topk < 1:
+        raise UsageError(f"--topk {topk}: must be at least 1")
+    if space is not None and space not in SPACES:
+        raise UsageError(f"--space {space}: expected one of {', '.join(SPACES)}")
+    if modality is not None and modality not in MODALITIES:
+        raise UsageError(f"--modality {modality}: expected one of {', '.join(MODALITIES)}")
+    first = date_of(date_from, "--from").isoformat() if date_from is not None else None
+    last = date_of(date_to, "--to").isoformat() if date_to is not None else None
+    cfg = config_of(config, overrides)
+    paths = paths_of(root)
+    if not paths.database.exists():
+        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+
+    from memory import open_database, search
+
+    engine = open_database(paths.database)
+    try:
+        space, version, vector, exclude = _query_vector(
+            given[0], examples[given[0]], space, model_version, cfg, paths, engine)
+        try:
+            hits = search(engine, paths, space=space, query=vector, topk=int(topk),
+                          model_version=version, date_from=first, date_to=last,
+                          modality=modality, source=source, exclude_clip_ids=exclude,
+                          options=cfg.memory.search)
+        except ValueError as exc:
+            raise UsageError(f"query: {exc}") from None
+    finally:
+        engine.dispose()
+    if neuron is not None:  # a moment where none of the neurons fires is no match
+        hits = [h for h in hits if h.score > 0]
+    return hits
+
+
+def _query_vector(kind: str, example, space: str | None, model_version: str | None,
+                  cfg: SleepConfig, paths: Paths, engine) -> Query:
+    """The example as ``(space, model_version, vector, exclude_clip_ids)``."""
+    if kind == "clip":
+        return _clip_vector(example, space, model_version, paths, engine)
+    if kind == "neuron":
+        return _neuron_vector(example, space, model_version, engine)
+    if kind == "text":
+        return _text_vector(example, space, cfg, engine)
+    if not isinstance(example, (str, os.PathLike)):
+        raise UsageError(f"--{kind} {example!r}: expected a file path")
+    path = Path(example)
+    if not path.is_file():
+        raise UsageError(f"--{kind} {path}: no such file")
+    if kind == "fragment":
+        return _fragment_vector(path, space, model_version, cfg, paths, engine)
+    return _file_vector("vision" if kind == "image" else "audio", path, space, model_version, cfg, paths)
+
+
+def _encode(flag: str, encode, *args):
+    try:
+        return encode(*args)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{flag}: no trained model yet ({exc}); run a night first") from None
+
+
+def _clip_vector(clip_id, space: str | None, model_version: str | None, paths: Paths,
+                 engine) -> Query:
+    from memory import clip_vector, spaces
+
+    if isinstance(clip_id, bool) or not isinstance(clip_id, numbers.Integral):
+        raise UsageError(f"--clip {clip_id!r}: expected a clip id (a whole number)")
+    have = spaces(engine)
+    if not have:
+        raise UsageError(f"{paths.database}: no embeddings in the memory yet")
+    space = space or have[0]  # vision first when it exists
+    found = clip_vector(engine, paths, space, int(clip_id), model_version)
+    if found is None:
+        raise UsageError(f"--clip {clip_id}: no {space} vector for that clip")
+    return space, found[0], found[1], (int(clip_id),)
+
+
+def _file_vector(modality: str, path: Path, space: str | None, model_version: str | None,
+                 cfg: SleepConfig, paths: Paths) -> Query:
+    """An image (space ``vision``) or a sound (``audio``), or either in the space ``shared``."""
+    from stages.align import to_shared
+    from stages.audio import encode_audio_file
+    from stages.vision import encode_image_file
+
+    flag = "--image" if modality == "vision" else "--audio"
+    space = space or modality
+    if space not in (modality, "shared"):
+        raise UsageError(f"--space {space}: an {flag[2:]} query searches {modality} or shared")
+    device = resolve_device(cfg.runtime.device)
+    encode = encode_image_file if modality == "vision" else encode_audio_file
+    version, vector = _encode(flag, encode, path, cfg, paths, device)
+    if space == "shared":
+        version, vector = _encode("--space shared", to_shared, vector, modality, cfg, paths, device)
+    return space, model_version or version, vector, ()
+
+
+def _fragment_vector(path: Path, space: str | None, model_version: str | None,
+                     cfg: SleepConfig, paths: Paths, engine) -> Query:
+    from stages.reconstruct import encode_fragment_file
+
+    if (space or "vision") != "vision":
+        raise UsageError(f"--space {space}: a fragment is completed into the space vision")
+    version, vector = _encode("--fragment", encode_fragment_file, path, cfg, paths, engine,
+                              resolve_device(cfg.runtime.device))
+    return "vision", model_version or version, vector, ()
+
+
+def _text_vector(text, space: str | None, cfg: SleepConfig, engine) -> Query:
+    """The text's OpenCLIP embedding, to search the clips embedded with the same weights."""
+    from memory import space_dim
+    from stages.openclip import load_text_encoder
+
+    if (space or "openclip") not in ("openclip", "openclip_frame"):
+        raise UsageError(f"--space {space}: text is searched in the space openclip (or openclip_frame)")
+    if not isinstance(text, str):
+        raise UsageError(f"--text {text!r}: expected a string")
+    if not text.strip():
+        raise UsageError("--text: empty")
+    try:
+        clip = load_text_encoder(cfg.models.openclip, resolve_device(cfg.runtime.device))
+    except ConfigError as exc:
+        raise UsageError(f"--text: {exc}") from None
+    space = space or "openclip"
+    if space_dim(engine, space, clip.version) is None:
+        raise UsageError(f"--text: no frames embedded with these weights ({clip.version}) yet; run a night "
+                         f"with models.openclip.weights set")
+    return space, clip.version, clip.embed_text(text), ()
+
+
+def neuron_list(neuron: int | Sequence[int]) -> list[int]:
+    """One neuron number or several as a list; a :class:`UsageError` for anything else."""
+    def whole(n) -> bool:
+        return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+    if whole(neuron):
+        return [int(neuron)]
+    if isinstance(neuron, (str, bytes)) or not isinstance(neuron, Sequence) \
+            or not all(whole(n) for n in neuron):
+        raise UsageError(f"--neuron {neuron!r}: expected a neuron number or a list of them")
+    if not neuron:
+        raise UsageError("--neuron: name at least one neuron")
+    return [int(n) for n in neuron]
+
+
+def _neuron_vector(neuron, space: str | None, model_version: str | None, engine) -> Query:
+    """The sum of the named neurons' one-hot vectors in the ``sae`` space."""
+    from memory import latest_version, space_dim
+
+    neurons = neuron_list(neuron)
+    if (space or "sae") != "sae":
+        raise UsageError(f"--space {space}: neurons live in the space sae")
+    version = model_version or latest_version(engine, "sae")
+    dim = space_dim(engine, "sae", version) if version else None
+    if dim is None:
+        raise UsageError("--neuron: no memory traces yet (the sae stage has not run)")
+    bad = [n for n in neurons if not 0 <= n < dim]
+    if bad:
+        raise UsageError(f"--neuron {bad[0]}: {version} has neurons 0 to {dim - 1}")
+    vector = np.zeros(dim, np.float32)
+    vector[neurons] = 1.0
+    return "sae", version, vector, ()
