@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from api.search import MODALITIES, SPACES
 from core.errors import UsageError
 
 FORGET_HELP = ("remove one day completely: its recordings (data/raw/DATE), clips, frames, "
@@ -39,12 +40,12 @@ def add_memory_commands(sub, add_common) -> None:
     query.add_argument("--topk", type=int, default=10, metavar="K", help="how many results (default 10)")
     query.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day searched")
     query.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day searched")
-    query.add_argument("--space", choices=["vision", "audio", "shared", "sae", "openclip", "openclip_frame"],
+    query.add_argument("--space", choices=SPACES,
                        help="embedding space (default: vision for --clip/--image/--fragment when it "
-                            "exists, audio for --audio, sae for --neuron, clip for --text)")
+                            "exists, audio for --audio, sae for --neuron, openclip for --text)")
     query.add_argument("--model-version", metavar="V",
                        help="search this model version (default: the space's latest)")
-    query.add_argument("--modality", choices=["vision", "audio"],
+    query.add_argument("--modality", choices=MODALITIES,
                        help="only results from this sense (useful in the shared space)")
     query.add_argument("--source", metavar="TEXT",
                        help="only clips whose recording's path contains TEXT")

@@ -3,8 +3,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class TrainResult:
+    """What one night of a small trainer (align, sae) produced."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int                 # global, over all nights
+    steps: int                # tonight's
+    seconds: float
+    history: list[dict] = field(default_factory=list)
 
 
 def night_steps(rows: int, cfg) -> int:
@@ -24,3 +37,18 @@ def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> Iterator
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch + 1, batch):
             yield order[start:start + batch]
+
+
+def night_batches(n: int, cfg, seed: int, steps: int | None = None) -> tuple[int, Iterator[torch.Tensor]]:
+    """Tonight's step count and its batches of row indices.
+
+    Args:
+        n: rows held in memory.
+        cfg: a config with ``batch_size``, ``epochs``, ``min_steps``, ``max_steps``.
+        seed: seeds the batch order.
+        steps: overrides :func:`night_steps`.
+    Returns:
+        ``(total, batches)``: the steps to run and an endless iterator of index tensors.
+    """
+    total = steps if steps is not None else night_steps(n, cfg)
+    return total, shuffled_batches(n, min(cfg.batch_size, n), torch.Generator().manual_seed(seed))

@@ -27,11 +27,6 @@ class CheckpointError(SleepError):
     """A checkpoint is missing, unreadable or does not fit the configured network."""
 
 
-def model_version(model: str, date: dt.date | str) -> str:
-    """``"{model}@{date}"``, the tag stored beside every embedding a model wrote."""
-    return f"{model}@{date if isinstance(date, str) else date.isoformat()}"
-
-
 def checkpoint_path(folder: Path, date: dt.date) -> Path:
     return folder / f"{date.isoformat()}.pt"
 
@@ -120,3 +115,24 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return state
+
+
+def restore_training(resume: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Put last night's weights and optimizer moments into a model and optimizer built tonight.
+
+    Args:
+        resume: a checkpoint dict with ``model``, ``optimizer`` and ``step``, or ``None``.
+        model, optimizer: built from tonight's config (the stage has checked the shapes fit).
+    Returns:
+        the global step to count on from (0 when ``resume`` is ``None``).
+    Raises:
+        CheckpointError: the checkpoint lacks a key or its weights do not load.
+    """
+    if resume is None:
+        return 0
+    try:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        return int(resume["step"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"last night's checkpoint does not load ({type(exc).__name__}: {exc})") from None

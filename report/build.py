@@ -105,7 +105,12 @@ def _timings_section(summary: dict, ctx: ReportContext) -> str:
         rows.append((name, s["status"], h.seconds(s["seconds"]), s.get("attempts") or "-", s["error"] or ""))
     if not rows:
         return '<p class="muted">No stages.</p>'
-    return h.table(["stage", "status", "time", "attempts", "error"], rows)
+    # A model that could not continue last night's weights (its config changed the network's
+    # shape) started afresh: say so here, whichever stage it was (stages.common.resume_state).
+    restarts = [(name, (summary.get(name) or {}).get("restart_reason")) for name in summary["stages"]]
+    notes = "".join(f'<p class="warning">{h.esc(name)} started afresh: {h.esc(reason)}</p>'
+                    for name, reason in restarts if reason)
+    return h.table(["stage", "status", "time", "attempts", "error"], rows) + notes
 
 
 def section_renderer(stage_name: str) -> Callable[[dict, ReportContext], str | None] | None:

@@ -1,10 +1,11 @@
-"""The night as an ordered list of stages.
+"""The night as an ordered list of stages, and the one registry of what each one writes.
 
 A stage is a function ``run(night) -> dict`` that is safe to run twice: it writes to
 temporary names and renames when complete. What it returns is JSON: its ``metrics`` go to
 ``summary.json["metrics"][name]``, everything else to ``summary.json[name]``. Adding a stage
 means adding one module and one line in :data:`STAGES`; only stages that really exist are
-listed here.
+listed here. A stage that needs another's model or space asks this registry
+(:func:`stage`, :func:`writer_of`), never the other stage's module.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class Stage:
         config_sections: the sub-configs whose change makes the stage run again.
         needs: stages that must be done first (their config also feeds this stage's hash).
         description: one line for ``--help`` and the report.
+        model: the model it trains: its checkpoints live in ``checkpoints/{model}/`` and the
+            vectors it writes are versioned ``{model}@{date}`` (``None``: it trains nothing
+            nightly; openclip versions its vectors by the weights file instead).
+        spaces: the memory spaces it writes.
     """
 
     name: str
@@ -63,6 +68,8 @@ class Stage:
     config_sections: tuple[str, ...]
     needs: tuple[str, ...] = ()
     description: str = ""
+    model: str | None = None
+    spaces: tuple[str, ...] = ()
 
     def function(self) -> Callable[[Night], dict]:
         return _resolve(self.run)
@@ -71,18 +78,20 @@ class Stage:
 STAGES: list[Stage] = [
     Stage("ingest", "stages.ingest:run", ("ingest",), description="Ingest"),
     Stage("vision", "stages.vision:run", ("models.jepa", "models.heldout_fraction"), needs=("ingest",),
-          description="Vision (I-JEPA)"),
+          description="Vision (I-JEPA)", model="jepa", spaces=("vision_frame", "vision")),
     Stage("audio", "stages.audio:run", ("models.cpc", "models.heldout_fraction"), needs=("ingest",),
-          description="Audio (CPC)"),
+          description="Audio (CPC)", model="cpc", spaces=("audio",)),
     Stage("align", "stages.align:run", ("models.align", "models.heldout_fraction"), needs=("vision", "audio"),
-          description="Audio-visual alignment"),
+          description="Audio-visual alignment", model="align", spaces=("shared",)),
     Stage("sae", "stages.sae:run", ("models.sae", "models.heldout_fraction"), needs=("align",),
-          description="Memory traces (sparse autoencoder)"),
+          description="Memory traces (sparse autoencoder)", model="sae", spaces=("sae",)),
     Stage("reconstruct", "stages.reconstruct:run", ("models.reconstruct", "models.heldout_fraction"),
-          needs=("vision",), description="Completing fragments (MLP and Hopfield reconstructors)"),
+          needs=("vision",), description="Completing fragments (MLP and Hopfield reconstructors)",
+          model="reconstruct"),
     Stage("openclip", "stages.openclip:run", ("models.openclip",), needs=("ingest",),
-          description="Free-text search (OpenCLIP weights on disk)"),
-    Stage("dream", "stages.dream:run", ("dream",), needs=("vision", "reconstruct"), description="Dreams"),
+          description="Free-text search (OpenCLIP weights on disk)", spaces=("openclip_frame", "openclip")),
+    Stage("dream", "stages.dream:run", ("dream",), needs=("vision", "reconstruct"), description="Dreams",
+          model="dream"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "stages.retention:run", ("memory",), description="Retention"),
 ]
@@ -90,6 +99,30 @@ STAGES: list[Stage] = [
 
 def stage_names(stages: list[Stage] | None = None) -> list[str]:
     return [s.name for s in (STAGES if stages is None else stages)]
+
+
+def stage(name: str) -> Stage:
+    """The registered stage called ``name``.
+
+    Raises:
+        KeyError: no such stage.
+    """
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"no stage {name!r}; stages: {', '.join(stage_names())}")
+
+
+def writer_of(space: str) -> Stage:
+    """The stage that writes the memory space ``space``.
+
+    Raises:
+        KeyError: no stage writes it.
+    """
+    for s in STAGES:
+        if space in s.spaces:
+            return s
+    raise KeyError(f"no stage writes the space {space!r}")
 
 
 def config_hash(stage: Stage, cfg: SleepConfig, stages: list[Stage]) -> str:

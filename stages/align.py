@@ -18,18 +18,14 @@ from core.errors import UsageError
 from core.paths import Paths
 from models.align.heads import MODALITIES, AlignModel
 from models.align.train import evaluate_alignment, project, train_alignment
-from models.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    previous_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import latest_checkpoint, load_checkpoint
 from stages import Night
-from stages.audio import is_heldout, night_seed
+from stages.common import (heldout_mask, model_of, model_version, night_seed, resume_state,
+                           save_night_checkpoint, tonight_version)
 
 log = logging.getLogger(__name__)
 
-MODEL = "align"
+MODEL = model_of("align")
 SPACE = "shared"
 
 
@@ -81,13 +77,13 @@ def run(night: Night) -> dict:
     cfg, day, paths, device = night.cfg.models.align, night.day, night.paths, night.device
     fraction, seed = night.cfg.models.heldout_fraction, night_seed(night)
     vision_version = latest_version(night.engine, "vision")
-    audio_version = (night.results.get("audio") or {}).get("model_version") or f"cpc@{day}"
+    audio_version = tonight_version(night, "audio")
     if vision_version is None:
         return {"note": "no vision vectors yet"}
     vision_ids, vision = load_space(night, "vision", vision_version)
     audio_ids, audio = load_space(night, "audio", audio_version)
     ids, v, a = pair_up(vision_ids, vision, audio_ids, audio)
-    heldout = np.array([is_heldout(c, fraction, seed) for c in ids], dtype=bool)
+    heldout = heldout_mask(ids, fraction, seed)
     result: dict = {"vision_version": vision_version, "audio_version": audio_version,
                     "vision_clips": len(vision_ids), "audio_clips": len(audio_ids), "pairs": len(ids),
                     "heldout_pairs": int(heldout.sum())}
@@ -96,19 +92,10 @@ def run(night: Night) -> dict:
                     int((~heldout).sum()))
         return {**result, "note": "fewer than two clips with both vision and audio to train on"}
 
-    resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
-    if previous is not None:
-        checkpoint = load_checkpoint(previous)
-        shape = (checkpoint["vision_dim"], checkpoint["audio_dim"], checkpoint["config"]["dim"],
-                 checkpoint["config"]["hidden"])
-        if shape == (v.shape[1], a.shape[1], cfg.dim, cfg.hidden):
-            resume, resumed_from = checkpoint, previous.stem
-        else:
-            restart_reason = f"{previous.name} has other shapes {shape}; starting fresh heads"
-            log.warning("align: %s", restart_reason)
-
-    trained = train_alignment(v[~heldout], a[~heldout], cfg, device, seed=seed, resume=resume)
+    sizes = {"vision_dim": int(v.shape[1]), "audio_dim": int(a.shape[1])}
+    resume = resume_state(night, MODEL, {**sizes, "dim": cfg.dim, "hidden": cfg.hidden},
+                          ("model", "optimizer", "step", "config"))
+    trained = train_alignment(v[~heldout], a[~heldout], cfg, device, seed=seed, resume=resume.checkpoint)
     metrics: dict = {"train_loss_curve": [round(h["loss"], 5) for h in trained.history],
                      "logit_scale": trained.history[-1]["logit_scale"], "train_seconds": round(trained.seconds, 2)}
     if heldout.sum() >= 2:
@@ -116,14 +103,11 @@ def run(night: Night) -> dict:
     else:
         metrics["note"] = "fewer than two held-out pairs: retrieval not measured tonight"
 
-    version = f"{MODEL}@{day}"
-    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+    version = model_version(MODEL, day)
+    save_night_checkpoint(night, MODEL, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
-        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
-        "vision_dim": int(v.shape[1]), "audio_dim": int(a.shape[1]),
-        "vision_version": vision_version, "audio_version": audio_version,
-        "rng": {"torch": torch.get_rng_state()},
-    })
+        "step": trained.step, "config": cfg.model_dump(), **sizes,
+        "vision_version": vision_version, "audio_version": audio_version})
     shared_v = project(trained.model, vision, "vision", device)
     shared_a = project(trained.model, audio, "audio", device)
     rows = ([EmbeddingRow(clip_id=c, modality="vision") for c in vision_ids]
@@ -132,8 +116,8 @@ def run(night: Night) -> dict:
                      vectors=np.concatenate([shared_v, shared_a]))
     log.info("align: wrote %d vision and %d audio vectors to space %r as %s",
              len(vision_ids), len(audio_ids), SPACE, version)
-    return {**result, "model_version": version, "resumed_from": resumed_from,
-            "restart_reason": restart_reason, "steps": trained.steps, "metrics": metrics}
+    return {**result, "model_version": version, **resume.as_result(), "steps": trained.steps,
+            "metrics": metrics}
 
 
 # --- query side ------------------------------------------------------------
@@ -143,14 +127,14 @@ def load_latest_align(paths: Paths, device: str) -> tuple[str, AlignModel]:
     Raises:
         UsageError: no night has trained the alignment yet under this root.
     """
-    latest = latest_checkpoint(paths.checkpoints / "align")
+    latest = latest_checkpoint(paths.checkpoints / MODEL)
     if latest is None:
-        raise UsageError(f"no alignment checkpoint yet under {paths.checkpoints / 'align'}: run a night "
+        raise UsageError(f"no alignment checkpoint yet under {paths.checkpoints / MODEL}: run a night "
                          "with both vision and audio first")
     checkpoint = load_checkpoint(latest, ("model", "config", "vision_dim", "audio_dim"))
     model = AlignModel(checkpoint["vision_dim"], checkpoint["audio_dim"], AlignConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
-    return checkpoint.get("model_version", f"align@{latest.stem}"), model.to(device).eval()
+    return checkpoint.get("model_version", model_version(MODEL, latest.stem)), model.to(device).eval()
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ and are simply absent: nothing is zero-filled.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 from pathlib import Path
@@ -32,29 +31,15 @@ from models.audio.train import (
     evaluate_cpc,
     train_cpc,
 )
-from models.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    previous_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import latest_checkpoint, load_checkpoint
 from stages import Night
+from stages.common import heldout_mask, model_of, model_version, night_seed, resume_state, save_night_checkpoint
 
 log = logging.getLogger(__name__)
 
-MODEL = "cpc"
+MODEL = model_of("audio")
 SPACE = "audio"
 CURVE_POINTS = 200  # loss curve points kept in summary.json
-
-
-def is_heldout(clip_id: int, fraction: float, seed: int) -> bool:
-    """Whether a clip is kept out of training to measure on (stable per clip and seed).
-
-    A hash of the clip id, not a draw over the day's list, so that the audio and the
-    alignment stages hold out the same clips although they see different sets.
-    """
-    digest = hashlib.blake2b(f"{seed}:{clip_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def pick_replay(pool: list[SegmentRef], count: int, seed: int) -> list[SegmentRef]:
@@ -77,10 +62,6 @@ def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: 
             continue
         kept.append(ref)
     return kept, waves, skipped
-
-
-def night_seed(night: Night) -> int:
-    return night.cfg.runtime.seed * 1_000_003 + night.date.toordinal()
 
 
 def _curve(history: list[dict]) -> list[float]:
@@ -121,7 +102,7 @@ def run(night: Night) -> dict:
 
     features = log_mel_batches(today_waves, cfg, device)
     replay_features = log_mel_batches(replay_waves, cfg, device)
-    heldout = [is_heldout(r.clip_id, fraction, seed) for r in today]
+    heldout = heldout_mask([r.clip_id for r in today], fraction, seed)
     train_features = [f for f, h in zip(features, heldout) if not h] + replay_features
     eval_features = [f for f, h in zip(features, heldout) if h]
     frames = crop_frames(cfg)
@@ -129,20 +110,12 @@ def run(night: Night) -> dict:
         log.warning("audio: no segment is as long as one %.2fs training crop; nothing trained", cfg.window_s)
         return {**result, "note": f"no segment as long as audio.cpc.window_s={cfg.window_s}s"}
 
-    resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
-    if previous is not None:
-        checkpoint = load_checkpoint(previous)  # a damaged checkpoint stops the stage
-        if architecture_of(checkpoint["config"]) == architecture_of(cfg):
-            resume, resumed_from = checkpoint, previous.stem
-        else:
-            restart_reason = f"{previous.name} has another architecture; starting a fresh model"
-            log.warning("audio: %s", restart_reason)
+    resume = resume_state(night, MODEL, architecture_of(cfg), ("model", "optimizer", "step", "config"))
     log.info("audio: %d segments today (%d held out), %d replayed from %d earlier day(s), %s",
              len(today), len(eval_features), len(replay), len(result["replay"]["days"]),
-             f"continuing from {resumed_from}" if resumed_from else "a fresh model")
+             f"continuing from {resume.resumed_from}" if resume.resumed_from else "a fresh model")
 
-    trained = train_cpc(train_features, cfg, device, seed=seed, resume=resume)
+    trained = train_cpc(train_features, cfg, device, seed=seed, resume=resume.checkpoint)
     evaluation = evaluate_cpc(trained.model, eval_features, cfg, device, seed=seed)
     evaluated_on = "held-out clips"
     if evaluation is None:
@@ -150,19 +123,16 @@ def run(night: Night) -> dict:
         evaluated_on = "all of today's clips (too few held out)"
 
     vectors, kept = embed_features(trained.model, features, cfg, device)
-    version = f"{MODEL}@{day}"
-    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+    version = model_version(MODEL, day)
+    save_night_checkpoint(night, MODEL, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
-        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    })
+        "step": trained.step, "config": cfg.model_dump()})
     rows = [EmbeddingRow(clip_id=today[i].clip_id, modality="audio") for i in kept]
     write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day, rows=rows,
                      vectors=vectors)
     log.info("audio: wrote %d vectors to space %r as %s", len(rows), SPACE, version)
     return {**result, "model_version": version, "embedded": len(rows), "heldout_segments": len(eval_features),
-            "resumed_from": resumed_from, "restart_reason": restart_reason, "steps": trained.steps,
+            **resume.as_result(), "steps": trained.steps,
             "global_step": trained.step,
             "metrics": {**(evaluation or {}), "evaluated_on": evaluated_on if evaluation else None,
                         "train_loss_curve": _curve(trained.history), "train_seconds": round(trained.seconds, 2),
@@ -170,8 +140,6 @@ def run(night: Night) -> dict:
 
 
 # --- query side ------------------------------------------------------------
-log = logging.getLogger(__name__)
-
 
 def decode_command(path: Path, sample_rate: int) -> list[str]:
     """The FFmpeg command that writes the first audio stream of ``path`` as mono f32le to stdout."""
@@ -211,14 +179,14 @@ def load_latest_cpc(paths: Paths, device: str) -> tuple[str, CpcModel]:
     Raises:
         UsageError: no night has trained CPC yet under this root.
     """
-    latest = latest_checkpoint(paths.checkpoints / "cpc")
+    latest = latest_checkpoint(paths.checkpoints / MODEL)
     if latest is None:
-        raise UsageError(f"no CPC checkpoint yet under {paths.checkpoints / 'cpc'}: run a night with audio first")
+        raise UsageError(f"no CPC checkpoint yet under {paths.checkpoints / MODEL}: run a night with audio first")
     checkpoint = load_checkpoint(latest, ("model", "config"))
     model = CpcModel(CpcConfig(**checkpoint["config"])).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
-    return checkpoint.get("model_version", f"cpc@{latest.stem}"), model
+    return checkpoint.get("model_version", model_version(MODEL, latest.stem)), model
 
 
 @torch.no_grad()

@@ -26,22 +26,17 @@ from PIL import Image
 from core.atomic import atomic_dir
 from dream.decoder import ARCH_KEYS, dream
 from dream.train import train_decoder
-from models.checkpoint import (
-    checkpoint_path,
-    load_checkpoint,
-    model_version,
-    previous_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import checkpoint_path
 from models.reconstruct.fragments import degrade
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from stages import Night
-from stages.vision import MODEL as VISION_MODEL
+from stages.common import (checkpoint_folder, model_of, model_version, resume_state, save_night_checkpoint,
+                           tonight_version)
 
 log = logging.getLogger(__name__)
 
-MODEL = "dream"
+MODEL = model_of("dream")
 EVAL_DREAMS = 32  # dreams of frame embeddings drawn to measure fidelity (and as many unconditional)
 PANEL = 128  # pixels per picture in the saved strips
 
@@ -92,7 +87,7 @@ def run(night: Night) -> dict:
     from stages.reconstruct import load_completer
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
-    version = model_version(VISION_MODEL, night.date)
+    version = tonight_version(night, "vision")
     rows, vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version, date=day)
     if len(rows) < 2:
         return {"trained": False, "note": "no vision model trained tonight (or fewer than two frames)"}
@@ -108,25 +103,17 @@ def run(night: Night) -> dict:
     cond = vectors[chosen]
     frame_clips = np.array([rows[i].clip_id for i in chosen])
 
-    resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
-    if previous is not None:
-        state = load_checkpoint(previous, ("model", "optimizer", "step", "config", "cond_dim"))
-        saved = (state["cond_dim"], *(state["config"][k] for k in ARCH_KEYS))
-        if saved == (cond.shape[1], *(cfg.model_dump()[k] for k in ARCH_KEYS)):
-            resume, resumed_from = state, previous.stem
-        else:
-            restart_reason = f"{previous.name} has other sizes {saved}; starting a fresh decoder"
-            log.warning("dream: %s", restart_reason)
-    trained = train_decoder(cache.images, cond, cfg, device, resume=resume)
-    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+    config = cfg.model_dump(mode="json")
+    resume = resume_state(night, MODEL, {"cond_dim": int(cond.shape[1]), **{k: config[k] for k in ARCH_KEYS}},
+                          ("model", "optimizer", "step", "config", "cond_dim"))
+    trained = train_decoder(cache.images, cond, cfg, device, resume=resume.checkpoint)
+    save_night_checkpoint(night, MODEL, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(), "step": trained.step,
-        "config": cfg.model_dump(mode="json"), "cond_dim": int(cond.shape[1]), "date": day,
-        "input_version": version, "rng": {"torch": torch.get_rng_state()}})
+        "config": config, "cond_dim": int(cond.shape[1]), "input_version": version})
 
     decoder = trained.model
-    encoder = load_target_encoder(checkpoint_path(paths.checkpoints / VISION_MODEL, night.date), night.cfg.models.jepa,
-                                  device)
+    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), night.date),
+                                  night.cfg.models.jepa, device)
     clip_rows, clip_vectors = load_vectors(night.engine, paths, space="vision", model_version=version, date=day)
     clip_ids = np.array([r.clip_id for r in clip_rows])
     clip_vectors = clip_vectors / np.linalg.norm(clip_vectors, axis=1, keepdims=True)
@@ -156,7 +143,7 @@ def run(night: Night) -> dict:
     strips: list[Image.Image] = []
     n_recall = cfg.dreams // 2
     recall_from = "fragment as it is (no reconstructor tonight)"
-    reconstructor = paths.checkpoints / "reconstruct" / f"{day}.pt"
+    reconstructor = checkpoint_path(checkpoint_folder(paths, "reconstruct"), night.date)
     completer = None
     if n_recall and reconstructor.exists():
         recall_from, completer = load_completer(reconstructor, night.engine, paths, version,
@@ -197,6 +184,6 @@ def run(night: Night) -> dict:
             item["file"] = f"dreams/{name}"
     log.info("dream: %d dreams; fidelity %.2f (unconditional %.2f, chance %.2f)", len(dreams),
              metrics["fidelity"], metrics["fidelity_unconditional"], metrics["fidelity_chance"])
-    return {"trained": True, "model_version": f"{MODEL}@{day}", "frames": int(len(cond)),
-            "resumed_from": resumed_from, "restart_reason": restart_reason, "recall_from": recall_from,
+    return {"trained": True, "model_version": model_version(MODEL, day), "frames": int(len(cond)),
+            **resume.as_result(), "recall_from": recall_from,
             "dreams": dreams, "metrics": metrics}

@@ -23,14 +23,7 @@ import torch
 from core.config import ReconstructConfig, SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
-from models.checkpoint import (
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    model_version,
-    previous_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import degrade
 from models.reconstruct.networks import build
 from models.reconstruct.train import (
@@ -44,13 +37,13 @@ from models.reconstruct.train import (
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
 from stages import Night
-from stages.audio import is_heldout, night_seed
-from stages.vision import MODEL as VISION_MODEL
+from stages.common import (checkpoint_folder, heldout_mask, model_of, model_version, night_seed, resume_state,
+                           save_night_checkpoint, tonight_version, train_and_measure)
 from stages.vision import encode_image_file
 
 log = logging.getLogger(__name__)
 
-MODEL = "reconstruct"
+MODEL = model_of("reconstruct")
 SPACE = "vision"
 
 
@@ -62,7 +55,8 @@ def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) ->
         each fragment's frame (unreadable frames give none) and how many views of each kind.
     """
     jepa = night.cfg.models.jepa
-    encoder = load_target_encoder(checkpoint_path(night.paths.checkpoints / VISION_MODEL, night.date), jepa, night.device)
+    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date), jepa,
+                                  night.device)
     cache = decode_frames([night.paths.root / p for p in frame_paths], encoder.img_size, night.device)
     generator = torch.Generator().manual_seed(seed)
     vectors, positions, kinds = [], [], {}
@@ -91,7 +85,7 @@ def run(night: Night) -> dict:
     from memory.store import load_vectors
 
     cfg, day, paths, device = night.cfg.models.reconstruct, night.day, night.paths, night.device
-    version_in = model_version(VISION_MODEL, night.date)  # the vision stage's version for this night
+    version_in = tonight_version(night, "vision")
     rows, vectors = load_vectors(night.engine, paths, space=SPACE, model_version=version_in, date=day)
     if not rows:
         return {"trained": False, "note": "no vision model trained tonight"}
@@ -115,22 +109,13 @@ def run(night: Night) -> dict:
     targets = np.array([bank_row_of[frames[p].clip_id] for p in positions])
     # Held out by frame, not by clip: every clip is a memory the reconstructor must recall, and
     # a query brings a new glimpse of one, so it is measured on frames it never saw damaged.
-    held = np.array([is_heldout(frames[p].frame_id, night.cfg.models.heldout_fraction, seed) for p in positions])
-    train = ~held if (~held).sum() >= 2 else np.ones(len(targets), bool)
-    measured = held if held.sum() >= 2 else train
+    held = heldout_mask([frames[p].frame_id for p in positions], night.cfg.models.heldout_fraction, seed)
+    train, measured = train_and_measure(held)
 
-    resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
-    if previous is not None:
-        checkpoint = load_checkpoint(previous, ("models", "step", "dim", "config"))
-        shape = (checkpoint["dim"], checkpoint["config"]["hidden"], checkpoint["config"]["assoc_dim"])
-        if shape == (vectors.shape[1], cfg.hidden, cfg.assoc_dim):
-            resume, resumed_from = checkpoint, previous.stem
-        else:
-            restart_reason = f"{previous.name} has (dim, hidden, assoc_dim) {shape}; starting fresh"
-            log.warning("reconstruct: %s", restart_reason)
-
-    trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed, resume=resume)
+    resume = resume_state(night, MODEL, {"dim": int(vectors.shape[1]), "hidden": cfg.hidden,
+                                         "assoc_dim": cfg.assoc_dim}, ("models", "step", "dim", "config"))
+    trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed,
+                                   resume=resume.checkpoint)
     measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device)
     # Headline first (the night's one-screen summary shows a stage's first scalar figures).
     metrics = {f"top1_{k}": measured_metrics[k]["top1"] for k in ("fragment", "mlp", "hopfield")}
@@ -141,25 +126,20 @@ def run(night: Night) -> dict:
         "hopfield_beta": round(float(trained.models["hopfield"].beta.detach()), 3), "use": cfg.use,
         "chosen": choose(metrics, cfg.use),
     })
-    version = f"{MODEL}@{day}"
-    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+    save_night_checkpoint(night, MODEL, {
         "models": {v: trained.models[v].state_dict() for v in VARIANTS}, "step": trained.step,
-        "config": cfg.model_dump(mode="json"), "date": day, "model_version": version,
-        "dim": int(vectors.shape[1]), "input_space": SPACE, "input_version": version_in,
-        "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"],
-        "rng": {"torch": torch.get_rng_state()},
-    })
+        "config": cfg.model_dump(mode="json"), "dim": int(vectors.shape[1]), "input_space": SPACE,
+        "input_version": version_in, "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"]})
     log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield;"
              " query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
              metrics["hopfield"]["top1"], metrics["chosen"])
-    return {**result, "trained": True, "model_version": version, "bank": len(stored),
+    return {**result, "trained": True, "model_version": model_version(MODEL, day), "bank": len(stored),
             "frames": len(frames), "fragments": len(fragments), "fragment_kinds": kinds,
-            "trained_on": int(train.sum()), "resumed_from": resumed_from, "restart_reason": restart_reason,
+            "trained_on": int(train.sum()), **resume.as_result(),
             "steps": trained.steps, "metrics": metrics}
 
 
 # --- query side ------------------------------------------------------------
-log = logging.getLogger(__name__)
 REQUIRED = ("models", "config", "input_version", "bank_rows", "date", "dim", "chosen")
 
 

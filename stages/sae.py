@@ -13,27 +13,16 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
-from models.checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
 from models.sae.train import encode, evaluate, train_sae
-from stages import Night
-from stages.audio import is_heldout, night_seed
+from stages import Night, writer_of
+from stages.common import (heldout_mask, model_of, model_version, night_seed, resume_state,
+                           save_night_checkpoint, tonight_version, train_and_measure)
 
 log = logging.getLogger(__name__)
 
-MODEL = "sae"
+MODEL = model_of("sae")
 SPACE = "sae"
-# Which earlier stage writes each input space tonight, and the model that stage names versions by.
-WRITER = {"shared": ("align", "align"), "vision": ("vision", "jepa"), "audio": ("audio", "cpc")}
-
-
-def input_version(night: Night, space: str) -> str:
-    """Tonight's model version of the input space: what its stage returned this run, else the
-    version that stage writes for this date (``--only sae`` on an earlier night reads that
-    night's vectors, not the newest night's)."""
-    stage, model = WRITER[space]
-    return (night.results.get(stage) or {}).get("model_version") or f"{model}@{night.day}"
 
 
 def strongest_neurons(activations: np.ndarray, clip_ids: np.ndarray, count: int, moments: int) -> list[dict]:
@@ -81,7 +70,7 @@ def run(night: Night) -> dict:
 
     cfg, day, paths, device = night.cfg.models.sae, night.day, night.paths, night.device
     space = cfg.input_space
-    source_version = input_version(night, space)
+    source_version = tonight_version(night, writer_of(space).name)
     rows, vectors = load_vectors(night.engine, paths, space=space, model_version=source_version, date=day)
     result: dict = {"input_space": space, "input_version": source_version, "rows": len(rows)}
     if len(rows) < 2:
@@ -89,23 +78,13 @@ def run(night: Night) -> dict:
 
     clip_ids = np.array([r.clip_id for r in rows])
     seed = night_seed(night)
-    heldout = np.array([is_heldout(int(c), night.cfg.models.heldout_fraction, seed) for c in clip_ids])
-    train_rows = ~heldout if (~heldout).sum() >= 2 else np.ones(len(rows), bool)
+    heldout = heldout_mask(clip_ids, night.cfg.models.heldout_fraction, seed)
+    train_rows, measured_on = train_and_measure(heldout)
 
-    resume, resumed_from, restart_reason = None, None, None
-    previous = previous_checkpoint(paths.checkpoints / MODEL, night.date)
-    if previous is not None:
-        checkpoint = load_checkpoint(previous, ("model", "optimizer", "step", "n_inputs", "config"))
-        shape = (checkpoint["n_inputs"], checkpoint["config"]["latents"])
-        if shape == (vectors.shape[1], cfg.latents):
-            resume, resumed_from = checkpoint, previous.stem
-        else:
-            restart_reason = f"{previous.name} has (inputs, latents) {shape}; starting a fresh dictionary"
-            log.warning("sae: %s", restart_reason)
-
-    trained = train_sae(vectors[train_rows], cfg, device, seed=seed, resume=resume)
+    resume = resume_state(night, MODEL, {"n_inputs": int(vectors.shape[1]), "latents": cfg.latents},
+                          ("model", "optimizer", "step", "n_inputs", "config"))
+    trained = train_sae(vectors[train_rows], cfg, device, seed=seed, resume=resume.checkpoint)
     activations = encode(trained.model, vectors, device)
-    measured_on = heldout if heldout.sum() >= 2 else train_rows
     metrics: dict = {
         **evaluate(trained.model, vectors[measured_on], activations, device),
         "measured_on": "held-out clips" if measured_on is heldout else "training clips (too few held out)",
@@ -115,13 +94,11 @@ def run(night: Night) -> dict:
         "latents": cfg.latents, "k": cfg.k,
     }
 
-    version = f"{MODEL}@{day}"
-    save_checkpoint(paths.checkpoints / MODEL, night.date, {
+    version = model_version(MODEL, day)
+    save_night_checkpoint(night, MODEL, {
         "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
-        "step": trained.step, "config": cfg.model_dump(), "date": day, "model_version": version,
-        "n_inputs": int(vectors.shape[1]), "input_space": space, "input_version": source_version,
-        "rng": {"torch": torch.get_rng_state()},
-    })
+        "step": trained.step, "config": cfg.model_dump(), "n_inputs": int(vectors.shape[1]),
+        "input_space": space, "input_version": source_version})
 
     fired = activations.max(axis=1) > 0
     kept = [r for r, f in zip(rows, fired) if f]
@@ -137,5 +114,5 @@ def run(night: Night) -> dict:
     log.info("sae: wrote %d of %d rows to space %r as %s (%d silent); held-out FVU %s, %d neurons used",
              len(kept), len(rows), SPACE, version, int((~fired).sum()), metrics["fvu"], metrics["neurons_used"])
     return {**result, "trained": True, "model_version": version, "written": len(kept),
-            "silent_rows": int((~fired).sum()), "resumed_from": resumed_from,
-            "restart_reason": restart_reason, "steps": trained.steps, "neurons": neurons, "metrics": metrics}
+            "silent_rows": int((~fired).sum()), **resume.as_result(), "steps": trained.steps,
+            "neurons": neurons, "metrics": metrics}

@@ -5,7 +5,9 @@ continues training from last night's checkpoint, embeds every frame with the EMA
 encoder, and writes two memory spaces: ``vision_frame`` (one row per frame, for image
 search that lands on a frame) and ``vision`` (one row per clip, the mean of its frames).
 Both are tagged ``jepa@{date}``. Safe to run twice: training restarts from the checkpoint
-before the night's date and the store replaces the night's shard.
+before the night's date and the store replaces the night's shard. A config that changes the
+network's shape starts the encoder afresh, with the reason in the result
+(``stages.common.resume_state``).
 """
 from __future__ import annotations
 
@@ -21,15 +23,16 @@ from core.errors import UsageError
 from core.paths import Paths
 from memory.media import day_frames, earlier_frame_ids, frame_paths
 from models import health
-from models.checkpoint import latest_checkpoint, model_version
+from models.checkpoint import latest_checkpoint
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, sample_replay, square_frame
-from models.vision.jepa import build_encoder
-from models.vision.train import train_night
+from models.vision.jepa import ARCH_KEYS, build_encoder
+from models.vision.train import CHECKPOINT_KEYS, train_night
 from stages import Night
+from stages.common import heldout_positions, model_of, model_version, resume_state
 
 log = logging.getLogger(__name__)
-MODEL = "jepa"
+MODEL = model_of("vision")
 CURVE_POINTS = 200
 
 
@@ -54,22 +57,12 @@ def _replay_paths(night: Night, max_frames: int, seed: int) -> list[str]:
         return frame_paths(session, [ids[i] for i in sample_replay(len(ids), max_frames, seed)])
 
 
-def _heldout(n: int, share: float, seed: int) -> np.ndarray:
-    """Positions of frames kept out of training, to measure retrieval on unseen frames."""
-    k = int(round(n * share))
-    if share > 0 and n >= 4:
-        k = max(k, 1)
-    k = min(k, n - 1)  # training needs at least one frame
-    rng = np.random.default_rng([seed, 0x4E1D])
-    return np.sort(rng.choice(n, size=k, replace=False)) if k > 0 else np.zeros(0, dtype=int)
-
-
 def run(night: Night) -> dict:
     """Train, embed and store tonight's vision memory.
 
     Returns:
         ``{"frames", "embedded", "failed", "checkpoint", "model_version", "resumed_from",
-        "metrics": {...}}``; metrics hold the loss curve and the health figures.
+        "restart_reason", "metrics": {...}}``; metrics hold the loss curve and the health figures.
     """
     from memory.store import EmbeddingRow, write_embeddings
 
@@ -86,7 +79,9 @@ def run(night: Night) -> dict:
     frame_ids = np.array([rows[i][0] for i in cache.index])
     clip_ids = np.array([rows[i][1] for i in cache.index])
 
-    held = _heldout(len(cache.index), night.cfg.models.heldout_fraction, cfg.seed)
+    # Frames held out to measure retrieval on unseen frames: a draw by position, seeded by
+    # models.jepa.seed (the audio side hashes clip ids instead: stages.common.is_heldout).
+    held = heldout_positions(len(cache.index), night.cfg.models.heldout_fraction, cfg.seed)
     train_rows = torch.from_numpy(np.setdiff1d(np.arange(len(cache.index)), held))
     replay_paths = _replay_paths(night, cfg.replay_max_frames if cfg.replay_fraction > 0 else 0, cfg.seed)
     existing = [root / p for p in replay_paths if (root / p).exists()]  # retention may have removed some
@@ -94,8 +89,11 @@ def run(night: Night) -> dict:
     log.info("vision: %d frames (%d held out), %d replay frames from earlier days",
              len(cache.index), len(held), 0 if replay is None else len(replay))
 
+    config = cfg.model_dump(mode="json")
+    resume = resume_state(night, MODEL, {k: config[k] for k in ARCH_KEYS}, CHECKPOINT_KEYS)
     result = train_night(cfg, cache.images[train_rows], replay, date=night.date,
-                         checkpoint_dir=night.paths.checkpoints / MODEL, device=night.device)
+                         checkpoint_dir=night.paths.checkpoints / MODEL, device=night.device,
+                         resume=resume.checkpoint)
     vectors = embed_frames(result.target_encoder, cache.images, batch_size=cfg.embed_batch_size,
                            bf16=cfg.bf16)
 
@@ -153,7 +151,7 @@ def run(night: Night) -> dict:
         "failed": cache.failed,
         "replay_frames": 0 if replay is None else int(len(replay)),
         "checkpoint": result.checkpoint,
-        "resumed_from": result.resumed_from,
+        **resume.as_result(),
         "model_version": version,
         "trained": True,
         "metrics": metrics,

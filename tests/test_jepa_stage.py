@@ -36,7 +36,7 @@ def test_two_nights_train_resume_and_fill_the_vision_spaces(root, tiny_cfg):
     first = run(_night(DAY1, cfg, paths, engine))
     assert first["resumed_from"] is None and first["embedded"] == sum(len(v) for v in made[DAY1].values())
     second = run(_night(DAY2, cfg, paths, engine))
-    assert second["resumed_from"] == f"{DAY1}.pt" and second["replay_frames"] > 0
+    assert second["resumed_from"] == DAY1.isoformat() and second["replay_frames"] > 0
     assert second["model_version"] == "jepa@2026-01-16"
     m = second["metrics"]
     assert len(m["loss_curve"]) == 8 and m["effective_rank"] > 0
@@ -57,4 +57,4 @@ def test_two_nights_train_resume_and_fill_the_vision_spaces(root, tiny_cfg):
     assert np.isfinite([h.score for h in clip_hits]).all()
 
     again = run(_night(DAY2, cfg, paths, engine))  # safe to run twice: same start, same result
-    assert again["resumed_from"] == f"{DAY1}.pt" and again["metrics"]["loss_curve"] == m["loss_curve"]
+    assert again["resumed_from"] == DAY1.isoformat() and again["metrics"]["loss_curve"] == m["loss_curve"]

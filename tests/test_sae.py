@@ -11,7 +11,8 @@ import torch
 
 from core.config import ConfigError, SaeConfig, load_config
 from models.sae.autoencoder import SparseAutoencoder, fraction_of_variance_unexplained
-from models.sae.train import encode, evaluate, night_steps, train_sae
+from models.batches import night_steps
+from models.sae.train import encode, evaluate, train_sae
 from stages.sae import strongest_neurons
 
 

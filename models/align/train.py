@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +16,8 @@ from tqdm import tqdm
 
 from core.config import AlignConfig
 from models.align.heads import AlignModel
-from models.batches import night_steps, shuffled_batches
+from models.batches import TrainResult, night_batches
+from models.checkpoint import restore_training
 from models.retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,9 @@ def _unit(x: np.ndarray, device: str) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=-1)
 
 
-@dataclass
-class AlignTrainResult:
-    model: AlignModel
-    optimizer: torch.optim.Optimizer
-    step: int                 # global, over all nights
-    steps: int                # tonight's
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-
-
 def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, device: str, *,
                     seed: int = 0, resume: dict | None = None, steps: int | None = None,
-                    progress: bool = True) -> AlignTrainResult:
+                    progress: bool = True) -> TrainResult:
     """Fit the two projection heads so that a clip's vision and audio vectors meet.
 
     Args:
@@ -69,10 +59,10 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
         seed: seeds initialisation and batch order.
         resume: last night's checkpoint dict (``model``, ``optimizer``, ``step``) when
             its shapes fit; ``None`` starts fresh.
-        steps: overrides :func:`night_steps`.
+        steps: overrides :func:`models.batches.night_steps`.
         progress: show a tqdm bar.
     Returns:
-        an :class:`AlignTrainResult`.
+        a :class:`models.batches.TrainResult` (its ``model`` an :class:`AlignModel`).
     """
     n = len(vision)
     if n != len(audio):
@@ -82,15 +72,9 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
     torch.manual_seed(seed)
     model = AlignModel(vision.shape[1], audio.shape[1], cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    global_step = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        global_step = int(resume["step"])
+    global_step = restore_training(resume, model, optimizer)
     v, a = _unit(vision, device), _unit(audio, device)
-    batch = min(cfg.batch_size, n)
-    total = steps if steps is not None else night_steps(n, cfg)
-    batches = shuffled_batches(n, batch, torch.Generator().manual_seed(seed))
+    total, batches = night_batches(n, cfg, seed, steps)
     history: list[dict] = []
     model.train()
     started = time.perf_counter()
@@ -111,7 +95,7 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
     seconds = time.perf_counter() - started
     log.info("align: %d steps on %d pairs in %.1fs, final loss %.3f, logit scale %.1f", total, n,
              seconds, history[-1]["loss"], history[-1]["logit_scale"])
-    return AlignTrainResult(model, optimizer, global_step, total, seconds, history)
+    return TrainResult(model, optimizer, global_step, total, seconds, history)
 
 
 @torch.no_grad()

@@ -1,8 +1,5 @@
 """The nightly CPC loop: random crops of the night's log-mel frames, AdamW, a warm-up and
 cosine schedule that is a pure function of the step, then evaluation and embedding.
-
-Also the checkpoint I/O shared by the audio models (``checkpoints/{model}/{date}.pt`` and
-``checkpoints/{model}/latest``), kept here in two small functions.
 """
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ from tqdm import tqdm
 
 from core.config import CpcConfig
 from models.audio.cpc import CpcModel, chance_loss
+from models.checkpoint import restore_training
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +128,7 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
     torch.manual_seed(seed)
     model = CpcModel(cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    global_step = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        global_step = int(resume["step"])
+    global_step = restore_training(resume, model, optimizer)
     frames = crop_frames(cfg)
     if frames < model.min_frames():
         raise ValueError(f"models.cpc.window_s: {cfg.window_s}s gives {frames} mel frames; predicting "

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from core.config import ReconstructConfig
 from models import schedules
-from models.batches import night_steps, shuffled_batches
+from models.batches import night_batches
 from models.reconstruct.networks import build
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
         device: ``cpu`` or ``cuda``.
         seed: seeds initialisation and batch order.
         resume: last night's checkpoint (``models``, ``step``) when its shapes fit.
-        steps: overrides :func:`night_steps`.
+        steps: overrides :func:`models.batches.night_steps`.
     Raises:
         ValueError: fewer than two pairs, or fragments and targets of different lengths.
     """
@@ -81,9 +81,7 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
     optimizers = {v: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
                   for v, m in models.items()}
 
-    total = steps if steps is not None else night_steps(len(views), cfg)
-    generator = torch.Generator().manual_seed(seed)
-    batches = shuffled_batches(len(views), min(cfg.batch_size, len(views)), generator)
+    total, batches = night_batches(len(views), cfg, seed, steps)
     history: dict[str, list[float]] = {v: [] for v in VARIANTS}
     started = time.perf_counter()
     for m in models.values():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +16,8 @@ from tqdm import tqdm
 
 from core.config import SaeConfig
 from models import schedules
-from models.batches import night_steps, shuffled_batches
+from models.batches import TrainResult, night_batches
+from models.checkpoint import restore_training
 from models.sae.autoencoder import SparseAutoencoder, fraction_of_variance_unexplained
 
 log = logging.getLogger(__name__)
@@ -27,18 +27,8 @@ def build(n_inputs: int, cfg: SaeConfig) -> SparseAutoencoder:
     return SparseAutoencoder(n_inputs, cfg.latents, cfg.k, cfg.aux_k, cfg.dead_steps)
 
 
-@dataclass
-class SaeTrainResult:
-    model: SparseAutoencoder
-    optimizer: torch.optim.Optimizer
-    step: int                 # global, over all nights
-    steps: int                # tonight's
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-
-
 def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0,
-              resume: dict | None = None, steps: int | None = None, progress: bool = True) -> SaeTrainResult:
+              resume: dict | None = None, steps: int | None = None, progress: bool = True) -> TrainResult:
     """Fit the autoencoder to ``(N, D)`` vectors.
 
     Args:
@@ -48,7 +38,7 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
         seed: seeds initialisation and batch order.
         resume: last night's checkpoint (``model``, ``optimizer``, ``step``) when its shapes
             fit; ``None`` starts fresh, with the pre-encoder bias at the vectors' median.
-        steps: overrides :func:`night_steps`.
+        steps: overrides :func:`models.batches.night_steps`.
         progress: show a tqdm bar.
     Raises:
         ValueError: fewer than two vectors.
@@ -60,18 +50,12 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
     torch.manual_seed(seed)
     model = build(x.shape[1], cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    global_step = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        global_step = int(resume["step"])
-    else:
+    global_step = restore_training(resume, model, optimizer)
+    if resume is None:
         with torch.no_grad():  # centre the dictionary on the data (a cheap geometric median)
             model.pre_bias.copy_(x.median(dim=0).values)
 
-    batch = min(cfg.batch_size, n)
-    total = steps if steps is not None else night_steps(n, cfg)
-    batches = shuffled_batches(n, batch, torch.Generator().manual_seed(seed))
+    total, batches = night_batches(n, cfg, seed, steps)
     history: list[dict] = []
     model.train()
     started = time.perf_counter()
@@ -95,7 +79,7 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
     model.eval()
     log.info("sae: %d steps on %d vectors in %.1fs, normalised MSE %.3f, dead %.1f%%", total, n, seconds,
              history[-1]["mse"], 100 * history[-1]["dead"])
-    return SaeTrainResult(model, optimizer, global_step, total, seconds, history)
+    return TrainResult(model, optimizer, global_step, total, seconds, history)
 
 
 @torch.no_grad()

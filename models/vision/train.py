@@ -1,8 +1,9 @@
 """The nightly I-JEPA trainer: data, model, optimizer, schedule, the step, checkpoint.
 
-Each night continues from the newest earlier checkpoint (``checkpoints/jepa/``), trains
-``steps`` optimizer steps on the day's frames mixed with a replay sample of earlier days,
-and writes ``checkpoints/jepa/{date}.pt``. Learning rate, weight decay and EMA momentum
+Each night continues from the checkpoint its stage hands in (the stage decides whether last
+night's still fits: ``stages.common.resume_state``), trains ``steps`` optimizer steps on the
+day's frames mixed with a replay sample of earlier days, and writes
+``checkpoints/jepa/{date}.pt``. Learning rate, weight decay and EMA momentum
 restart their schedules each night (a night is one run over its own data); they and the
 masks are pure functions of the step, so nothing but the step is needed to resume.
 """
@@ -20,15 +21,10 @@ from tqdm import tqdm
 
 from core.config import JepaConfig
 from models import schedules
-from models.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    previous_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import CheckpointError, save_checkpoint
 from models.ema import EMA
 from models.vision.frames import BatchGatherer, normalise, random_resized_crop
-from models.vision.jepa import ARCH_KEYS, JEPA
+from models.vision.jepa import JEPA
 from models.vision.masks import MultiBlockMaskCollator
 from models.vision.vit import VisionTransformer
 
@@ -100,27 +96,22 @@ class JepaTrainer:
             "config": self.cfg.model_dump(mode="json"),
         }
 
-    def load_state_dict(self, state: dict, source: Path) -> None:
-        """Continue from a checkpoint; its network shape must match the config.
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint of the same network shape (the stage has checked it).
 
         Raises:
-            CheckpointError: the shapes differ or the weights do not load.
+            CheckpointError: the weights do not load.
         """
-        saved = state["config"]
-        changed = [k for k in ARCH_KEYS if saved.get(k) != self.cfg.model_dump(mode="json")[k]]
-        if changed:
-            raise CheckpointError(
-                f"{source}: trained with other network sizes ({', '.join(f'{k}={saved.get(k)}' for k in changed)});"
-                " move checkpoints/jepa aside to train the new size from scratch")
         try:
             self.model.encoder.load_state_dict(state["model"]["encoder"])
             self.model.predictor.load_state_dict(state["model"]["predictor"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.global_step = int(state["step"])
+            torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: weights do not load ({exc})") from None
-        self.global_step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
+            reason = f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"last night's jepa checkpoint does not load ({reason})") from None
 
     # -- one step ------------------------------------------------------------------------
     def step(self, batch: torch.Tensor, night_step: int, night_steps: int) -> torch.Tensor:
@@ -196,7 +187,6 @@ class TrainResult:
     losses: list[float]
     steps: int
     global_step: int
-    resumed_from: str | None
     checkpoint: str
     seconds: float
     images_per_second: float  # after the first steps (compilation) are done
@@ -205,7 +195,8 @@ class TrainResult:
 
 
 def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | None, *,
-                date: dt.date, checkpoint_dir: Path, device: str, progress: bool = True) -> TrainResult:
+                date: dt.date, checkpoint_dir: Path, device: str, resume: dict | None = None,
+                progress: bool = True) -> TrainResult:
     """Train tonight's I-JEPA steps and write ``{checkpoint_dir}/{date}.pt``.
 
     Args:
@@ -215,21 +206,21 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
         date: the night's date (names the checkpoint).
         checkpoint_dir: ``checkpoints/jepa``.
         device: ``"cpu"`` or ``"cuda"``.
+        resume: last night's checkpoint (:data:`CHECKPOINT_KEYS`) when its shape fits
+            tonight's config; ``None`` starts from scratch.
+        progress: show a tqdm bar.
     Returns:
         a :class:`TrainResult` with the loss of every step.
     Raises:
-        CheckpointError: the earlier checkpoint exists but cannot be continued.
+        CheckpointError: ``resume``'s weights do not load.
         ValueError: no frames to train on.
     """
     if frames.shape[0] == 0:
         raise ValueError("no frames to train on")
     trainer = JepaTrainer(cfg, device)
-    previous = previous_checkpoint(checkpoint_dir, date)
-    if previous is not None:
-        trainer.load_state_dict(load_checkpoint(previous, CHECKPOINT_KEYS), previous)
-        log.info("jepa: continuing from %s (step %d)", previous.name, trainer.global_step)
-    else:
-        log.info("jepa: no earlier checkpoint in %s; starting from scratch", checkpoint_dir)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+        log.info("jepa: continuing at step %d", trainer.global_step)
 
     gpu_max = cfg.gpu_cache_max_gb * 2**30
     today = BatchGatherer(frames, device, cfg.batch_size, gpu_max)
@@ -265,8 +256,8 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
 
     path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date))
     target = trainer.model.target_encoder.eval()
-    return TrainResult(target, [float(v) for v in losses.cpu()], steps, trainer.global_step,
-                       previous.name if previous else None, str(path), ended - started, ips,
+    return TrainResult(target, [float(v) for v in losses.cpu()], steps, trainer.global_step, str(path),
+                       ended - started, ips,
                        compiled=trainer.loss_fn is not trainer.model,
                        compile_fallback=trainer.compile_fallback)
 

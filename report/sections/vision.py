@@ -22,7 +22,7 @@ def render(summary: dict, ctx) -> str | None:
     trained, random = m.get("same_source_retrieval"), m.get("same_source_retrieval_random")
     rows = [
         ("model version", result.get("model_version")),
-        ("continued from", result.get("resumed_from") or "scratch (first night)"),
+        ("continued from", result.get("resumed_from") or result.get("restart_reason") or "scratch (first night)"),
         ("frames embedded", f'{result.get("embedded")} of {result.get("frames")}'),
         ("clips", result.get("clips")),
         ("replay frames from earlier days", result.get("replay_frames")),
