@@ -77,7 +77,7 @@ def main() -> int:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; config: {'tiny' if args.tiny else 'default'} "
           f"(batch {cfg.batch_size} x {cfg.window_s}s, {cfg.n_mels} mels, K={cfg.predict_steps}, "
-          f"{cfg.n_negatives} negatives, amp={cfg.amp})")
+          f"{cfg.n_negatives} negatives, bf16={cfg.bf16})")
 
     waves = synthetic_segments(count, 3.0, cfg.sample_rate)
     pool_seconds = count * 3.0
@@ -86,7 +86,7 @@ def main() -> int:
     print(f"log-mel features: {feat_tput:,.0f} s of audio per second")
 
     measured = train_throughput(features, cfg, args.device, steps, args.warmup)
-    baseline = train_throughput(features, cfg.model_copy(update={"amp": False}), args.device, steps, args.warmup)
+    baseline = train_throughput(features, cfg.model_copy(update={"bf16": False}), args.device, steps, args.warmup)
     print(f"training: {measured:,.0f} s of audio per second "
           f"(baseline float32 in this run: {baseline:,.0f}; ratio {measured / baseline:.2f}x)")
 

@@ -232,7 +232,7 @@ class CpcConfig(_Section):
     max_steps: int = Field(20000, ge=1)
     replay_ratio: float = Field(0.5, ge=0, description="earlier days' segments per segment of today")
     replay_max_segments: int = Field(20000, ge=0)
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     embed_batch_size: int = Field(256, ge=1)
     log_every: int = Field(20, ge=1)
 
@@ -433,6 +433,7 @@ def _apply_override(tree: dict, assignment: str) -> None:
 RENAMED_KEYS = {
     "models.clip": "models.openclip",  # "clip" names a 3-second clip everywhere else
     "models.jepa.heldout_share": "models.heldout_fraction",  # one held-out share for every learner
+    "models.cpc.amp": "models.cpc.bf16",  # the same switch as models.jepa.bf16
 }
 
 

@@ -104,7 +104,7 @@ class CpcTrainResult:
 
 
 def autocast_for(device: str, cfg: CpcConfig):
-    use = cfg.amp and torch.device(device).type == "cuda"
+    use = cfg.bf16 and torch.device(device).type == "cuda"
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use)
 
 
