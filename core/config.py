@@ -60,6 +60,32 @@ class IngestConfig(_Section):
 class RetentionConfig(_Section):
     raw_days: int | None = Field(None, ge=0, description="keep raw recordings N days; null keeps forever")
     derived_days: int | None = Field(None, ge=0, description="keep clips, frames, audio M days")
+    checkpoint_days: int | None = Field(None, ge=1, description="keep each night's model checkpoints N days; "
+                                        "null keeps every night's (a version still in use is always kept)")
+
+
+class KeepConfig(_Section):
+    """What each clip keeps for good, so that later encoders can embed it again after
+    retention has removed the footage: a keyframe and its sound."""
+
+    keyframe_size: int = Field(224, ge=32, le=1024, description="short side of the kept middle frame, in pixels")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    snippet_format: Literal["flac", "wav"] = Field("flac", description="the kept 16 kHz mono sound; flac "
+                                                   "is lossless at about half the size")
+
+
+class ReembedConfig(_Section):
+    """Moving earlier nights' memories into tonight's model versions (stage ``reembed``)."""
+
+    enabled: bool = True
+    max_minutes: float = Field(60.0, ge=0, description="a night's time for re-embedding; what is left "
+                               "continues the next night, reached through a fitted map meanwhile")
+    batch_size: int = Field(256, ge=1, description="keyframes or snippets per forward pass")
+    map_fit_clips: int = Field(4000, ge=8, description="earlier clips whose keyframes fit the map from "
+                               "tonight's space to the last complete version")
+    map_heldout_fraction: float = Field(0.2, ge=0, lt=1, description="of those, kept out to report the "
+                                        "map's fit error")
+    ridge_alpha: float = Field(1.0, ge=0, description="ridge regularisation of the map")
 
 
 class SearchConfig(_Section):
@@ -75,6 +101,8 @@ class SearchConfig(_Section):
 
 class MemoryConfig(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    keep: KeepConfig = Field(default_factory=KeepConfig)
+    reembed: ReembedConfig = Field(default_factory=ReembedConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
 
@@ -167,6 +195,9 @@ class JepaConfig(_Section):
     ema_momentum: tuple[float, float] = (0.996, 1.0)
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of each batch from earlier days")
     replay_max_frames: int = Field(20000, ge=0, description="earlier days' frames decoded per night")
+    distill_weight: float = Field(1.0, ge=0, description="weight of the feature distillation against last "
+                                  "night's frozen encoder (CaSSLe); 0 turns it off")
+    distill_hidden: int = Field(2048, ge=1, description="hidden width of the distillation predictor")
     # -- speed
     bf16: bool = True
     compile: bool = True
@@ -232,6 +263,9 @@ class CpcConfig(_Section):
     max_steps: int = Field(20000, ge=1)
     replay_ratio: float = Field(0.5, ge=0, description="earlier days' segments per segment of today")
     replay_max_segments: int = Field(20000, ge=0)
+    distill_weight: float = Field(1.0, ge=0, description="weight of the feature distillation against last "
+                                  "night's frozen encoder (CaSSLe); 0 turns it off")
+    distill_hidden: int = Field(2048, ge=1, description="hidden width of the distillation predictor")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     embed_batch_size: int = Field(256, ge=1)
     log_every: int = Field(20, ge=1)

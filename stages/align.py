@@ -18,10 +18,18 @@ from core.errors import UsageError
 from core.paths import Paths
 from models.align.heads import MODALITIES, AlignModel
 from models.align.train import evaluate_alignment, project, train_alignment
-from models.checkpoint import latest_checkpoint, load_checkpoint
+from models.checkpoint import load_checkpoint
 from stages import Night
-from stages.common import (heldout_mask, model_of, model_version, night_seed, resume_state,
-                           save_night_checkpoint, tonight_version)
+from stages.common import (
+    heldout_mask,
+    model_of,
+    model_version,
+    night_seed,
+    resume_state,
+    save_night_checkpoint,
+    tonight_version,
+    version_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +129,14 @@ def run(night: Night) -> dict:
 
 
 # --- query side ------------------------------------------------------------
-def load_latest_align(paths: Paths, device: str) -> tuple[str, AlignModel]:
-    """The latest night's alignment heads.
+def load_latest_align(paths: Paths, device: str, version: str | None = None) -> tuple[str, AlignModel]:
+    """A night's alignment heads: the newest, or those that wrote ``version``.
 
     Raises:
-        UsageError: no night has trained the alignment yet under this root.
+        UsageError: no night has trained the alignment yet under this root, or that
+            version's checkpoint is gone.
     """
-    latest = latest_checkpoint(paths.checkpoints / MODEL)
-    if latest is None:
-        raise UsageError(f"no alignment checkpoint yet under {paths.checkpoints / MODEL}: run a night "
-                         "with both vision and audio first")
+    latest = version_checkpoint(paths, "align", version)
     checkpoint = load_checkpoint(latest, ("model", "config", "vision_dim", "audio_dim"))
     model = AlignModel(checkpoint["vision_dim"], checkpoint["audio_dim"], AlignConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
@@ -139,7 +145,7 @@ def load_latest_align(paths: Paths, device: str) -> tuple[str, AlignModel]:
 
 @torch.no_grad()
 def to_shared(vector: np.ndarray, modality: str, cfg: SleepConfig, paths: Paths,
-              device: str) -> tuple[str, np.ndarray]:
+              device: str, version: str | None = None) -> tuple[str, np.ndarray]:
     """Project one sense's query vector into the ``shared`` space.
 
     Args:
@@ -156,7 +162,7 @@ def to_shared(vector: np.ndarray, modality: str, cfg: SleepConfig, paths: Paths,
     """
     if modality not in MODALITIES:
         raise UsageError(f"--modality {modality}: expected one of {', '.join(MODALITIES)}")
-    version, model = load_latest_align(paths, device)
+    version, model = load_latest_align(paths, device, version)
     vector = np.asarray(vector, dtype=np.float32).reshape(-1)
     if vector.shape[0] != model.dims[modality]:
         raise UsageError(f"a {modality} vector of size {vector.shape[0]} does not fit the alignment heads "

@@ -31,9 +31,17 @@ from models.audio.train import (
     evaluate_cpc,
     train_cpc,
 )
-from models.checkpoint import latest_checkpoint, load_checkpoint
+from models.checkpoint import load_checkpoint
 from stages import Night
-from stages.common import heldout_mask, model_of, model_version, night_seed, resume_state, save_night_checkpoint
+from stages.common import (
+    heldout_mask,
+    model_of,
+    model_version,
+    night_seed,
+    resume_state,
+    save_night_checkpoint,
+    version_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +181,14 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     return wave
 
 
-def load_latest_cpc(paths: Paths, device: str) -> tuple[str, CpcModel]:
-    """The latest night's CPC model, built with the config it was trained with.
+def load_latest_cpc(paths: Paths, device: str, version: str | None = None) -> tuple[str, CpcModel]:
+    """A night's CPC model (the newest, or the one that wrote ``version``), built with the
+    config it was trained with.
 
     Raises:
-        UsageError: no night has trained CPC yet under this root.
+        UsageError: no night has trained CPC yet under this root, or that version's checkpoint is gone.
     """
-    latest = latest_checkpoint(paths.checkpoints / MODEL)
-    if latest is None:
-        raise UsageError(f"no CPC checkpoint yet under {paths.checkpoints / MODEL}: run a night with audio first")
+    latest = version_checkpoint(paths, "audio", version)
     checkpoint = load_checkpoint(latest, ("model", "config"))
     model = CpcModel(CpcConfig(**checkpoint["config"])).to(device)
     model.load_state_dict(checkpoint["model"])
@@ -190,7 +197,8 @@ def load_latest_cpc(paths: Paths, device: str) -> tuple[str, CpcModel]:
 
 
 @torch.no_grad()
-def encode_audio_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str) -> tuple[str, np.ndarray]:
+def encode_audio_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str,
+                      version: str | None = None) -> tuple[str, np.ndarray]:
     """Embed a sound file into the ``audio`` space.
 
     Args:
@@ -203,7 +211,7 @@ def encode_audio_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
     Raises:
         UsageError: unreadable file, no audio, or no checkpoint yet.
     """
-    version, model = load_latest_cpc(paths, device)
+    version, model = load_latest_cpc(paths, device, version)
     mcfg = model.cfg
     wave = decode_audio(Path(path), mcfg.sample_rate)
     piece = max(1, int(round(cfg.ingest.clip_seconds * mcfg.sample_rate)))

@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import UsageError
 from core.paths import Paths
-from models.checkpoint import CheckpointError, load_checkpoint, previous_checkpoint, save_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+)
 from stages import Night, stage
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,33 @@ def model_of(stage_name: str) -> str:
 def checkpoint_folder(paths: Paths, stage_name: str) -> Path:
     """``checkpoints/{model}``: where a stage's model is saved night by night."""
     return paths.checkpoints / model_of(stage_name)
+
+
+def version_checkpoint(paths: Paths, stage_name: str, version: str | None = None) -> Path:
+    """The checkpoint that wrote ``version`` of the stage's spaces (``None``: the newest one).
+
+    Queries embed their example with the checkpoint of the version they search, so that a
+    query vector and the stored vectors always come from the same network.
+
+    Raises:
+        UsageError: nothing trained yet, a version of another model, or its checkpoint is gone.
+    """
+    folder = checkpoint_folder(paths, stage_name)
+    if version is None:
+        newest = latest_checkpoint(folder)
+        if newest is None:
+            raise UsageError(f"{folder}: no {stage_name} model yet; run a night first")
+        return newest
+    model, _, date = version.partition("@")
+    if model != model_of(stage_name) or not date:
+        raise UsageError(f"{version}: not a version of {model_of(stage_name)} (expected {model_of(stage_name)}@DATE)")
+    try:
+        path = checkpoint_path(folder, dt.date.fromisoformat(date))
+    except ValueError:
+        raise UsageError(f"{version}: not a version of {model_of(stage_name)} (expected {model_of(stage_name)}@DATE)") from None
+    if not path.is_file():
+        raise UsageError(f"{path}: the checkpoint of {version} is gone (memory.retention.checkpoint_days?)")
+    return path
 
 
 def tonight_version(night: Night, stage_name: str) -> str:

@@ -31,8 +31,14 @@ from models.reconstruct.fragments import degrade
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from stages import Night
-from stages.common import (checkpoint_folder, model_of, model_version, resume_state, save_night_checkpoint,
-                           tonight_version)
+from stages.common import (
+    checkpoint_folder,
+    model_of,
+    model_version,
+    resume_state,
+    save_night_checkpoint,
+    tonight_version,
+)
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
-from core.errors import ConfigError
 from core.config import OpenClipConfig
+from core.errors import ConfigError
 from models.openclip import Clip, WeightsError, load_clip
 from stages import Night
 

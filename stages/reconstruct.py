@@ -37,8 +37,17 @@ from models.reconstruct.train import (
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
 from stages import Night
-from stages.common import (checkpoint_folder, heldout_mask, model_of, model_version, night_seed, resume_state,
-                           save_night_checkpoint, tonight_version, train_and_measure)
+from stages.common import (
+    checkpoint_folder,
+    heldout_mask,
+    model_of,
+    model_version,
+    night_seed,
+    resume_state,
+    save_night_checkpoint,
+    tonight_version,
+    train_and_measure,
+)
 from stages.vision import encode_image_file
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,16 @@ import numpy as np
 
 from models.sae.train import encode, evaluate, train_sae
 from stages import Night, writer_of
-from stages.common import (heldout_mask, model_of, model_version, night_seed, resume_state,
-                           save_night_checkpoint, tonight_version, train_and_measure)
+from stages.common import (
+    heldout_mask,
+    model_of,
+    model_version,
+    night_seed,
+    resume_state,
+    save_night_checkpoint,
+    tonight_version,
+    train_and_measure,
+)
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,18 @@ from core.errors import UsageError
 from core.paths import Paths
 from memory.media import day_frames, earlier_frame_ids, frame_paths
 from models import health
-from models.checkpoint import latest_checkpoint
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, sample_replay, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
 from stages import Night
-from stages.common import heldout_positions, model_of, model_version, resume_state
+from stages.common import (
+    heldout_positions,
+    model_of,
+    model_version,
+    resume_state,
+    version_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 MODEL = model_of("vision")
@@ -159,7 +164,8 @@ def run(night: Night) -> dict:
 
 
 # --- query side ------------------------------------------------------------
-def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str) -> tuple[str, np.ndarray]:
+def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str,
+                      version: str | None = None) -> tuple[str, np.ndarray]:
     """Embed an image the way the night embedded its frames.
 
     Args:
@@ -167,6 +173,8 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
         cfg: the validated config (``cfg.models.jepa`` is used).
         paths: the layout (checkpoints are read from ``paths.checkpoints / "jepa"``).
         device: ``"cpu"`` or ``"cuda"``.
+        version: embed with the checkpoint of this version (``"jepa@{date}"``); ``None``
+            takes the newest.
     Returns:
         ``(model_version, vector)``: ``"jepa@{date}"`` of the checkpoint used and a
         ``(dim,)`` float32 vector, to search the ``vision`` or ``vision_frame`` space.
@@ -175,9 +183,7 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
         CheckpointError: the newest checkpoint is unreadable.
     """
     path = Path(path)
-    checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
-    if checkpoint is None:
-        raise UsageError(f"{paths.checkpoints / MODEL}: no vision model yet; run a night first")
+    checkpoint = version_checkpoint(paths, "vision", version)
     try:
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB"))
