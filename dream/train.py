@@ -18,6 +18,7 @@ from tqdm import tqdm
 from core.config import DreamConfig
 from dream.decoder import DreamDecoder, diffusion_loss, noise_scheduler
 from models import schedules
+from models.checkpoint import restore_training
 
 log = logging.getLogger(__name__)
 PROJECT_AFTER = 6  # steps run before checking the time budget (the first one is not timed: warm-up)
@@ -50,11 +51,7 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     torch.manual_seed(cfg.seed)
     model = DreamDecoder(cond.shape[1], cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    global_step = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        global_step = int(resume["step"])
+    global_step = restore_training(resume, model, optimizer)
     frames = images.to(device) if device.startswith("cuda") else images
     conds = torch.as_tensor(np.asarray(cond, dtype=np.float32), device=device)
     scheduler = noise_scheduler()
