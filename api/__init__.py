@@ -1,4 +1,4 @@
-"""The memory from Python: what ``sleep.py query | forget | doctor | status`` print, as data.
+"""The memory from Python: what ``sleep.py query | forget | doctor | status | memory`` print, as data.
 
     >>> from api import query
     >>> hits = query("~/sleep", clip=12, topk=5, date_from="2026-01-10")
@@ -11,6 +11,7 @@ night is :func:`pipeline.runner.run_night`, a layer above this one.
 from api.maintenance import doctor, forget, plan_forget
 from api.nights import status
 from api.search import query
+from api.versions import reembed, versions
 from memory import Hit
 
-__all__ = ["Hit", "doctor", "forget", "plan_forget", "query", "status"]
+__all__ = ["Hit", "doctor", "forget", "plan_forget", "query", "reembed", "status", "versions"]

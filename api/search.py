@@ -4,6 +4,11 @@
 The example (a clip already in the memory, an image, a sound, a fragment of a picture, free
 text, or memory-trace neurons) becomes a vector of one embedding space through the stage
 that owns that space; :func:`memory.search.search` then finds its nearest moments.
+
+A space is searched in its active version (:func:`memory.active_version`: the newest one
+that covers the whole memory, see ``sleep.py memory versions``), and the example is
+embedded with the checkpoint that wrote that version, so that both sides come from the
+same network.
 """
 from __future__ import annotations
 
@@ -52,8 +57,9 @@ def query(
 
     Args:
         root: the folder holding ``memory/`` and ``checkpoints/`` (or its :class:`Paths`).
-        image: an image file, embedded by the newest vision model.
-        audio: a file FFmpeg reads with a sound track, embedded by the newest audio model.
+        image: an image file, embedded by the vision model of the version searched.
+        audio: a file FFmpeg reads with a sound track, embedded by the audio model of the
+            version searched.
         clip: the id of a clip in the memory; its own stored vector is the query and the
             clip itself is left out of the results.
         fragment: an image of part of a moment, completed into a whole clip by the
@@ -70,7 +76,7 @@ def query(
             ``audio`` for a sound, ``sae`` for neurons, ``openclip`` for text.
         modality: only hits from this sense (``"vision"`` or ``"audio"``).
         source: only clips whose recording's path contains this text.
-        model_version: search this model version; ``None`` takes the space's latest.
+        model_version: search this model version; ``None`` takes the space's active one.
         config: a :class:`SleepConfig`, or a YAML file (``None``: the default config).
         overrides: ``key.path=value`` strings applied to the config file.
     Returns:
@@ -136,7 +142,8 @@ def _query_vector(kind: str, example, space: str | None, model_version: str | No
         raise UsageError(f"--{kind} {path}: no such file")
     if kind == "fragment":
         return _fragment_vector(path, space, model_version, cfg, paths, engine)
-    return _file_vector("vision" if kind == "image" else "audio", path, space, model_version, cfg, paths)
+    return _file_vector("vision" if kind == "image" else "audio", path, space, model_version, cfg, paths,
+                        engine)
 
 
 def _encode(flag: str, encode, *args):
@@ -148,7 +155,7 @@ def _encode(flag: str, encode, *args):
 
 def _clip_vector(clip_id, space: str | None, model_version: str | None, paths: Paths,
                  engine) -> Query:
-    from memory import clip_vector, spaces
+    from memory import active_version, clip_vector, spaces
 
     if isinstance(clip_id, bool) or not isinstance(clip_id, numbers.Integral):
         raise UsageError(f"--clip {clip_id!r}: expected a clip id (a whole number)")
@@ -156,17 +163,24 @@ def _clip_vector(clip_id, space: str | None, model_version: str | None, paths: P
     if not have:
         raise UsageError(f"{paths.database}: no embeddings in the memory yet")
     space = space or have[0]  # vision first when it exists
-    found = clip_vector(engine, paths, space, int(clip_id), model_version)
+    found = clip_vector(engine, paths, space, int(clip_id), model_version or active_version(engine, space))
+    if found is None and model_version is None:
+        # Not in the active version (a day not re-embedded yet, e.g. tonight's): the newest
+        # version that holds the clip, searched as a whole.
+        found = clip_vector(engine, paths, space, int(clip_id), None)
     if found is None:
         raise UsageError(f"--clip {clip_id}: no {space} vector for that clip")
     return space, found[0], found[1], (int(clip_id),)
 
 
 def _file_vector(modality: str, path: Path, space: str | None, model_version: str | None,
-                 cfg: SleepConfig, paths: Paths) -> Query:
-    """An image (space ``vision``) or a sound (``audio``), or either in the space ``shared``."""
+                 cfg: SleepConfig, paths: Paths, engine) -> Query:
+    """An image (space ``vision``) or a sound (``audio``), or either in the space ``shared``,
+    embedded with the checkpoints of the version searched."""
+    from memory import active_version
     from stages.align import to_shared
     from stages.audio import encode_audio_file
+    from stages.common import model_of, model_version as version_name
     from stages.vision import encode_image_file
 
     flag = "--image" if modality == "vision" else "--audio"
@@ -175,16 +189,25 @@ def _file_vector(modality: str, path: Path, space: str | None, model_version: st
         raise UsageError(f"--space {space}: an {flag[2:]} query searches {modality} or shared")
     device = resolve_device(cfg.runtime.device)
     encode = encode_image_file if modality == "vision" else encode_audio_file
-    version, vector = _encode(flag, encode, path, cfg, paths, device)
+    searched = model_version or active_version(engine, space)  # None: nothing stored yet
+    sense_version = searched
+    if space == "shared" and searched is not None:
+        # The heads of align@D were trained on jepa@D and cpc@D (the align stage reads the
+        # vectors its night's vision and audio stages wrote).
+        sense_version = version_name(model_of(modality), searched.partition("@")[2])
+    version, vector = _encode(flag, encode, path, cfg, paths, device, sense_version)
     if space == "shared":
-        version, vector = _encode("--space shared", to_shared, vector, modality, cfg, paths, device)
-    return space, model_version or version, vector, ()
+        version, vector = _encode("--space shared", to_shared, vector, modality, cfg, paths, device, searched)
+    return space, searched or version, vector, ()
 
 
 def _fragment_vector(path: Path, space: str | None, model_version: str | None,
                      cfg: SleepConfig, paths: Paths, engine) -> Query:
     from stages.reconstruct import encode_fragment_file
 
+    # Known limit: the reconstructor completes a fragment into the vision version it was
+    # trained against (its own checkpoint's), which may not be the active one; that version
+    # is searched, and it may hold only the days re-embedded into it so far.
     if (space or "vision") != "vision":
         raise UsageError(f"--space {space}: a fragment is completed into the space vision")
     version, vector = _encode("--fragment", encode_fragment_file, path, cfg, paths, engine,
@@ -231,12 +254,12 @@ def neuron_list(neuron: int | Sequence[int]) -> list[int]:
 
 def _neuron_vector(neuron, space: str | None, model_version: str | None, engine) -> Query:
     """The sum of the named neurons' one-hot vectors in the ``sae`` space."""
-    from memory import latest_version, space_dim
+    from memory import active_version, space_dim
 
     neurons = neuron_list(neuron)
     if (space or "sae") != "sae":
         raise UsageError(f"--space {space}: neurons live in the space sae")
-    version = model_version or latest_version(engine, "sae")
+    version = model_version or active_version(engine, "sae")
     dim = space_dim(engine, "sae", version) if version else None
     if dim is None:
         raise UsageError("--neuron: no memory traces yet (the sae stage has not run)")

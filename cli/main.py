@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cli.daemon import add_daemon_command
 from cli.memory import add_memory_commands
+from cli.versions import add_memory_group
 from core.config import load_config
 from core.dates import parse_date
 from core.errors import SleepError
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_daemon_command(sub, _add_common)
     add_memory_commands(sub, _add_common)
+    add_memory_group(sub, _add_common)
     return parser
 
 

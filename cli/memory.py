@@ -44,7 +44,8 @@ def add_memory_commands(sub, add_common) -> None:
                        help="embedding space (default: vision for --clip/--image/--fragment when it "
                             "exists, audio for --audio, sae for --neuron, openclip for --text)")
     query.add_argument("--model-version", metavar="V",
-                       help="search this model version (default: the space's latest)")
+                       help="search this model version (default: the space's active one; see "
+                            "sleep.py memory versions)")
     query.add_argument("--modality", choices=MODALITIES,
                        help="only results from this sense (useful in the shared space)")
     query.add_argument("--source", metavar="TEXT",

@@ -55,6 +55,10 @@ class Paths:
     def embeddings(self) -> Path:
         return self.memory / "embeddings"
 
+    def keep(self, date: dt.date | str) -> Path:
+        """``memory/keep/{date}/``: each clip's keyframe and sound, kept after retention."""
+        return self.memory / "keep" / (date if isinstance(date, str) else date.isoformat())
+
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"

@@ -21,6 +21,7 @@ from memory.catalog import latest_version, space_dim, spaces
 from memory.db import make_sessionmaker, open_database
 from memory.doctor import doctor
 from memory.forget import forget_day, plan_forget
+from memory.keepsakes import Keepsake, day_keepsakes, keepsake_days
 from memory.media import (
     FrameRef,
     SegmentRef,
@@ -44,6 +45,15 @@ from memory.sources import (
     update_sources,
 )
 from memory.store import EmbeddingRow, ShardInfo, load_vectors, write_embeddings
+from memory.versions import (
+    activate_if_complete,
+    active_version,
+    coverage,
+    day_clips,
+    days_to_reembed,
+    record_day,
+    version_table,
+)
 
 __all__ = [
     # the database
@@ -52,9 +62,14 @@ __all__ = [
     "Source", "ClipRecord", "save_source", "update_sources", "day_sources", "day_totals",
     "source_counts", "FrameRef", "SegmentRef", "day_frames", "day_segments",
     "earlier_frame_ids", "earlier_segments", "frame_paths", "middle_frames",
+    # what each clip keeps for re-embedding after retention
+    "Keepsake", "day_keepsakes", "keepsake_days",
     # vectors
     "EmbeddingRow", "ShardInfo", "ShardError", "write_embeddings", "load_vectors",
     "latest_version", "space_dim", "spaces",
+    # versions: which one queries read, and how much of the memory each covers
+    "active_version", "activate_if_complete", "coverage", "version_table", "days_to_reembed",
+    "day_clips", "record_day",
     # search
     "search", "SearchOptions", "Hit", "clip_vector",
     # care

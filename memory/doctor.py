@@ -1,11 +1,12 @@
 """``sleep.py doctor``: does the database agree with the shards and files on disk?
 
 Checks that every complete shard's file exists with the shape the database records, that
-every shard row has its vector and every vector its row, that no shard file lies on disk
-unknown to the database, and that the frames, audio, clips and raw recordings the
-database names exist. ``--repair`` makes them agree, always toward what is really there:
-rows whose file is gone are dropped, files no row knows are deleted, shards with missing
-rows are compacted.
+every shard row has its vector and every vector its row, that no shard file or kept file
+(``memory/keep``) lies on disk unknown to the database, and that the frames, audio, clips,
+keepsakes and raw recordings the database names exist. ``--repair`` makes them agree,
+always toward what is really there: rows whose file is gone are dropped (a keepsake loses
+just the missing file), files no row knows are deleted, shards with missing rows are
+compacted.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from core.lock import NightLock
 from core.paths import Paths
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
+from memory.keepsakes import KeepsakeRow, known_files
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.shards import read_rows, shard_problem
 from memory.store import EmbeddingRow, write_embeddings
@@ -112,10 +114,15 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
 
 
 def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:
-    known = set(session.scalars(select(Shard.path)))
-    if not paths.embeddings.is_dir():
+    _unknown_files(paths, paths.embeddings, set(session.scalars(select(Shard.path))), "shard file", report)
+    _unknown_files(paths, paths.memory / "keep", known_files(session), "kept file", report)
+
+
+def _unknown_files(paths: Paths, folder, known: set[str], what: str, report: _Report) -> None:
+    """Files under ``folder`` that no row names are problems (deleted on repair)."""
+    if not folder.is_dir():
         return
-    for file in sorted(paths.embeddings.rglob("*")):
+    for file in sorted(folder.rglob("*")):
         if not file.is_file():
             continue
         rel = str(file.relative_to(paths.root))
@@ -127,9 +134,22 @@ def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:
             if report.repair:
                 file.unlink(missing_ok=True)
             continue
-        if rel not in known and report.problem(f"{rel}: shard file no database row knows",
-                                               "deleted it"):
+        if rel not in known and report.problem(f"{rel}: {what} no database row knows", "deleted it"):
             file.unlink(missing_ok=True)
+
+
+def _check_keepsakes(session: Session, paths: Paths, report: _Report) -> None:
+    """Every file a keepsake names exists; on repair a missing one is cleared from its row,
+    and a row left with nothing is dropped (the clip's footage, if still there, is kept
+    again by rerunning that night's ``keep`` stage)."""
+    for row in session.scalars(select(KeepsakeRow).order_by(KeepsakeRow.clip_id)).all():
+        for column in ("keyframe", "snippet"):
+            path = getattr(row, column)
+            if path and not (paths.root / path).exists() and report.problem(
+                    f"keepsake {path}: file missing", f"cleared it from clip {row.clip_id}'s keepsake"):
+                setattr(row, column, None)
+        if report.repair and not row.keyframe and not row.snippet:
+            session.delete(row)
 
 
 def _check_media(session: Session, paths: Paths, report: _Report) -> None:
@@ -177,6 +197,7 @@ def doctor(paths: Paths, *, repair: bool = False) -> dict:
                 compact = _check_shards(session, paths, report)
                 _check_stray_files(session, paths, report)
                 _check_media(session, paths, report)
+                _check_keepsakes(session, paths, report)
                 if repair:
                     session.commit()
             if repair:

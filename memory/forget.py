@@ -1,10 +1,10 @@
 """``sleep.py forget --date D``: remove one day from the memory, completely.
 
 "Forget" means the person wants the day gone: its database rows (sources, clips, frames,
-audio segments, embedding shards and their rows, the ledger), its shard files, its
-recordings (``data/raw/D``), derived media, its report, and cached search indexes that
-hold its vectors. Other days are untouched. Model checkpoints are kept: they were trained
-on many days and cannot be unpicked from one.
+audio segments, keepsakes, embedding shards and their rows, the ledger), its shard files,
+its recordings (``data/raw/D``), derived media, its keepsakes (``memory/keep/D``), its
+report, and cached search indexes that hold its vectors. Other days are untouched. Model
+checkpoints are kept: they were trained on many days and cannot be unpicked from one.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from core.lock import NightLock
 from core.paths import Paths
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
+from memory.keepsakes import KeepsakeRow
 from memory.ledger import StageRun
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.shards import day_files
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def _folders(paths: Paths, date: dt.date) -> list[Path]:
     return [paths.raw(date), paths.clips(date), paths.frames(date), paths.audio(date),
-            paths.report(date)]
+            paths.keep(date), paths.report(date)]
 
 
 def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
@@ -57,6 +58,7 @@ def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
             "clips": count(Clip, Clip.date == day),
             "frames": count(Frame, Frame.clip_id.in_(clip_ids)),
             "audio_segments": count(AudioSegment, AudioSegment.clip_id.in_(clip_ids)),
+            "keepsakes": count(KeepsakeRow, KeepsakeRow.date == day),
             "shards": len(shards),
             "shard_rows": count(ShardRow, ShardRow.shard_id.in_(shard_ids)),
             "stage_runs": count(StageRun, StageRun.date == day),
@@ -110,6 +112,8 @@ def forget_day(paths: Paths, date: dt.date) -> dict:
                     session.execute(delete(Shard).where(Shard.date == day))
                     session.execute(delete(EmbeddingSpace).where(
                         ~EmbeddingSpace.id.in_(select(Shard.space_id))))
+                    session.execute(delete(KeepsakeRow).where(KeepsakeRow.date == day))
+                    session.execute(delete(KeepsakeRow).where(KeepsakeRow.clip_id.in_(clip_ids)))
                     session.execute(delete(AudioSegment).where(AudioSegment.clip_id.in_(clip_ids)))
                     session.execute(delete(Frame).where(Frame.clip_id.in_(clip_ids)))
                     session.execute(delete(Clip).where(Clip.date == day))

@@ -77,6 +77,8 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("ingest", "stages.ingest:run", ("ingest",), description="Ingest"),
+    Stage("keep", "stages.keep:run", ("memory.keep",), needs=("ingest",),
+          description="Keyframes and sounds kept for re-embedding"),
     Stage("vision", "stages.vision:run", ("models.jepa", "models.heldout_fraction"), needs=("ingest",),
           description="Vision (I-JEPA)", model="jepa", spaces=("vision_frame", "vision")),
     Stage("audio", "stages.audio:run", ("models.cpc", "models.heldout_fraction"), needs=("ingest",),
@@ -92,6 +94,8 @@ STAGES: list[Stage] = [
           description="Free-text search (OpenCLIP weights on disk)", spaces=("openclip_frame", "openclip")),
     Stage("dream", "stages.dream:run", ("dream",), needs=("vision", "reconstruct"), description="Dreams",
           model="dream"),
+    Stage("reembed", "stages.reembed:run", ("memory.reembed",), needs=("vision", "audio", "align", "sae"),
+          description="Earlier days into tonight's versions"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "stages.retention:run", ("memory",), description="Retention"),
 ]

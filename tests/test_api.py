@@ -157,4 +157,5 @@ def test_the_api_imports_without_torch():
     code = "import sys; from api import query, Hit; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert set(api.__all__) == {"query", "Hit", "forget", "plan_forget", "doctor", "status"}
+    assert set(api.__all__) == {"query", "Hit", "forget", "plan_forget", "doctor", "status", "versions",
+                                "reembed"}

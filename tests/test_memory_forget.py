@@ -67,7 +67,7 @@ def test_forget_removes_exactly_one_day(mem):
                    if h.date != "2026-01-11"]
     removed = forget_day(paths, day)
     assert removed["database"] == {"sources": 1, "clips": 20, "frames": 60, "audio_segments": 20,
-                                   "shards": 1, "shard_rows": 20, "stage_runs": 1}
+                                   "keepsakes": 0, "shards": 1, "shard_rows": 20, "stage_runs": 1}
     assert _counts(engine, "2026-01-11") == dict.fromkeys(kept_before["2026-01-10"], 0)
     for folder in (paths.raw(day), paths.frames(day), paths.audio(day), paths.report(day)):
         assert not folder.exists()
