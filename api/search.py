@@ -15,6 +15,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,18 @@ from memory import Hit
 
 SPACES = ("vision", "audio", "shared", "sae", "openclip", "openclip_frame")
 MODALITIES = ("vision", "audio")
-# (space, model_version, vector, clip ids left out of the results)
-Query = tuple[str, str | None, np.ndarray, tuple[int, ...]]
+# (space, model_version, vector, clip ids left out of the results, further reaches)
+Query = tuple[str, str | None, np.ndarray, tuple[int, ...], tuple["Reach", ...]]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """A second search of the same query: ``vector`` (the query carried into ``version``'s
+    space by a fitted map) over ``version``, leaving out the days the first search answers for."""
+
+    version: str
+    vector: np.ndarray
+    skip_dates: frozenset[str]
 
 
 def query(
@@ -110,13 +121,19 @@ def query(
 
     engine = open_database(paths.database)
     try:
-        space, version, vector, exclude = _query_vector(
+        space, version, vector, exclude, reaches = _query_vector(
             given[0], examples[given[0]], space, model_version, cfg, paths, engine)
         try:
             hits = search(engine, paths, space=space, query=vector, topk=int(topk),
                           model_version=version, date_from=first, date_to=last,
                           modality=modality, source=source, exclude_clip_ids=exclude,
                           options=cfg.memory.search)
+            for reach in reaches:
+                hits += search(engine, paths, space=space, query=reach.vector, topk=int(topk),
+                               model_version=reach.version, date_from=first, date_to=last,
+                               modality=modality, source=source, exclude_clip_ids=exclude,
+                               skip_dates=reach.skip_dates, options=cfg.memory.search)
+            hits = sorted(hits, key=lambda h: -h.score)[: int(topk)]
         except ValueError as exc:
             raise UsageError(f"query: {exc}") from None
     finally:
@@ -170,7 +187,7 @@ def _clip_vector(clip_id, space: str | None, model_version: str | None, paths: P
         found = clip_vector(engine, paths, space, int(clip_id), None)
     if found is None:
         raise UsageError(f"--clip {clip_id}: no {space} vector for that clip")
-    return space, found[0], found[1], (int(clip_id),)
+    return space, found[0], found[1], (int(clip_id),), ()
 
 
 def _file_vector(modality: str, path: Path, space: str | None, model_version: str | None,
@@ -195,10 +212,35 @@ def _file_vector(modality: str, path: Path, space: str | None, model_version: st
         # The heads of align@D were trained on jepa@D and cpc@D (the align stage reads the
         # vectors its night's vision and audio stages wrote).
         sense_version = version_name(model_of(modality), searched.partition("@")[2])
+    reach = _mapped_reach(flag, encode, path, space, model_version, searched, cfg, paths, device, engine)
+    if reach is not None:
+        return reach
     version, vector = _encode(flag, encode, path, cfg, paths, device, sense_version)
     if space == "shared":
         version, vector = _encode("--space shared", to_shared, vector, modality, cfg, paths, device, searched)
-    return space, searched or version, vector, ()
+    return space, searched or version, vector, (), ()
+
+
+def _mapped_reach(flag: str, encode, path: Path, space: str, model_version: str | None, active: str | None,
+                  cfg: SleepConfig, paths: Paths, device: str, engine) -> Query | None:
+    """While tonight's version is still being filled by re-embedding, the whole memory at once:
+    the example embedded by the newest encoder searches the days its version holds, and
+    reaches every other day in the active version through the map fitted between the two.
+    ``None`` when that does not apply (a version asked for, nothing newer, or no map)."""
+    from memory import covered_days, latest_version
+    from memory.versions import version_date
+    from stages.reembed import map_query
+
+    if model_version is not None or active is None or space not in ("vision", "vision_frame", "audio"):
+        return None
+    newest = latest_version(engine, space)
+    if newest is None or (version_date(newest) or "") <= (version_date(active) or ""):
+        return None
+    version, vector = _encode(flag, encode, path, cfg, paths, device, newest)
+    mapped = map_query(engine, paths, space, newest, active, vector)
+    if mapped is None:
+        return None
+    return space, newest, vector, (), (Reach(active, mapped, frozenset(covered_days(engine, space, newest))),)
 
 
 def _fragment_vector(path: Path, space: str | None, model_version: str | None,
@@ -212,7 +254,7 @@ def _fragment_vector(path: Path, space: str | None, model_version: str | None,
         raise UsageError(f"--space {space}: a fragment is completed into the space vision")
     version, vector = _encode("--fragment", encode_fragment_file, path, cfg, paths, engine,
                               resolve_device(cfg.runtime.device))
-    return "vision", model_version or version, vector, ()
+    return "vision", model_version or version, vector, (), ()
 
 
 def _text_vector(text, space: str | None, cfg: SleepConfig, engine) -> Query:
@@ -234,7 +276,7 @@ def _text_vector(text, space: str | None, cfg: SleepConfig, engine) -> Query:
     if space_dim(engine, space, clip.version) is None:
         raise UsageError(f"--text: no frames embedded with these weights ({clip.version}) yet; run a night "
                          f"with models.openclip.weights set")
-    return space, clip.version, clip.embed_text(text), ()
+    return space, clip.version, clip.embed_text(text), (), ()
 
 
 def neuron_list(neuron: int | Sequence[int]) -> list[int]:
@@ -268,4 +310,4 @@ def _neuron_vector(neuron, space: str | None, model_version: str | None, engine)
         raise UsageError(f"--neuron {bad[0]}: {version} has neurons 0 to {dim - 1}")
     vector = np.zeros(dim, np.float32)
     vector[neurons] = 1.0
-    return "sae", version, vector, ()
+    return "sae", version, vector, (), ()

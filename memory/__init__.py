@@ -49,6 +49,7 @@ from memory.versions import (
     activate_if_complete,
     active_version,
     coverage,
+    covered_days,
     day_clips,
     days_to_reembed,
     record_day,
@@ -68,7 +69,7 @@ __all__ = [
     "EmbeddingRow", "ShardInfo", "ShardError", "write_embeddings", "load_vectors",
     "latest_version", "space_dim", "spaces",
     # versions: which one queries read, and how much of the memory each covers
-    "active_version", "activate_if_complete", "coverage", "version_table", "days_to_reembed",
+    "active_version", "activate_if_complete", "coverage", "covered_days", "version_table", "days_to_reembed",
     "day_clips", "record_day",
     # search
     "search", "SearchOptions", "Hit", "clip_vector",

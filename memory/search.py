@@ -20,6 +20,8 @@ forgotten meanwhile) is dropped and the next one taken.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import hashlib
 import json
 import logging
@@ -265,6 +267,7 @@ def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) 
 def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk: int = 10,
            model_version: str | None = None, date_from: str | None = None,
            date_to: str | None = None, modality: str | None = None, source: str | None = None,
+           skip_dates: Collection[str] = (),
            exclude_clip_ids: tuple[int, ...] = (), options=None) -> list[Hit]:
     """Cosine top-k in one space and model version.
 
@@ -277,6 +280,8 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
         model_version: ``None`` means the space's latest version.
         date_from: first date included, ``YYYY-MM-DD``.
         date_to: last date included.
+        skip_dates: days left out whole (``YYYY-MM-DD``): those another version answers for
+            when a query reaches this one through a map.
         modality: only rows from this sense (``"vision"``/``"audio"``).
         source: only clips whose source path (relative to the root) contains this text.
         exclude_clip_ids: clips never returned (the query's own clip).
@@ -308,7 +313,7 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                                  f"({model_version}) has {sp.dim}")
             all_shards = complete_shards(session, sp.id)
             shards = [s for s in all_shards if (not date_from or s.date >= date_from)
-                      and (not date_to or s.date <= date_to)]
+                      and (not date_to or s.date <= date_to) and s.date not in skip_dates]
             if not shards:
                 return []
             try:

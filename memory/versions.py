@@ -104,6 +104,13 @@ def _covered(session: Session, space_id: int) -> set[str]:
     return _shard_days(session, space_id) | set(done)
 
 
+def covered_days(engine: Engine, space: str, version: str) -> set[str]:
+    """The days one version of ``space`` answers for: its own shards and the days re-embedded into it."""
+    with Session(engine) as session:
+        space_id = _space_id(session, space, version)
+        return _covered(session, space_id) if space_id is not None else set()
+
+
 def days_to_reembed(session: Session, space: str, version: str) -> list[str]:
     """The days ``version`` still lacks, oldest first: days with vectors in another version of
     ``space`` before the version's own night, that ``reembed`` has not finished.

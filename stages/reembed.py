@@ -39,6 +39,7 @@ from memory import (
     activate_if_complete,
     active_version,
     coverage,
+    covered_days,
     day_clips,
     day_keepsakes,
     days_to_reembed,
@@ -47,6 +48,7 @@ from memory import (
     record_day,
     write_embeddings,
 )
+from memory.maps import load_map, save_map
 from memory.media import day_segments
 from memory.versions import version_date
 from models.align.train import project
@@ -54,6 +56,7 @@ from models.audio.features import AudioReadError, log_mel_batches, read_wav
 from models.audio.train import embed_features
 from models.checkpoint import load_checkpoint
 from models.sae.train import build as build_sae
+from models.space_map import SpaceMap, fit_space_map
 from models.sae.train import encode as sae_encode
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
@@ -67,6 +70,8 @@ log = logging.getLogger(__name__)
 # The order a day's spaces are filled in: each one after those it is computed from.
 SPACES = ("vision_frame", "vision", "audio", "shared", "sae")
 STAGE_NAMES = ("vision", "audio", "align", "sae")
+# The spaces a map is fitted on, and those it serves (vision_frame is the same encoder's space).
+MAPPED = {"vision": ("vision", "vision_frame"), "audio": ("audio",)}
 
 
 @dataclass
@@ -355,6 +360,7 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
                         "(sleep.py memory reembed)", max_minutes)
             break
 
+    maps = fit_maps(night, encoders, runs)
     for space, state in runs.items():
         activated = activate_if_complete(night.engine, space, state.version)
         active = active_version(night.engine, space)
@@ -366,6 +372,8 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
             "coverage": _brief(coverage(night.engine, space, state.version)),
             "active_coverage": _brief(coverage(night.engine, space, active)) if active else None,
         }
+        if space in maps:
+            spaces_out[space]["map"] = maps[space]
         log.info("reembed: %s: %d day(s) into %s (%d clips, %d missing, %.1fs); %d left; active %s",
                  space, state.done, state.version, state.clips, state.missing, state.seconds,
                  len(state.todo) - state.done, active)
@@ -378,6 +386,82 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
                     "keyframes_per_second": round(keyframes / vision_seconds, 1) if vision_seconds > 0 else None,
                     "snippets": runs["audio"].inputs if "audio" in runs else 0},
     }
+
+
+def _map_pairs(night: Night, encoders: _Encoders, space: str, version: str, active: str,
+               limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` clips' vectors in ``version`` and in ``active``, row for row.
+
+    The days already re-embedded tonight are read back; the other earlier days, newest
+    first, are embedded from their keyframes or snippets for the fit only (not stored).
+    """
+    days = sorted((d for d in covered_days(night.engine, space, active) if d != night.day), reverse=True)
+    new, old, cache = [], [], {}
+    for day in days:
+        if sum(len(v) for v in new) >= limit:
+            break
+        old_rows, old_vectors = load_vectors(night.engine, night.paths, space=space, model_version=active, date=day)
+        new_rows, new_vectors = load_vectors(night.engine, night.paths, space=space, model_version=version, date=day)
+        if not new_rows:
+            made = _day(night, encoders, space, version, day, cache)
+            if made is None or not made.rows:
+                continue
+            new_rows, new_vectors = made.rows, made.vectors
+        where = {r.clip_id: i for i, r in enumerate(old_rows)}
+        pairs = [(i, where[r.clip_id]) for i, r in enumerate(new_rows) if r.clip_id in where]
+        if pairs:
+            new.append(new_vectors[[i for i, _ in pairs]])
+            old.append(old_vectors[[j for _, j in pairs]])
+    if not new:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(new)[:limit], np.concatenate(old)[:limit]
+
+
+def fit_maps(night: Night, encoders: _Encoders, runs: dict[str, "SpaceRun"]) -> dict[str, dict]:
+    """Where tonight's version does not cover the memory yet, a map from it to the active version.
+
+    A query embedded by tonight's encoder then reaches the days not re-embedded yet through
+    the map (:func:`map_query`), at once, instead of waiting nights for the re-embedding.
+    Fitted on ``vision`` (and serving ``vision_frame``, the same encoder's space) and on
+    ``audio``; ``shared`` and ``sae`` are derived from those and are not mapped.
+
+    Returns:
+        ``{space: {"to_version", "chosen", held-out figures...}}`` or ``{space: {"note"}}``.
+    """
+    cfg = night.cfg.memory.reembed
+    out: dict[str, dict] = {}
+    for space, served in MAPPED.items():
+        state = runs.get(space)
+        active = active_version(night.engine, space)
+        if state is None or active is None or active == state.version \
+                or coverage(night.engine, space, state.version)["complete"]:
+            continue
+        new, old = _map_pairs(night, encoders, space, state.version, active, cfg.map_fit_clips)
+        if len(new) < 8:
+            out[space] = {"to_version": active, "note": f"{len(new)} clips in both versions: too few to fit a map"}
+            continue
+        fitted = fit_space_map(new, old, alpha=cfg.ridge_alpha, heldout_fraction=cfg.map_heldout_fraction,
+                               seed=night.cfg.runtime.seed)
+        for target in served:
+            to_version = active_version(night.engine, target)
+            if to_version == active:
+                save_map(night.engine, night.paths, space=target, from_version=state.version, to_version=active,
+                         kind=fitted.kind, arrays=fitted.arrays(), heldout=fitted.heldout)
+        out[space] = {"to_version": active, **fitted.heldout}
+        chosen = fitted.heldout.get(fitted.heldout["chosen"]) or {}
+        log.info("reembed: map %s %s -> %s (%s on %d clips): held-out cosine %s, recall@1 %s (chance %s)",
+                 space, state.version, active, fitted.kind, len(new), chosen.get("cosine"),
+                 chosen.get("recall@1"), chosen.get("chance"))
+    return out
+
+
+def map_query(engine, paths, space: str, from_version: str, to_version: str, vector: np.ndarray) -> np.ndarray | None:
+    """``vector`` of ``from_version`` carried into ``to_version`` by the stored map; ``None``
+    when there is no map between the two."""
+    stored = load_map(engine, paths, space, from_version, to_version)
+    if stored is None:
+        return None
+    return SpaceMap.from_arrays(stored.kind, stored.arrays, stored.heldout).apply(vector)
 
 
 def _brief(cov: dict) -> dict:

@@ -114,6 +114,31 @@ def test_image_of_a_day_one_moment_is_found_after_night_two(nights, tmp_path):
     assert hits[0].date == DAY1.isoformat() and hits[0].source_path.endswith("VID_0.mp4"), hits[0]
 
 
+def _photo(root: Path, date: dt.date, recording: str, at: float, out: Path) -> Path:
+    """A frame between the stored ones (1 fps at whole seconds): never a stored file."""
+    source = root / "data" / "raw" / date.isoformat() / recording
+    subprocess.run([ffmpeg_path(), "-v", "error", "-y", "-ss", str(at), "-i", str(source), "-frames:v", "1",
+                    str(out)], check=True, capture_output=True)
+    return out
+
+
+def test_out_of_time_fits_maps_that_reach_the_days_not_re_embedded(nights, tmp_path):
+    """Night 2 with no time to re-embed: tonight's encoder reaches day 1 through the map at once."""
+    root = _copy(nights, tmp_path)
+    summary = json.loads((Paths.at(root).report(DAY2) / "summary.json").read_text())
+    for space in ("vision", "audio"):
+        fitted = summary["reembed"]["spaces"][space]["map"]
+        assert fitted["to_version"] == _version(space, DAY1) and fitted["chosen"] in ("ridge", "procrustes")
+        assert fitted[fitted["chosen"]]["pairs"] >= 1, fitted  # held-out figures are reported
+    day1 = api.query(root, image=_photo(root, DAY1, "VID_0.mp4", 4.5, tmp_path / "d1.png"), config=TINY, topk=3)
+    assert day1[0].model_version == _version("vision", DAY1), day1[0]  # found in night 1's version, via the map
+    assert day1[0].date == DAY1.isoformat() and day1[0].source_path.endswith("VID_0.mp4"), day1[0]
+    day2 = api.query(root, image=_photo(root, DAY2, "VID_1.mp4", 4.5, tmp_path / "d2.png"), config=TINY, topk=3)
+    assert day2[0].model_version == _version("vision", DAY2) and day2[0].date == DAY2.isoformat(), day2[0]
+    # Both versions answer one query, each for its own days: no moment comes twice.
+    assert len({h.clip_id for h in day1}) == len(day1)
+
+
 def test_clip_of_tonight_is_found_while_its_version_is_incomplete(nights, tmp_path):
     root = _copy(nights, tmp_path)
     with sqlite3.connect(Paths.at(root).database) as con:

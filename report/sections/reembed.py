@@ -46,5 +46,20 @@ def render(summary: dict, ctx) -> str | None:
         parts.append('<p class="warning">memory.reembed.max_minutes was spent before every day was re-embedded; '
                      "<code>sleep.py memory reembed</code> continues now, or the next night starts again "
                      "with its own version.</p>")
+    maps = [(space, r["map"]) for space, r in spaces.items() if r.get("map")]
+    if maps:
+        parts.append("<p>Until then a query embedded by tonight's encoder reaches the days not yet "
+                     "re-embedded through a map into the active version, fitted on clips both versions hold "
+                     "(figures on clips the fit did not see):</p>")
+        map_rows = []
+        for space, fitted in maps:
+            if fitted.get("note"):
+                map_rows.append((space, fitted.get("to_version"), "-", "-", "-", fitted["note"]))
+                continue
+            best = fitted.get(fitted["chosen"]) or {}
+            map_rows.append((space, fitted["to_version"], fitted["chosen"], best.get("cosine", "-"),
+                             f'{best.get("recall@1", "-")} (chance {best.get("chance", "-")})',
+                             f'{fitted.get("fit_pairs")} clips fitted, {best.get("pairs", 0)} held out'))
+        parts.append(h.table(["space", "into", "map", "held-out cosine", "held-out recall@1", "fit"], map_rows))
     parts += [f'<p class="muted">{h.esc(n)}</p>' for n in notes]
     return "".join(parts)
