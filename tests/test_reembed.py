@@ -238,3 +238,25 @@ def test_forgetting_a_day_takes_its_reembed_records(nights, tmp_path):
         engine.dispose()
     with sqlite3.connect(Paths.at(root).database) as con:
         assert con.execute("SELECT count(*) FROM reembedded_days").fetchone()[0] == 0
+
+
+def test_retention_keeps_the_checkpoints_of_the_versions_queries_read(nights, tmp_path):
+    """Night 1's versions are still active in the snapshot: their checkpoints must outlive checkpoint_days."""
+    import logging
+
+    from memory import make_sessionmaker
+    from stages import Night
+    from stages.retention import run as retention
+
+    root = _copy(nights, tmp_path)
+    paths = Paths.at(root)
+    engine = open_database(paths.database)
+    later = DAY2 + dt.timedelta(days=30)
+    cfg = load_config(TINY, ["memory.retention.checkpoint_days=1"])
+    try:
+        retention(Night(later, cfg, paths, engine, make_sessionmaker(engine), "cpu", logging.getLogger("test")))
+    finally:
+        engine.dispose()
+    for model in ("jepa", "cpc", "align", "sae"):
+        assert (paths.checkpoints / model / f"{DAY1.isoformat()}.pt").is_file(), model  # active: kept
+        assert (paths.checkpoints / model / f"{DAY2.isoformat()}.pt").is_file(), model  # newest: kept
