@@ -7,11 +7,10 @@ a shard that is not complete, and a reader sees all of a day's rows or none. Eve
 gets a new file name: readers holding the old file keep a consistent view until they
 look again.
 
-Model versions: a search reads one version per space. Moving earlier nights to a new
-model version would slot in as a job that, for each shard of the old version, encodes
-the day's frames (or audio) with the new model and calls :func:`write_embeddings` with the
-new version and that date; once every date exists in the new version, searches of the
-latest version cover the whole memory and the old version's shards can be forgotten.
+Model versions: a search reads one version per space (:mod:`memory.versions` says which:
+the active one). The ``reembed`` stage moves earlier days into tonight's version by calling
+:func:`write_embeddings` with that version and each day's date; once every day is there the
+version becomes active (:func:`memory.versions.activate_if_complete`).
 """
 from __future__ import annotations
 
