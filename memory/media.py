@@ -47,6 +47,16 @@ def earlier_frame_ids(session: Session, date: str) -> list[int]:
                                 .where(Clip.date < date).order_by(Frame.id)))
 
 
+def earlier_frame_ids_by_day(session: Session, date: str) -> dict[str, list[int]]:
+    """Ids of every frame of the days before ``date`` (the replay pool), by day (oldest first),
+    in id order within a day; days without frames (retention removed them) are absent."""
+    by_day: dict[str, list[int]] = {}
+    for day, frame_id in session.execute(select(Clip.date, Frame.id).join(Clip, Frame.clip_id == Clip.id)
+                                         .where(Clip.date < date).order_by(Clip.date, Frame.id)):
+        by_day.setdefault(day, []).append(frame_id)
+    return by_day
+
+
 def frame_paths(session: Session, frame_ids: list[int]) -> list[str]:
     """The JPEG paths of ``frame_ids`` (relative to the root)."""
     paths: list[str] = []
@@ -69,6 +79,14 @@ def day_segments(session: Session, date: str) -> list[SegmentRef]:
 def earlier_segments(session: Session, date: str) -> list[SegmentRef]:
     """Every audio segment of the days before ``date`` (the replay pool)."""
     return _segments(session, Clip.date < date)
+
+
+def earlier_segments_by_day(session: Session, date: str) -> dict[str, list[SegmentRef]]:
+    """:func:`earlier_segments` by day (oldest first); days without segments are absent."""
+    by_day: dict[str, list[SegmentRef]] = {}
+    for ref in sorted(earlier_segments(session, date), key=lambda r: r.date):  # stable: clip order kept
+        by_day.setdefault(ref.date, []).append(ref)
+    return by_day
 
 
 def middle_frames(session: Session, clip_ids) -> dict[int, str]:

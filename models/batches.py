@@ -1,11 +1,17 @@
-"""Row batches for the small trainers that hold a night's vectors in memory."""
+"""Row batches for the small trainers that hold a night's vectors in memory, and the
+replay sample of earlier days that the vision and audio trainers mix into their batches."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,3 +58,67 @@ def night_batches(n: int, cfg, seed: int, steps: int | None = None) -> tuple[int
     """
     total = steps if steps is not None else night_steps(n, cfg)
     return total, shuffled_batches(n, min(cfg.batch_size, n), torch.Generator().manual_seed(seed))
+
+
+# -- replay of earlier days ----------------------------------------------------------------------
+
+def even_shares(sizes: Mapping[str, int], budget: int, seed: int) -> dict[str, int]:
+    """How many of ``budget`` replay items each day gives: the same number from every day.
+
+    A day with fewer items than its share gives all it has, and the rest of the budget is
+    shared again among the other days (water-filling), so a busy day never crowds out a
+    quiet one and the budget is used whenever the days hold enough. When the budget does
+    not divide evenly, a seeded draw of days gives one item more.
+
+    Args:
+        sizes: day -> items it holds.
+        budget: items to replay in all (``>= 0``).
+        seed: seeds which days take the odd items.
+    Returns:
+        day -> items to take from it (every key of ``sizes``; ``min(budget, sum)`` in all).
+    """
+    shares = {day: 0 for day in sizes}
+    open_days = sorted(day for day, n in sizes.items() if n > 0)
+    left = max(0, budget)
+    while open_days and left > 0:
+        share, odd = divmod(left, len(open_days))
+        small = [day for day in open_days if sizes[day] <= share]
+        if small:  # they give all they have; the others share what is left
+            for day in small:
+                shares[day] = sizes[day]
+                left -= sizes[day]
+            open_days = [day for day in open_days if day not in small]
+            continue
+        # Every open day holds more than `share`, so each can give one more if drawn.
+        lucky = set(np.random.default_rng([seed, 0xDA75]).permutation(len(open_days))[:odd].tolist())
+        for i, day in enumerate(open_days):
+            shares[day] = share + (i in lucky)
+        left = 0
+    return shares
+
+
+def replay_by_day(pools: Mapping[str, Sequence[T]], budget: int, seed: int) -> dict[str, list[T]]:
+    """A seeded replay sample of earlier days, spread evenly over the days (:func:`even_shares`).
+
+    Each day's items are drawn with a generator seeded by ``(seed, day)``, so a day's sample
+    depends only on the seed, the day and its share, not on the other days.
+
+    Args:
+        pools: day (``YYYY-MM-DD``) -> its items (frame ids, segment refs, paths ...).
+        budget: items to replay in all.
+        seed: the night's seed.
+    Returns:
+        day -> its chosen items in their pool order; days that give none are left out.
+    """
+    shares = even_shares({day: len(items) for day, items in pools.items()}, budget, seed)
+    chosen: dict[str, list[T]] = {}
+    for day in sorted(shares):
+        items, n = pools[day], shares[day]
+        if n == 0:
+            continue
+        if n >= len(items):
+            chosen[day] = list(items)
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(day.encode())])
+        chosen[day] = [items[i] for i in np.sort(rng.choice(len(items), size=n, replace=False))]
+    return chosen

@@ -1,7 +1,9 @@
 """Stage ``audio``: CPC on the day's sound, then every audio segment into the space ``audio``.
 
 The night continues last night's model (``checkpoints/cpc/``) on today's segments mixed
-with a replay of earlier days' segments still on disk, measures CPC loss and per-step
+with a replay of earlier days' segments (the same number from every day; a clip's keepsake
+snippet stands in for a segment retention removed), distilling last night's frozen model
+into tonight's (CaSSLe; ``models.cpc.distill_weight``), measures CPC loss and per-step
 accuracy on held-out clips, embeds every segment of the day (pooled context vectors) and
 writes them with model version ``cpc@{date}``. Clips without audio have no segment row
 and are simply absent: nothing is zero-filled.
@@ -21,7 +23,8 @@ from core.config import CpcConfig, SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
 from ingest.binaries import ffmpeg_path
-from memory.media import SegmentRef, day_segments, earlier_segments
+from memory.keepsakes import day_keepsakes, keepsake_days
+from memory.media import SegmentRef, day_segments, earlier_segments_by_day
 from models.audio.cpc import CpcModel
 from models.audio.features import AudioReadError, log_mel_batches, read_wav
 from models.audio.train import (
@@ -31,9 +34,11 @@ from models.audio.train import (
     evaluate_cpc,
     train_cpc,
 )
+from models.batches import replay_by_day
 from models.checkpoint import load_checkpoint
 from stages import Night
 from stages.common import (
+    distill_metrics,
     heldout_mask,
     model_of,
     model_version,
@@ -50,12 +55,36 @@ SPACE = "audio"
 CURVE_POINTS = 200  # loss curve points kept in summary.json
 
 
-def pick_replay(pool: list[SegmentRef], count: int, seed: int) -> list[SegmentRef]:
-    """A seeded random choice of ``count`` earlier segments (all of them if fewer)."""
-    if count >= len(pool):
-        return list(pool)
-    chosen = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
-    return [pool[i] for i in sorted(chosen)]
+def pick_replay(session, day: str, paths: Paths, count: int, seed: int) -> tuple[list[SegmentRef], dict]:
+    """A seeded sample of ``count`` earlier segments, the same number from every earlier day
+    (:func:`models.batches.replay_by_day`), as files on disk.
+
+    A day whose segments retention removed replays its clips' keepsake snippets instead
+    (``memory.keepsakes``; 16 kHz mono, as segments are), and so does a drawn segment whose
+    file is gone, when its clip kept one.
+
+    Returns:
+        ``(refs, counts)``: the segments to read (a snippet as a :class:`SegmentRef` of its
+        clip) and ``{"pool", "from_keepsakes", "missing"}``.
+    """
+    segments = earlier_segments_by_day(session, day)
+    snippets = {d: [SegmentRef(k.clip_id, k.snippet, d) for k in day_keepsakes(session, d) if k.snippet]
+                for d in keepsake_days(session) if d < day}
+    pools = {**{d: refs for d, refs in snippets.items() if d not in segments}, **segments}
+    counts = {"pool": sum(len(v) for v in pools.values()), "from_keepsakes": 0, "missing": 0}
+    refs: list[SegmentRef] = []
+    for d, drawn in replay_by_day(pools, count, seed).items():
+        kept = {ref.clip_id: ref for ref in snippets.get(d, [])}
+        for ref in drawn:
+            if d in segments and not (paths.root / ref.path).is_file():
+                ref = kept.get(ref.clip_id, ref)  # the segment is gone; its clip's snippet, if kept
+            if not (paths.root / ref.path).is_file():
+                counts["missing"] += 1
+                continue
+            if ref is kept.get(ref.clip_id):
+                counts["from_keepsakes"] += 1
+            refs.append(ref)
+    return refs, counts
 
 
 def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: str
@@ -72,9 +101,17 @@ def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: 
     return kept, waves, skipped
 
 
-def _curve(history: list[dict]) -> list[float]:
+def _curve(history: list[dict], key: str = "loss") -> list[float]:
     stride = max(1, len(history) // CURVE_POINTS)
-    return [round(h["loss"], 5) for h in history[::stride]]
+    return [round(h[key], 5) for h in history[::stride]]
+
+
+def _distill(weight: float, trained, resume) -> dict:
+    """The distillation term's weight, last logged value and curve, or why it was off."""
+    if not trained.distilled:
+        return distill_metrics(weight, None, None, resume, "models.cpc.distill_weight")
+    return distill_metrics(weight, round(trained.history[-1]["distill"], 5), _curve(trained.history, "distill"),
+                           resume, "models.cpc.distill_weight")
 
 
 def run(night: Night) -> dict:
@@ -91,7 +128,6 @@ def run(night: Night) -> dict:
     fraction, seed = night.cfg.models.heldout_fraction, night_seed(night)
     with night.Session() as session:
         today_refs = day_segments(session, day)
-        replay_pool = earlier_segments(session, day)
     today, today_waves, skipped = load_waves(today_refs, paths, cfg.sample_rate, desc="audio")
     for item in skipped:
         log.warning("audio: %s left out: %s", item["file"], item["reason"])
@@ -102,11 +138,14 @@ def run(night: Night) -> dict:
         return {**result, "note": "no audio today"}
 
     wanted = min(cfg.replay_max_segments, round(cfg.replay_ratio * len(today)))
-    replay_refs = pick_replay(replay_pool, wanted, seed)
-    replay_refs = [r for r in replay_refs if (paths.root / r.path).is_file()]  # retention may have removed some
+    with night.Session() as session:
+        replay_refs, replay_counts = pick_replay(session, day, paths, wanted, seed)
     replay, replay_waves, replay_bad = load_waves(replay_refs, paths, cfg.sample_rate, desc="replay")
-    result["replay"] = {"segments": len(replay), "days": sorted({r.date for r in replay}),
-                        "pool": len(replay_pool), "unreadable": len(replay_bad)}
+    per_day: dict[str, int] = {}
+    for ref in replay:
+        per_day[ref.date] = per_day.get(ref.date, 0) + 1
+    result["replay"] = {"segments": len(replay), "days": sorted(per_day), "per_day": dict(sorted(per_day.items())),
+                        **replay_counts, "unreadable": len(replay_bad)}
 
     features = log_mel_batches(today_waves, cfg, device)
     replay_features = log_mel_batches(replay_waves, cfg, device)
@@ -133,7 +172,7 @@ def run(night: Night) -> dict:
     vectors, kept = embed_features(trained.model, features, cfg, device)
     version = model_version(MODEL, day)
     save_night_checkpoint(night, MODEL, {
-        "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
+        "model": trained.model.state_dict(), "optimizer": trained.optimizer_state(),
         "step": trained.step, "config": cfg.model_dump()})
     rows = [EmbeddingRow(clip_id=today[i].clip_id, modality="audio") for i in kept]
     write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day, rows=rows,
@@ -143,7 +182,9 @@ def run(night: Night) -> dict:
             **resume.as_result(), "steps": trained.steps,
             "global_step": trained.step,
             "metrics": {**(evaluation or {}), "evaluated_on": evaluated_on if evaluation else None,
-                        "train_loss_curve": _curve(trained.history), "train_seconds": round(trained.seconds, 2),
+                        "train_loss_curve": _curve(trained.history),
+                        "distill_loss": _distill(cfg.distill_weight, trained, resume),
+                        "train_seconds": round(trained.seconds, 2),
                         "audio_seconds_per_second": round(trained.audio_per_second, 1)}}
 
 

@@ -214,6 +214,29 @@ def resume_state(night: Night, model: str, architecture: dict, required: tuple[s
     return Resume(checkpoint, previous.stem)
 
 
+def distill_metrics(weight: float, final: float | None, curve: list[float] | None, resume: Resume,
+                    key: str) -> dict:
+    """The ``distill_loss`` metrics of a stage that distils last night's encoder (CaSSLe).
+
+    Args:
+        weight: the configured ``distill_weight``.
+        final, curve: the term's final value and curve; ``curve`` ``None`` when it was off.
+        resume: tonight's :class:`Resume` (says why there was nothing to distill from).
+        key: the weight's config key, for the reason (``"models.jepa.distill_weight"``).
+    Returns:
+        ``{"weight", "final", "curve"}``, or ``{"weight", "off"}`` with the reason.
+    """
+    if curve is not None:
+        return {"weight": weight, "final": final, "curve": curve}
+    if weight == 0:
+        off = f"{key} is 0"
+    elif resume.restart_reason:
+        off = "the model starts afresh tonight: nothing to distill from"
+    else:
+        off = "first night: no earlier model to distill from"
+    return {"weight": weight, "off": off}
+
+
 def save_night_checkpoint(night: Night, model: str, state: dict) -> Path:
     """Write ``checkpoints/{model}/{date}.pt`` with the night's date, model version and RNG
     state beside ``state`` (weights, optimizer, step, config, input sizes)."""

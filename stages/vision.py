@@ -1,9 +1,12 @@
 """Stage ``vision``: train I-JEPA on the day's frames, embed every frame into memory.
 
-Reads the night's Frame rows (and a replay sample of earlier days'), decodes them once,
-continues training from last night's checkpoint, embeds every frame with the EMA target
-encoder, and writes two memory spaces: ``vision_frame`` (one row per frame, for image
-search that lands on a frame) and ``vision`` (one row per clip, the mean of its frames).
+Reads the night's Frame rows (and a replay sample of earlier days', the same number from
+every day, a day's keepsake keyframes standing in for frames retention removed), decodes
+them once, continues training from last night's checkpoint while distilling last night's
+frozen encoder into tonight's (CaSSLe; ``models.jepa.distill_weight``), embeds every frame
+with the EMA target encoder, and writes two memory spaces: ``vision_frame`` (one row per
+frame, for image search that lands on a frame) and ``vision`` (one row per clip, the mean
+of its frames).
 Both are tagged ``jepa@{date}``. Safe to run twice: training restarts from the checkpoint
 before the night's date and the store replaces the night's shard. A config that changes the
 network's shape starts the encoder afresh, with the reason in the result
@@ -21,14 +24,17 @@ from PIL import Image, UnidentifiedImageError
 from core.config import SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
-from memory.media import day_frames, earlier_frame_ids, frame_paths
+from memory.keepsakes import day_keepsakes, keepsake_days
+from memory.media import day_frames, earlier_frame_ids_by_day, frame_paths
 from models import health
+from models.batches import replay_by_day
 from models.vision.embed import embed_frames, load_target_encoder
-from models.vision.frames import decode_frames, sample_replay, square_frame
+from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
 from stages import Night
 from stages.common import (
+    distill_metrics,
     heldout_positions,
     model_of,
     model_version,
@@ -53,21 +59,61 @@ def _day_frames(night: Night) -> list[tuple[int, int, str]]:
         return [(f.frame_id, f.clip_id, f.path) for f in day_frames(session, night.day)]
 
 
-def _replay_paths(night: Night, max_frames: int, seed: int) -> list[str]:
-    """A seeded sample of earlier days' frame paths (ids first: cheap even for a long memory)."""
+def _replay_files(night: Night, max_frames: int, seed: int) -> tuple[list[str], list[str], dict]:
+    """A seeded sample of earlier days' frames, the same number from every day, as files on disk.
+
+    Frame ids are drawn first (cheap even for a long memory), then their paths looked up. A
+    day whose frames retention removed replays its clips' keepsake keyframes instead
+    (``memory.keepsakes``), and so does a drawn frame whose file is gone.
+
+    Returns:
+        ``(paths, days, counts)``: paths relative to the root, the day of each, and
+        ``{"pool", "from_keepsakes", "missing"}`` (earlier frames and keyframes to draw from,
+        keyframes used, drawn files found neither way).
+    """
+    root = night.paths.root
+    paths: list[str] = []
+    days: list[str] = []
+    counts = {"pool": 0, "from_keepsakes": 0, "missing": 0}
     if max_frames == 0:
-        return []
+        return paths, days, counts
     with night.Session() as session:
-        ids = earlier_frame_ids(session, night.day)
-        return frame_paths(session, [ids[i] for i in sample_replay(len(ids), max_frames, seed)])
+        frames = earlier_frame_ids_by_day(session, night.day)
+        keyframes = {day: [k.keyframe for k in day_keepsakes(session, day) if k.keyframe]
+                     for day in keepsake_days(session) if day < night.day}
+        pools: dict[str, list] = {**{d: k for d, k in keyframes.items() if d not in frames}, **frames}
+        counts["pool"] = sum(len(v) for v in pools.values())
+        for day, items in replay_by_day(pools, max_frames, seed).items():
+            drawn = frame_paths(session, items) if day in frames else items
+            found = [p for p in drawn if (root / p).is_file()]
+            lost = len(drawn) - len(found)
+            if lost and day in frames and keyframes.get(day):
+                stand_ins = [p for p in replay_by_day({day: keyframes[day]}, lost, seed)[day]
+                             if (root / p).is_file()]
+                found += stand_ins
+                counts["from_keepsakes"] += len(stand_ins)
+                lost -= len(stand_ins)
+            elif day not in frames:
+                counts["from_keepsakes"] += len(found)
+            counts["missing"] += lost
+            paths += found
+            days += [day] * len(found)
+    return paths, days, counts
+
+
+def _final(losses: list[float]) -> float:
+    """The mean of the last twentieth of a curve (one step is noisy)."""
+    return round(float(np.mean(losses[-max(1, len(losses) // 20):])), 6)
 
 
 def run(night: Night) -> dict:
     """Train, embed and store tonight's vision memory.
 
     Returns:
-        ``{"frames", "embedded", "failed", "checkpoint", "model_version", "resumed_from",
-        "restart_reason", "metrics": {...}}``; metrics hold the loss curve and the health figures.
+        ``{"frames", "embedded", "failed", "replay_frames", "replay", "checkpoint", "model_version",
+        "resumed_from", "restart_reason", "metrics": {...}}``; ``replay`` holds the replayed days
+        and frames per day, metrics the loss curve, the distillation term (``distill_loss``)
+        and the health figures.
     """
     from memory.store import EmbeddingRow, write_embeddings
 
@@ -88,11 +134,16 @@ def run(night: Night) -> dict:
     # models.jepa.seed (the audio side hashes clip ids instead: stages.common.is_heldout).
     held = heldout_positions(len(cache.index), night.cfg.models.heldout_fraction, cfg.seed)
     train_rows = torch.from_numpy(np.setdiff1d(np.arange(len(cache.index)), held))
-    replay_paths = _replay_paths(night, cfg.replay_max_frames if cfg.replay_fraction > 0 else 0, cfg.seed)
-    existing = [root / p for p in replay_paths if (root / p).exists()]  # retention may have removed some
-    replay = decode_frames(existing, cfg.img_size, night.device).images if existing else None
-    log.info("vision: %d frames (%d held out), %d replay frames from earlier days",
-             len(cache.index), len(held), 0 if replay is None else len(replay))
+    replay_paths, replay_days, replay_counts = _replay_files(
+        night, cfg.replay_max_frames if cfg.replay_fraction > 0 else 0, cfg.seed)
+    replay, per_day = None, {}
+    if replay_paths:
+        replayed = decode_frames([root / p for p in replay_paths], cfg.img_size, night.device)
+        replay = replayed.images
+        for i in replayed.index:
+            per_day[replay_days[i]] = per_day.get(replay_days[i], 0) + 1
+    log.info("vision: %d frames (%d held out), %d replay frames from %d earlier day(s)",
+             len(cache.index), len(held), 0 if replay is None else len(replay), len(per_day))
 
     config = cfg.model_dump(mode="json")
     resume = resume_state(night, MODEL, {k: config[k] for k in ARCH_KEYS}, CHECKPOINT_KEYS)
@@ -128,8 +179,12 @@ def run(night: Night) -> dict:
         log.warning("vision: embeddings may be collapsing: effective rank %.1f < %.1f "
                     "(%.0f%% of the rank they could reach)", rank, floor, 100 * cfg.rank_warn_share)
     metrics = {
-        "final_loss": round(float(np.mean(result.losses[-max(1, len(result.losses) // 20):])), 6),
+        "final_loss": _final(result.losses),
         "loss_curve": downsample(result.losses),
+        "distill_loss": distill_metrics(
+            cfg.distill_weight, _final(result.distill_losses) if result.distill_losses else None,
+            downsample(result.distill_losses) if result.distill_losses is not None else None, resume,
+            "models.jepa.distill_weight"),
         "steps": result.steps,
         "global_step": result.global_step,
         "train_seconds": round(result.seconds, 2),
@@ -155,6 +210,7 @@ def run(night: Night) -> dict:
         "clips": int(len(clips)),
         "failed": cache.failed,
         "replay_frames": 0 if replay is None else int(len(replay)),
+        "replay": {"days": sorted(per_day), "per_day": dict(sorted(per_day.items())), **replay_counts},
         "checkpoint": result.checkpoint,
         **resume.as_result(),
         "model_version": version,

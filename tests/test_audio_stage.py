@@ -127,6 +127,7 @@ def test_audio_stage_embeds_every_clip_with_audio_and_no_other(night1):
     metrics = result["metrics"]
     assert len(metrics["accuracy_per_step"]) == night1.cfg.models.cpc.predict_steps
     assert metrics["evaluated_on"] == "held-out clips" and metrics["loss"] < metrics["chance_loss"]
+    assert metrics["distill_loss"] == {"weight": 1.0, "off": "first night: no earlier model to distill from"}
     assert (night1.root / "checkpoints" / "cpc" / "2026-01-14.pt").is_file()
     assert (night1.root / "checkpoints" / "cpc" / "latest").read_text().strip() == "2026-01-14"
 
@@ -171,6 +172,9 @@ def test_the_next_night_continues_the_model_replays_and_skips_a_broken_file(root
     assert result["embedded"] == 7
     assert result["resumed_from"] == "2026-01-14" and result["global_step"] == 8
     assert result["replay"]["days"] == ["2026-01-14"] and result["replay"]["segments"] == 4  # 0.5 x 7, rounded
+    assert result["replay"]["per_day"] == {"2026-01-14": 4}
+    distill = result["metrics"]["distill_loss"]
+    assert distill["weight"] == 1.0 and distill["curve"] and 0 <= distill["final"] <= 4
     # Running the second night again starts from the first night's model again.
     again = audio_stage.run(second)
     assert again["resumed_from"] == "2026-01-14" and again["global_step"] == 8
@@ -203,9 +207,9 @@ def test_queries_before_any_night_are_usage_errors(root, tiny_cfg, tmp_path):
     from stages.audio import encode_audio_file
 
     media = make_media(tmp_path / "a.wav", seconds=1, video=None)
-    with pytest.raises(UsageError, match="no CPC checkpoint"):
+    with pytest.raises(UsageError, match="no audio model yet"):
         encode_audio_file(media, tiny_cfg, Paths.at(root), "cpu")
-    with pytest.raises(UsageError, match="no alignment checkpoint"):
+    with pytest.raises(UsageError, match="no align model yet"):
         to_shared(np.ones(4), "vision", tiny_cfg, Paths.at(root), "cpu")
 
 
@@ -347,3 +351,22 @@ def test_a_day_with_one_sense_completes_every_stage(root, tiny_cfg, kind):
     assert summary["sae"] == {"input_space": "shared", "input_version": "align@2026-01-14", "rows": 0,
                               "trained": False, "note": "fewer than two shared vectors tonight"}
     assert summary["reconstruct"]["trained"] is (kind == "silent video only")
+
+
+def test_replay_takes_a_clips_keepsake_where_its_segment_is_gone(root, tiny_cfg, scenes):
+    from memory.keepsakes import Keepsake, save_keepsakes, snippet_name, write_keep_file
+    from stages.audio import pick_replay
+
+    night = make_night(root, tiny_cfg, DAY2)
+    clips = add_day(night.paths, night.Session, DAY1, scenes[:2], silent_video=False)
+    with night.Session() as session:
+        segments = {s.clip_id: night.paths.root / s.path for s in session.query(AudioSegment)}
+    first, second, *_ = sorted(clips)
+    snippet = write_keep_file(night.paths, DAY1.isoformat(), snippet_name(first, "wav"), segments[first].read_bytes())
+    save_keepsakes(night.engine, night.paths, DAY1.isoformat(), [Keepsake(first, DAY1.isoformat(), None, snippet)])
+    segments[first].unlink()   # kept a snippet: it stands in
+    segments[second].unlink()  # kept nothing: it is missing
+    with night.Session() as session:
+        refs, counts = pick_replay(session, DAY2.isoformat(), night.paths, 100, seed=0)
+    assert counts == {"pool": len(clips), "from_keepsakes": 1, "missing": 1}
+    assert {r.clip_id: r.path for r in refs}[first] == snippet and second not in {r.clip_id for r in refs}

@@ -98,11 +98,14 @@ def negative_indices(batch: int, steps: int, window: int, n_negatives: int, mode
 
 @dataclass
 class CpcOutput:
-    """``loss``: mean InfoNCE over the K steps; per-step loss and accuracy: ``(K,)``."""
+    """``loss``: mean InfoNCE over the K steps; per-step loss and accuracy: ``(K,)``;
+    ``pooled``: the context averaged over time ``(B, H)``, what an embedding is made of
+    (set by :meth:`CpcModel.forward`; the trainer distils it against last night's model)."""
 
     loss: torch.Tensor
     loss_per_step: torch.Tensor
     accuracy_per_step: torch.Tensor
+    pooled: torch.Tensor | None = None
 
 
 def info_nce(context: torch.Tensor, encoded: torch.Tensor, predictors: nn.ModuleList, *,
@@ -181,8 +184,10 @@ class CpcModel(nn.Module):
 
     def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> CpcOutput:
         z, c = self.encode(mel)
-        return info_nce(c, z.float(), self.predictors, n_negatives=self.cfg.n_negatives,
-                        negatives=self.cfg.negatives, generator=generator)
+        out = info_nce(c, z.float(), self.predictors, n_negatives=self.cfg.n_negatives,
+                       negatives=self.cfg.negatives, generator=generator)
+        out.pooled = c.mean(dim=1)  # (B, H), as embed
+        return out
 
     @torch.no_grad()
     def embed(self, mel: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,15 @@
 """The nightly CPC loop: random crops of the night's log-mel frames, AdamW, a warm-up and
 cosine schedule that is a pure function of the step, then evaluation and embedding.
+
+A night that continues last night's model also distils it, as CaSSLe does
+(:mod:`models.distill`): a frozen copy of last night's model embeds each batch (pooled
+context vectors, what the memory stores), a fresh predictor maps tonight's pooled context
+onto them, and ``distill_weight * (2 - 2 cos)`` is added to InfoNCE. The predictor is new
+each night and never saved (:meth:`CpcTrainResult.optimizer_state`).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -15,6 +22,7 @@ from tqdm import tqdm
 from core.config import CpcConfig
 from models.audio.cpc import CpcModel, chance_loss
 from models.checkpoint import restore_training
+from models.distill import DistillPredictor, distill_loss, predictor_groups, without_distill_groups
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +104,17 @@ class CpcTrainResult:
     steps: int                     # this night's
     seconds: float
     audio_seconds: float           # seconds of audio in the crops seen tonight
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # logged steps; "distill" too when distilled
+    distilled: bool = False        # last night's model was distilled into tonight's
 
     @property
     def audio_per_second(self) -> float:
         return self.audio_seconds / self.seconds if self.seconds > 0 else float("nan")
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's state to checkpoint: without the distillation predictor's groups,
+        so that the next night's optimizer (built without them) loads it."""
+        return without_distill_groups(self.optimizer.state_dict())
 
 
 def autocast_for(device: str, cfg: CpcConfig):
@@ -119,7 +133,8 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
         cfg: the CPC config.
         device: ``cpu`` or ``cuda``.
         seed: seeds the crops and negatives (the stage passes runtime.seed + the date).
-        resume: a checkpoint dict from last night (model, optimizer, step) or ``None``.
+        resume: a checkpoint dict from last night (model, optimizer, step) or ``None``;
+            with it and ``cfg.distill_weight > 0`` the night distils last night's model.
         steps: overrides :func:`night_steps` (tests, the benchmark).
         progress: show a tqdm bar.
     Returns:
@@ -129,6 +144,13 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
     model = CpcModel(cfg).to(device)
     optimizer = make_optimizer(model, cfg)
     global_step = restore_training(resume, model, optimizer)
+    old, predictor = None, None
+    if resume is not None and cfg.distill_weight > 0:
+        old = copy.deepcopy(model).requires_grad_(False).eval()  # last night's, frozen
+        predictor = DistillPredictor(cfg.context_hidden, cfg.distill_hidden).to(device)
+        for group in predictor_groups(predictor, cfg.weight_decay):
+            optimizer.add_param_group(group)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     frames = crop_frames(cfg)
     if frames < model.min_frames():
         raise ValueError(f"models.cpc.window_s: {cfg.window_s}s gives {frames} mel frames; predicting "
@@ -142,8 +164,9 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
     sampler = CropSampler(pool, frames, cfg.batch_size, torch.Generator().manual_seed(seed))
     negatives_gen = torch.Generator(device=device).manual_seed(seed + 1)
     log.info("cpc: %d steps of %d x %.2fs crops from %d segments (%.0fs of audio), negatives=%s x %d, "
-             "from step %d", total, cfg.batch_size, cfg.window_s, len(pool), pool_seconds,
-             cfg.negatives, cfg.n_negatives, global_step)
+             "from step %d%s", total, cfg.batch_size, cfg.window_s, len(pool), pool_seconds,
+             cfg.negatives, cfg.n_negatives, global_step,
+             f", distilling last night's model (weight {cfg.distill_weight:g})" if old else "")
 
     model.train()
     history: list[dict] = []
@@ -156,21 +179,28 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
         mel = sampler().to(device, non_blocking=True)
         with autocast_for(device, cfg):
             out = model(mel, generator=negatives_gen)
+            loss = out.loss
+            if old is not None:
+                distill = distill_loss(predictor(out.pooled), old.embed(mel))  # (B, H) vs (B, H)
+                loss = loss + cfg.distill_weight * distill
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
         optimizer.step()
         global_step += 1
         if it % cfg.log_every == 0 or it == total - 1:
-            loss = out.loss.item()
-            history.append({"step": global_step, "loss": loss, "lr": lr,
-                            "accuracy": out.accuracy_per_step.mean().item()})
-            bar.set_postfix(loss=f"{loss:.3f}")
+            entry = {"step": global_step, "loss": out.loss.item(), "lr": lr,
+                     "accuracy": out.accuracy_per_step.mean().item()}
+            if old is not None:
+                entry["distill"] = distill.item()
+            history.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.3f}")
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return CpcTrainResult(model, optimizer, global_step, total, seconds,
-                          total * cfg.batch_size * frames * cfg.hop_length / cfg.sample_rate, history)
+                          total * cfg.batch_size * frames * cfg.hop_length / cfg.sample_rate, history,
+                          distilled=old is not None)
 
 
 @torch.no_grad()

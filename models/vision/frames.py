@@ -1,4 +1,4 @@
-"""Frames as tensors: decode once per night into a uint8 cache, sample replay, augment batches.
+"""Frames as tensors: decode once per night into a uint8 cache, augment batches.
 
 The night's JPEGs are decoded once (batched ``torchvision.io.decode_jpeg``; on CUDA with
 nvjpeg) into a ``(N, 3, S, S)`` uint8 tensor at the model's resolution, short side resized
@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -87,18 +86,6 @@ def decode_frames(paths: list[Path], size: int, device: str = "cpu", chunk: int 
     if decode_device == "cuda" and len(out):
         stacked = stacked.pin_memory()
     return FrameCache(stacked, index, failed)
-
-
-def sample_replay(candidates: int, max_frames: int, seed: int) -> np.ndarray:
-    """Which of ``candidates`` earlier frames to replay tonight: a seeded uniform sample.
-
-    Returns:
-        sorted positions, at most ``max_frames`` of them.
-    """
-    rng = np.random.default_rng([seed, 0x5E7A])
-    if candidates <= max_frames:
-        return np.arange(candidates)
-    return np.sort(rng.choice(candidates, size=max_frames, replace=False))
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,11 @@ day's frames mixed with a replay sample of earlier days, and writes
 ``checkpoints/jepa/{date}.pt``. Learning rate, weight decay and EMA momentum
 restart their schedules each night (a night is one run over its own data); they and the
 masks are pure functions of the step, so nothing but the step is needed to resume.
+
+A night that continues a checkpoint also distils, as CaSSLe does, last night's frozen
+encoder into tonight's (``models.jepa.distill_weight``; :meth:`JEPA.start_distillation`):
+its predictor is fresh each night and is left out of the checkpoint, optimizer moments
+included, so every checkpoint has the same shape whether the night distilled or not.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from tqdm import tqdm
 from core.config import JepaConfig
 from models import schedules
 from models.checkpoint import CheckpointError, save_checkpoint
+from models.distill import predictor_groups, without_distill_groups
 from models.ema import EMA
 from models.vision.frames import BatchGatherer, normalise, random_resized_crop
 from models.vision.jepa import JEPA
@@ -88,7 +94,7 @@ class JepaTrainer:
         return {
             "model": {"encoder": self.model.encoder.state_dict(),
                       "predictor": self.model.predictor.state_dict()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": without_distill_groups(self.optimizer.state_dict()),
             "ema": self.ema.state_dict(),
             "rng": rng,
             "step": self.global_step,
@@ -113,8 +119,19 @@ class JepaTrainer:
             reason = f"{type(exc).__name__}: {exc}"
             raise CheckpointError(f"last night's jepa checkpoint does not load ({reason})") from None
 
+    def start_distillation(self) -> None:
+        """Distil from here on against the encoder as it stands (call after
+        :meth:`load_state_dict`): freeze a copy and train a fresh predictor with the rest."""
+        predictor = self.model.start_distillation(self.cfg.distill_hidden)
+        for group in predictor_groups(predictor, self.cfg.weight_decay[0]):
+            self.optimizer.add_param_group(group)
+
+    @property
+    def distilling(self) -> bool:
+        return self.model.old_encoder is not None
+
     # -- one step ------------------------------------------------------------------------
-    def step(self, batch: torch.Tensor, night_step: int, night_steps: int) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, night_step: int, night_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch of uint8 frames already on the device.
 
         Args:
@@ -122,7 +139,8 @@ class JepaTrainer:
             night_step: 0-based step within tonight's run (drives the schedules).
             night_steps: steps in tonight's run.
         Returns:
-            the loss as a 0-d tensor on the device (not synchronised).
+            ``(loss, distill)``: the I-JEPA loss and the (unweighted) distillation loss, 0-d
+            tensors on the device (not synchronised); ``distill`` is 0 when not distilling.
         """
         cfg = self.cfg
         lr = schedules.warmup_cosine(night_step, night_steps, cfg.warmup_steps, cfg.start_lr, cfg.lr,
@@ -141,16 +159,16 @@ class JepaTrainer:
             masks = masks.pin_memory()
         masks = masks.to(self.device, non_blocking=True)
 
-        loss = self._loss(images, masks)
+        loss, distill = self._loss(images, masks)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.encoder, momentum)
         self.global_step += 1
-        return loss.detach()
+        return loss.detach(), distill.detach()
 
-
-    def _loss(self, images: torch.Tensor, masks) -> torch.Tensor:
-        """Forward and backward; a compiler failure falls back to eager mode for the night.
+    def _loss(self, images: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of ``jepa + distill_weight * distill``; a compiler failure
+        falls back to eager mode for the night.
 
         Inductor has shape-specialisation bugs with the changing token counts in some torch
         releases (2.9.1 on CPU asserts a saved tensor's stride in the backward of the first
@@ -158,10 +176,7 @@ class JepaTrainer:
         comes before ``optimizer.step``, so redoing the step eagerly changes nothing else.
         """
         try:
-            with self.autocast:
-                loss = self.loss_fn(images, masks.context, masks.targets)
-            loss.backward()
-            return loss
+            return self._backward(self.loss_fn, images, masks)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # any compiler error: eager mode is the same maths
@@ -173,10 +188,14 @@ class JepaTrainer:
                         self.global_step, type(exc).__name__, first_line)
             self.loss_fn = self.model
             self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss = self.model(images, masks.context, masks.targets)
-            loss.backward()
-            return loss
+            return self._backward(self.model, images, masks)
+
+    def _backward(self, loss_fn, images: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast:
+            loss, distill = loss_fn(images, masks.context, masks.targets)
+        # Weighted here, outside the network: the compiled graph does not depend on the weight.
+        (loss + self.cfg.distill_weight * distill).backward()
+        return loss, distill
 
 
 @dataclass
@@ -184,7 +203,8 @@ class TrainResult:
     """What one night of training produced."""
 
     target_encoder: VisionTransformer  # the EMA encoder, on the device, in eval mode
-    losses: list[float]
+    losses: list[float]  # the I-JEPA loss of every step
+    distill_losses: list[float] | None  # the distillation loss of every step; None: not distilled
     steps: int
     global_step: int
     checkpoint: str
@@ -207,7 +227,8 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
         checkpoint_dir: ``checkpoints/jepa``.
         device: ``"cpu"`` or ``"cuda"``.
         resume: last night's checkpoint (:data:`CHECKPOINT_KEYS`) when its shape fits
-            tonight's config; ``None`` starts from scratch.
+            tonight's config; ``None`` starts from scratch. With it and
+            ``cfg.distill_weight > 0`` the night distils last night's encoder.
         progress: show a tqdm bar.
     Returns:
         a :class:`TrainResult` with the loss of every step.
@@ -221,6 +242,9 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
     if resume is not None:
         trainer.load_state_dict(resume)
         log.info("jepa: continuing at step %d", trainer.global_step)
+        if cfg.distill_weight > 0:
+            trainer.start_distillation()
+            log.info("jepa: distilling last night's encoder (weight %g)", cfg.distill_weight)
 
     gpu_max = cfg.gpu_cache_max_gb * 2**30
     today = BatchGatherer(frames, device, cfg.batch_size, gpu_max)
@@ -230,6 +254,7 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
 
     steps = cfg.steps
     losses = torch.zeros(steps, device=trainer.device)
+    distill_losses = torch.zeros(steps, device=trainer.device)
     warm = min(10, steps // 5)
     started = time.perf_counter()
     warm_time = started
@@ -240,15 +265,16 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
         if n_replay:
             rows = torch.randint(len(earlier), (n_replay,), generator=_generator(cfg.seed + 2, trainer.global_step))
             batch = torch.cat([batch, earlier.gather(rows)])
-        losses[i] = trainer.step(batch, i, steps)
+        losses[i], distill_losses[i] = trainer.step(batch, i, steps)
         if i + 1 == warm:
             _sync(trainer.device)
             warm_time = time.perf_counter()
         if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-            value = float(losses[i])  # synchronises; only every log_every steps
-            if value != value:
+            value, distill = float(losses[i]), float(distill_losses[i])  # synchronise; only every log_every steps
+            if value != value or distill != distill:
                 raise FloatingPointError(f"jepa: loss is NaN at step {trainer.global_step}")
-            log.info("jepa step %d/%d (global %d): loss %.4f", i + 1, steps, trainer.global_step, value)
+            log.info("jepa step %d/%d (global %d): loss %.4f%s", i + 1, steps, trainer.global_step, value,
+                     f", distill {distill:.4f}" if trainer.distilling else "")
     _sync(trainer.device)
     ended = time.perf_counter()
     timed_steps = steps - warm
@@ -256,7 +282,9 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
 
     path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date))
     target = trainer.model.target_encoder.eval()
-    return TrainResult(target, [float(v) for v in losses.cpu()], steps, trainer.global_step, str(path),
+    return TrainResult(target, [float(v) for v in losses.cpu()],
+                       [float(v) for v in distill_losses.cpu()] if trainer.distilling else None,
+                       steps, trainer.global_step, str(path),
                        ended - started, ips,
                        compiled=trainer.loss_fn is not trainer.model,
                        compile_fallback=trainer.compile_fallback)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from report import html as h
+from report.sections.vision import distill_line, replay_line
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -21,7 +22,8 @@ def render(summary: dict, ctx) -> str | None:
     replay = result.get("replay") or {}
     facts = [("segments today", result.get("segments")), ("embedded", result.get("embedded")),
              ("left out (unreadable)", len(result.get("skipped") or [])),
-             ("replayed from earlier days", f"{replay.get('segments', 0)} from {len(replay.get('days', []))} day(s)"),
+             ("replayed from earlier days", replay_line(replay.get("segments"), replay)),
+             ("distillation (CaSSLe)", distill_line(metrics.get("distill_loss") or {})),
              ("continued from", result.get("resumed_from") or result.get("restart_reason") or "a fresh model"),
              ("steps tonight", result.get("steps")),
              ("negatives", f"{result.get('n_negatives')} per prediction, from {result.get('negatives')}"),
@@ -37,9 +39,14 @@ def render(summary: dict, ctx) -> str | None:
         rows = [(k + 1, _fmt(acc), _fmt(loss), _fmt(chance))
                 for k, (acc, loss) in enumerate(zip(metrics["accuracy_per_step"], metrics["loss_per_step"]))]
         parts.append(h.table(["step ahead", "accuracy", "loss", "chance accuracy"], rows))
+    if replay.get("per_day"):
+        parts.append(h.table(["earlier day", "segments replayed"], sorted(replay["per_day"].items())))
     if metrics.get("train_loss_curve"):
         parts.append(h.line_chart({"train loss": metrics["train_loss_curve"]}, title="CPC training loss",
                                   y_label="InfoNCE"))
+    if (metrics.get("distill_loss") or {}).get("curve"):
+        parts.append(h.line_chart({"distill": metrics["distill_loss"]["curve"]},
+                                  title="Distillation from last night's model", y_label="2 - 2 cos"))
     for item in (result.get("skipped") or [])[: ctx.cfg.report.max_listed_files]:
         parts.append(f'<p class="muted">left out {h.esc(item["file"])}: {h.esc(item["reason"])}</p>')
     return "".join(parts)
