@@ -6,9 +6,12 @@ but takes time; until it is done, a query embedded by tonight's encoder reaches 
 vectors through a map fitted on clips that both versions embed (their keyframes, embedded
 tonight, paired with the vectors stored last time).
 
-Two maps, both closed-form:
+Both sides are standardised per dimension before the fit (and the map undoes it on the
+way out): the encoders' vectors share a large common direction, and what tells one moment
+from another sits in small deviations from it, which an unstandardised fit shrinks away.
+Two maps, both closed-form on the standardised data:
 
-- ridge: ``W = argmin |X W - Y|^2 + alpha |W|^2`` on centred data, any dimensions;
+- ridge: ``W = argmin |X W - Y|^2 + alpha |W|^2``, any dimensions;
 - orthogonal Procrustes: ``W = U V^T`` from the SVD of ``X^T Y``, a rotation (Schönemann
   1966), only when both spaces have the same dimension; it cannot overfit a small fit set.
 
@@ -31,42 +34,61 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SpaceMap:
-    """``y = normalise((x - x_mean) @ weight + y_mean)``: tonight's vectors into an older space."""
+    """``y = normalise(((x - x_mean) / x_std) @ weight * y_std + y_mean)``: tonight's
+    vectors into an older space."""
 
     kind: str
     weight: np.ndarray  # (D_new, D_old)
     x_mean: np.ndarray  # (D_new,)
+    x_std: np.ndarray  # (D_new,)
     y_mean: np.ndarray  # (D_old,)
+    y_std: np.ndarray  # (D_old,)
     heldout: dict = field(default_factory=dict)  # fit figures on pairs the fit did not see
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``(N, D_new)`` or ``(D_new,)`` -> unit vectors of the older space, same leading shape."""
         x = np.asarray(x, dtype=np.float32)
         single = x.ndim == 1
-        y = _unit((np.atleast_2d(x) - self.x_mean) @ self.weight + self.y_mean)
+        x = _unit(np.atleast_2d(x))
+        y = _unit(((x - self.x_mean) / self.x_std) @ self.weight * self.y_std + self.y_mean)
         return y[0] if single else y
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight, "x_mean": self.x_mean, "y_mean": self.y_mean}
+        return {"weight": self.weight, "x_mean": self.x_mean, "x_std": self.x_std, "y_mean": self.y_mean,
+                "y_std": self.y_std}
 
     @classmethod
     def from_arrays(cls, kind: str, arrays: dict[str, np.ndarray], heldout: dict | None = None) -> "SpaceMap":
         if kind not in KINDS:
             raise ValueError(f"unknown map kind {kind!r}; expected one of {KINDS}")
-        weight, x_mean, y_mean = (np.asarray(arrays[k], dtype=np.float32) for k in ("weight", "x_mean", "y_mean"))
-        if weight.shape != (len(x_mean), len(y_mean)):
+        weight, x_mean, x_std, y_mean, y_std = (np.asarray(arrays[k], dtype=np.float32)
+                                                for k in ("weight", "x_mean", "x_std", "y_mean", "y_std"))
+        if weight.shape != (len(x_mean), len(y_mean)) or x_std.shape != x_mean.shape or y_std.shape != y_mean.shape:
             raise ValueError(f"map weight {weight.shape} does not fit means {len(x_mean)} -> {len(y_mean)}")
-        return cls(kind, weight, x_mean, y_mean, dict(heldout or {}))
+        return cls(kind, weight, x_mean, x_std, y_mean, y_std, dict(heldout or {}))
+
+
+def _standardised(v: np.ndarray, per_dimension: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(z, mean, std)`` of unit rows ``v``: centred, and divided by each dimension's spread
+    (or, for a rotation, which per-dimension scales would bend, by one spread for all)."""
+    v = _unit(v).astype(np.float64)
+    mean = v.mean(0)
+    std = v.std(0) if per_dimension else np.full(v.shape[1], np.sqrt(np.mean(v.var(0))))
+    std = np.where(std > 1e-8, std, 1.0)
+    return (v - mean) / std, mean, std
+
+
+def _space_map(kind: str, weight, x_mean, x_std, y_mean, y_std) -> SpaceMap:
+    return SpaceMap(kind, *(np.asarray(a, dtype=np.float32) for a in (weight, x_mean, x_std, y_mean, y_std)))
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> SpaceMap:
-    """Ridge regression from ``x`` (N, D_new) to ``y`` (N, D_old), both L2-normalised rows."""
-    x, y = _unit(x).astype(np.float64), _unit(y).astype(np.float64)
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    xc, yc = x - x_mean, y - y_mean
-    gram = xc.T @ xc + alpha * np.eye(x.shape[1])  # (D_new, D_new)
-    weight = np.linalg.solve(gram, xc.T @ yc)  # (D_new, D_old)
-    return SpaceMap("ridge", weight.astype(np.float32), x_mean.astype(np.float32), y_mean.astype(np.float32))
+    """Ridge regression from ``x`` (N, D_new) to ``y`` (N, D_old) on standardised rows."""
+    zx, x_mean, x_std = _standardised(x)
+    zy, y_mean, y_std = _standardised(y)
+    gram = zx.T @ zx + alpha * np.eye(zx.shape[1])  # (D_new, D_new)
+    weight = np.linalg.solve(gram, zx.T @ zy)  # (D_new, D_old)
+    return _space_map("ridge", weight, x_mean, x_std, y_mean, y_std)
 
 
 def fit_procrustes(x: np.ndarray, y: np.ndarray) -> SpaceMap:
@@ -77,11 +99,10 @@ def fit_procrustes(x: np.ndarray, y: np.ndarray) -> SpaceMap:
     """
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"Procrustes needs one dimension on both sides, got {x.shape[1]} -> {y.shape[1]}")
-    x, y = _unit(x).astype(np.float64), _unit(y).astype(np.float64)
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    u, _, vt = np.linalg.svd((x - x_mean).T @ (y - y_mean))
-    return SpaceMap("procrustes", (u @ vt).astype(np.float32), x_mean.astype(np.float32),
-                    y_mean.astype(np.float32))
+    zx, x_mean, x_std = _standardised(x, per_dimension=False)
+    zy, y_mean, y_std = _standardised(y, per_dimension=False)
+    u, _, vt = np.linalg.svd(zx.T @ zy)
+    return _space_map("procrustes", u @ vt, x_mean, x_std, y_mean, y_std)
 
 
 def map_quality(space_map: SpaceMap, x: np.ndarray, y: np.ndarray) -> dict:
@@ -127,8 +148,9 @@ def fit_space_map(x: np.ndarray, y: np.ndarray, *, alpha: float = 1.0, heldout_f
     for kind in kinds:
         candidate = fit_ridge(x[fit], y[fit], alpha) if kind == "ridge" else fit_procrustes(x[fit], y[fit])
         figures[kind] = map_quality(candidate, x[held], y[held]) if n_held else None
+    # By held-out recall@1 first: the cosine is dominated by the direction all vectors share.
     # Without held-out pairs there is nothing to choose by: ridge, the one that always exists.
-    chosen = max(kinds, key=lambda k: figures[k]["cosine"]) if n_held else "ridge"
+    chosen = max(kinds, key=lambda k: (figures[k]["recall@1"], figures[k]["cosine"])) if n_held else "ridge"
     final = fit_ridge(x, y, alpha) if chosen == "ridge" else fit_procrustes(x, y)
     final.heldout = {"chosen": chosen, "fit_pairs": int(len(fit)), **figures}
     return final
