@@ -15,8 +15,8 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,20 +27,14 @@ from core.errors import ConfigError, UsageError
 from core.paths import Paths
 from memory import Hit
 
+if TYPE_CHECKING:
+    from stages.recall import PlannedSearch
+
 SPACES = ("vision", "audio", "shared", "sae", "openclip", "openclip_frame")
 MODALITIES = ("vision", "audio")
-# (space, model_version, vector, clip ids left out of the results, further reaches)
-Query = tuple[str, str | None, np.ndarray, tuple[int, ...], tuple["Reach", ...]]
-
-
-@dataclass(frozen=True)
-class Reach:
-    """A second search of the same query: ``vector`` (the query carried into ``version``'s
-    space by a fitted map) over ``version``, leaving out the days the first search answers for."""
-
-    version: str
-    vector: np.ndarray
-    skip_dates: frozenset[str]
+# (space, model_version, vector, clip ids left out of the results, further searches of the same
+# query: :class:`stages.recall.PlannedSearch`, each with the days it leaves to the first)
+Query = tuple[str, str | None, np.ndarray, tuple[int, ...], tuple["PlannedSearch", ...]]
 
 
 def query(
@@ -117,23 +111,17 @@ def query(
     if not paths.database.exists():
         raise UsageError(f"{paths.database}: no memory yet (run a night first)")
 
-    from memory import open_database, search
+    from memory import open_database
+    from stages.recall import PlannedSearch, search_planned
 
     engine = open_database(paths.database)
     try:
         space, version, vector, exclude, reaches = _query_vector(
             given[0], examples[given[0]], space, model_version, cfg, paths, engine)
         try:
-            hits = search(engine, paths, space=space, query=vector, topk=int(topk),
-                          model_version=version, date_from=first, date_to=last,
-                          modality=modality, source=source, exclude_clip_ids=exclude,
-                          options=cfg.memory.search)
-            for reach in reaches:
-                hits += search(engine, paths, space=space, query=reach.vector, topk=int(topk),
-                               model_version=reach.version, date_from=first, date_to=last,
-                               modality=modality, source=source, exclude_clip_ids=exclude,
-                               skip_dates=reach.skip_dates, options=cfg.memory.search)
-            hits = sorted(hits, key=lambda h: -h.score)[: int(topk)]
+            hits = search_planned(engine, paths, space, [PlannedSearch(version, vector), *reaches], topk=int(topk),
+                                  date_from=first, date_to=last, modality=modality, source=source,
+                                  exclude_clip_ids=exclude, options=cfg.memory.search)
         except ValueError as exc:
             raise UsageError(f"query: {exc}") from None
     finally:
@@ -193,11 +181,13 @@ def _clip_vector(clip_id, space: str | None, model_version: str | None, paths: P
 def _file_vector(modality: str, path: Path, space: str | None, model_version: str | None,
                  cfg: SleepConfig, paths: Paths, engine) -> Query:
     """An image (space ``vision``) or a sound (``audio``), or either in the space ``shared``,
-    embedded with the checkpoints of the version searched."""
-    from memory import active_version
+    embedded with the checkpoints of the version searched (:func:`stages.recall.search_plan`:
+    the active version, or while re-embedding is unfinished the newest one for its days and
+    the active one through a map for the rest)."""
     from stages.align import to_shared
     from stages.audio import encode_audio_file
     from stages.common import model_of, model_version as version_name
+    from stages.recall import search_plan
     from stages.vision import encode_image_file
 
     flag = "--image" if modality == "vision" else "--audio"
@@ -205,42 +195,19 @@ def _file_vector(modality: str, path: Path, space: str | None, model_version: st
     if space not in (modality, "shared"):
         raise UsageError(f"--space {space}: an {flag[2:]} query searches {modality} or shared")
     device = resolve_device(cfg.runtime.device)
-    encode = encode_image_file if modality == "vision" else encode_audio_file
-    searched = model_version or active_version(engine, space)  # None: nothing stored yet
-    sense_version = searched
-    if space == "shared" and searched is not None:
+    encode_file = encode_image_file if modality == "vision" else encode_audio_file
+
+    def encode(searched: str | None):
+        if space != "shared":
+            return _encode(flag, encode_file, path, cfg, paths, device, searched)
         # The heads of align@D were trained on jepa@D and cpc@D (the align stage reads the
         # vectors its night's vision and audio stages wrote).
-        sense_version = version_name(model_of(modality), searched.partition("@")[2])
-    reach = _mapped_reach(flag, encode, path, space, model_version, searched, cfg, paths, device, engine)
-    if reach is not None:
-        return reach
-    version, vector = _encode(flag, encode, path, cfg, paths, device, sense_version)
-    if space == "shared":
-        version, vector = _encode("--space shared", to_shared, vector, modality, cfg, paths, device, searched)
-    return space, searched or version, vector, (), ()
+        sense = version_name(model_of(modality), searched.partition("@")[2]) if searched else None
+        _, vector = _encode(flag, encode_file, path, cfg, paths, device, sense)
+        return _encode("--space shared", to_shared, vector, modality, cfg, paths, device, searched)
 
-
-def _mapped_reach(flag: str, encode, path: Path, space: str, model_version: str | None, active: str | None,
-                  cfg: SleepConfig, paths: Paths, device: str, engine) -> Query | None:
-    """While tonight's version is still being filled by re-embedding, the whole memory at once:
-    the example embedded by the newest encoder searches the days its version holds, and
-    reaches every other day in the active version through the map fitted between the two.
-    ``None`` when that does not apply (a version asked for, nothing newer, or no map)."""
-    from memory import covered_days, latest_version
-    from memory.versions import version_date
-    from stages.reembed import map_query
-
-    if model_version is not None or active is None or space not in ("vision", "vision_frame", "audio"):
-        return None
-    newest = latest_version(engine, space)
-    if newest is None or (version_date(newest) or "") <= (version_date(active) or ""):
-        return None
-    version, vector = _encode(flag, encode, path, cfg, paths, device, newest)
-    mapped = map_query(engine, paths, space, newest, active, vector)
-    if mapped is None:
-        return None
-    return space, newest, vector, (), (Reach(active, mapped, frozenset(covered_days(engine, space, newest))),)
+    first, *reaches = search_plan(engine, paths, space, encode, model_version)
+    return space, first.version, first.vector, (), tuple(reaches)
 
 
 def _fragment_vector(path: Path, space: str | None, model_version: str | None,

@@ -3,12 +3,15 @@
 "Forget" means the person wants the day gone: its database rows (sources, clips, frames,
 audio segments, keepsakes, embedding shards and their rows, the ledger), its shard files,
 its recordings (``data/raw/D``), derived media, its keepsakes (``memory/keep/D``), its
-report, and cached search indexes that hold its vectors. Other days are untouched. Model
-checkpoints are kept: they were trained on many days and cannot be unpicked from one.
+report, cached search indexes that hold its vectors, and the probe set when it was cut from
+that day (``memory/probes``; the next night with video cuts a new one). Other days are
+untouched. Model checkpoints are kept: they were trained on many days and cannot be
+unpicked from one.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -28,9 +31,23 @@ from memory.shards import day_files
 log = logging.getLogger(__name__)
 
 
+def probes_folder(paths: Paths) -> Path:
+    """Where stage ``probes`` keeps the fixed probe set: its photos, sounds and ``manifest.json``."""
+    return paths.memory / "probes"
+
+
+def probe_set_date(paths: Paths) -> str | None:
+    """The day the stored probe set was cut from (``YYYY-MM-DD``), ``None`` without one."""
+    try:
+        return json.loads((probes_folder(paths) / "manifest.json").read_text())["date"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _folders(paths: Paths, date: dt.date) -> list[Path]:
+    probes = [probes_folder(paths)] if probe_set_date(paths) == date.isoformat() else []
     return [paths.raw(date), paths.clips(date), paths.frames(date), paths.audio(date),
-            paths.keep(date), paths.report(date)]
+            paths.keep(date), paths.report(date), *probes]
 
 
 def _plan(session: Session, paths: Paths, date: dt.date) -> dict:

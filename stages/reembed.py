@@ -48,7 +48,7 @@ from memory import (
     record_day,
     write_embeddings,
 )
-from memory.maps import load_map, save_map
+from memory.maps import save_map
 from memory.media import day_segments
 from memory.versions import version_date
 from models.align.train import project
@@ -56,7 +56,7 @@ from models.audio.features import AudioReadError, log_mel_batches, read_wav
 from models.audio.train import embed_features
 from models.checkpoint import load_checkpoint
 from models.sae.train import build as build_sae
-from models.space_map import SpaceMap, fit_space_map
+from models.space_map import fit_space_map
 from models.sae.train import encode as sae_encode
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
@@ -64,14 +64,13 @@ from stages import Night, stage, writer_of
 from stages.align import load_latest_align, mean_per_clip
 from stages.audio import load_latest_cpc
 from stages.common import tonight_version, version_checkpoint
+from stages.recall import MAPPED
 
 log = logging.getLogger(__name__)
 
 # The order a day's spaces are filled in: each one after those it is computed from.
 SPACES = ("vision_frame", "vision", "audio", "shared", "sae")
 STAGE_NAMES = ("vision", "audio", "align", "sae")
-# The spaces a map is fitted on, and those it serves (vision_frame is the same encoder's space).
-MAPPED = {"vision": ("vision", "vision_frame"), "audio": ("audio",)}
 
 
 @dataclass
@@ -421,7 +420,7 @@ def fit_maps(night: Night, encoders: _Encoders, runs: dict[str, "SpaceRun"]) -> 
     """Where tonight's version does not cover the memory yet, a map from it to the active version.
 
     A query embedded by tonight's encoder then reaches the days not re-embedded yet through
-    the map (:func:`map_query`), at once, instead of waiting nights for the re-embedding.
+    the map (:func:`stages.recall.map_query`), at once, instead of waiting nights for the re-embedding.
     Fitted on ``vision`` (and serving ``vision_frame``, the same encoder's space) and on
     ``audio``; ``shared`` and ``sae`` are derived from those and are not mapped.
 
@@ -453,15 +452,6 @@ def fit_maps(night: Night, encoders: _Encoders, runs: dict[str, "SpaceRun"]) -> 
                  space, state.version, active, fitted.kind, len(new), chosen.get("cosine"),
                  chosen.get("recall@1"), chosen.get("chance"))
     return out
-
-
-def map_query(engine, paths, space: str, from_version: str, to_version: str, vector: np.ndarray) -> np.ndarray | None:
-    """``vector`` of ``from_version`` carried into ``to_version`` by the stored map; ``None``
-    when there is no map between the two."""
-    stored = load_map(engine, paths, space, from_version, to_version)
-    if stored is None:
-        return None
-    return SpaceMap.from_arrays(stored.kind, stored.arrays, stored.heldout).apply(vector)
 
 
 def _brief(cov: dict) -> dict:
