@@ -96,7 +96,7 @@ STAGES: list[Stage] = [
           model="dream"),
     Stage("reembed", "stages.reembed:run", ("memory.reembed",), needs=("vision", "audio", "align", "sae"),
           description="Earlier days into tonight's versions"),
-    Stage("probes", "stages.probes:run", ("memory.search",), needs=("vision", "audio"),
+    Stage("probes", "stages.probes:run", ("memory.search",), needs=("vision", "audio", "reembed"),
           description="Old memories: recall of the probe set night by night"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "stages.retention:run", ("memory",), description="Retention"),
