@@ -86,6 +86,8 @@ class ReembedConfig(_Section):
     map_heldout_fraction: float = Field(0.2, ge=0, lt=1, description="of those, kept out to report the "
                                         "map's fit error")
     ridge_alpha: float = Field(1.0, ge=0, description="ridge regularisation of the map")
+    drop_superseded: bool = Field(True, description="remove a version once the active one holds every "
+                                  "clip it holds")
 
 
 class SearchConfig(_Section):

@@ -44,6 +44,7 @@ from memory.sources import (
     source_counts,
     update_sources,
 )
+from memory.supersede import drop_superseded
 from memory.store import EmbeddingRow, ShardInfo, load_vectors, write_embeddings
 from memory.versions import (
     activate_if_complete,
@@ -70,7 +71,7 @@ __all__ = [
     "latest_version", "space_dim", "spaces",
     # versions: which one queries read, and how much of the memory each covers
     "active_version", "activate_if_complete", "coverage", "covered_days", "version_table", "days_to_reembed",
-    "day_clips", "record_day",
+    "day_clips", "record_day", "drop_superseded",
     # search
     "search", "SearchOptions", "Hit", "clip_vector",
     # care

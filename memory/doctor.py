@@ -1,8 +1,9 @@
 """``sleep.py doctor``: does the database agree with the shards and files on disk?
 
 Checks that every complete shard's file exists with the shape the database records, that
-every shard row has its vector and every vector its row, that no shard file or kept file
-(``memory/keep``) lies on disk unknown to the database, and that the frames, audio, clips,
+every shard row has its vector and every vector its row, that no shard file, kept file
+(``memory/keep``) or map file (``memory/maps``) lies on disk unknown to the database, nor a
+cached search index (``memory/index``) of a version the database no longer holds, and that the frames, audio, clips,
 keepsakes and raw recordings the database names exist. ``--repair`` makes them agree,
 always toward what is really there: rows whose file is gone are dropped (a keepsake loses
 just the missing file), files no row knows are deleted, shards with missing rows are
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -23,6 +25,7 @@ from core.paths import Paths
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow, known_files
+from memory.maps import SpaceMapRow
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.shards import read_rows, shard_problem
 from memory.store import EmbeddingRow, write_embeddings
@@ -116,6 +119,24 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
 def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:
     _unknown_files(paths, paths.embeddings, set(session.scalars(select(Shard.path))), "shard file", report)
     _unknown_files(paths, paths.memory / "keep", known_files(session), "kept file", report)
+    _unknown_files(paths, paths.memory / "maps", set(session.scalars(select(SpaceMapRow.path))), "map file",
+                   report)
+    _stale_indexes(session, paths, report)
+
+
+def _stale_indexes(session: Session, paths: Paths, report: _Report) -> None:
+    """Cached indexes under ``memory/index/{space}/{version}`` of a version the database lacks
+    (a dropped or forgotten one, the process stopped before its files went) are deleted on repair."""
+    folder = paths.memory / "index"
+    if not folder.is_dir():
+        return
+    known = {tuple(r) for r in session.execute(select(EmbeddingSpace.name, EmbeddingSpace.model_version))}
+    for version_dir in sorted(p for p in folder.glob("*/*") if p.is_dir()):
+        if (version_dir.parent.name, version_dir.name) in known:
+            continue
+        rel = version_dir.relative_to(paths.root)
+        if report.problem(f"{rel}: cached index of a version the database no longer holds", "deleted it"):
+            shutil.rmtree(version_dir, ignore_errors=True)
 
 
 def _unknown_files(paths: Paths, folder, known: set[str], what: str, report: _Report) -> None:

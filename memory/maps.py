@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, UniqueConstraint, delete, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.atomic import atomic_write_bytes
@@ -104,3 +104,12 @@ def maps_from(engine: Engine, space: str, from_version: str) -> list[tuple[str, 
         rows = session.scalars(select(SpaceMapRow).where(
             SpaceMapRow.space == space, SpaceMapRow.from_version == from_version)).all()
         return [(r.to_version, dict(r.heldout or {})) for r in rows]
+
+
+def delete_maps(session: Session, space: str, versions: list[str]) -> list[str]:
+    """Delete the rows of every map of ``space`` into or out of ``versions`` (inside the caller's
+    transaction); the caller deletes the returned files, relative to the root, after the commit."""
+    touches = or_(SpaceMapRow.from_version.in_(versions), SpaceMapRow.to_version.in_(versions))
+    files = list(session.scalars(select(SpaceMapRow.path).where(SpaceMapRow.space == space, touches)))
+    session.execute(delete(SpaceMapRow).where(SpaceMapRow.space == space, touches))
+    return files

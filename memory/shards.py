@@ -10,11 +10,13 @@ Opening a shard checks its dtype and shape against its catalog row
 
 The rest of the package goes through here: the store writes with :func:`write_shard`,
 search and ``load_vectors`` read with :func:`open_shard` / :func:`read_rows`, the doctor
-checks with :func:`shard_problem`, forget finds a day's files with :func:`day_files`.
+checks with :func:`shard_problem`, forget finds a day's files with :func:`day_files`, and
+dropping a superseded version removes its folder with :func:`remove_version_files`.
 """
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +119,23 @@ def write_shard(paths: Paths, *, space: str, model_version: str, date: str,
 def day_files(paths: Paths, date: str) -> list[Path]:
     """Every shard file of ``date`` on disk, in any space and version, known or not."""
     return sorted(paths.embeddings.glob(f"*/*/{date}-*{SUFFIX}"))
+
+
+def remove_version_files(paths: Paths, space: str, model_version: str) -> int:
+    """Delete the folder of one (space, model_version)'s shard files, after its rows are gone.
+
+    Returns:
+        the bytes the files held (their memory maps in this process are closed first, so
+        the space is really freed).
+    """
+    folder = shard_folder(paths, space, model_version)
+    if not folder.is_dir():
+        return 0
+    for key in [k for k in _MAPS if k.parent == folder]:
+        del _MAPS[key]
+    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder)
+    return freed
 
 
 def _load(paths: Paths, shard: Shard) -> np.ndarray:

@@ -19,7 +19,9 @@ recorded (:func:`memory.record_day`), so a killed run redoes at most the day it 
 since every day is embedded on its own, in clip order, in eval mode, a rerun writes the
 same vectors bit for bit. A space switches to tonight's version
 (:func:`memory.activate_if_complete`) only once that version covers every day with vectors
-in the space; until then queries read the version they read before.
+in the space; until then queries read the version they read before. With
+``memory.reembed.drop_superseded``, the versions older than the active one go then, each
+only once the active one holds every clip it holds (:func:`memory.drop_superseded`).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from memory import (
     day_clips,
     day_keepsakes,
     days_to_reembed,
+    drop_superseded,
     load_vectors,
     middle_frames,
     record_day,
@@ -307,7 +310,8 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
     Returns:
         ``{"spaces": {space: {"version", "active", "activated", "days_done", "days_left",
         "clips", "missing", "seconds", "clips_per_second", "coverage", "active_coverage",
-        "note"?}}, "stopped_early", "metrics": {"seconds", "keyframes", "keyframes_per_second",
+        "dropped": [versions], "kept_superseded": {version: why}, "bytes_freed", "note"?}},
+        "stopped_early", "metrics": {"seconds", "keyframes", "keyframes_per_second",
         "snippets"}}``.
     """
     started = time.monotonic()
@@ -363,6 +367,8 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
     for space, state in runs.items():
         activated = activate_if_complete(night.engine, space, state.version)
         active = active_version(night.engine, space)
+        superseded = drop_superseded(night.engine, night.paths, space) \
+            if night.cfg.memory.reembed.drop_superseded else {"dropped": [], "kept": {}, "bytes_freed": 0}
         spaces_out[space] = {
             "version": state.version, "active": active, "activated": activated,
             "days_done": state.done, "days_left": len(state.todo) - state.done, "blocked": state.blocked,
@@ -370,6 +376,8 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
             "clips_per_second": round(state.clips / state.seconds, 1) if state.seconds > 0 else None,
             "coverage": _brief(coverage(night.engine, space, state.version)),
             "active_coverage": _brief(coverage(night.engine, space, active)) if active else None,
+            "dropped": superseded["dropped"], "kept_superseded": superseded["kept"],
+            "bytes_freed": superseded["bytes_freed"],
         }
         if space in maps:
             spaces_out[space]["map"] = maps[space]

@@ -13,26 +13,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import make_media
+from two_days import DAY1, DAY2, record_day
 
 import api
 from core.config import CONFIG_DIR, load_config
 from core.paths import Paths
 from pipeline.runner import run_night
 
-DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
-SCENES = {DAY1: ["testsrc2", "mandelbrot"], DAY2: ["cellauto=seed=7", "life=mold=10:ratio=0.3:seed=7"]}
-TONES = [300, 1500]
 STAGES = ["ingest", "keep", "vision", "audio", "align", "sae", "reembed", "probes"]
 TINY = CONFIG_DIR / "tiny.yaml"
 
 
-def _record(root: Path, date: dt.date) -> None:
-    for i, scene in enumerate(SCENES[date]):
-        name, _, options = scene.partition("=")
-        video = f"{name}=size=320x240:rate=10" + (f":{options}" if options else "")
-        make_media(root / "data" / "raw" / date.isoformat() / f"VID_{i}.mp4", seconds=12, video=video,
-                   audio=f"sine=frequency={TONES[i]}:sample_rate=44100")
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -47,14 +38,14 @@ def _summary(root: Path, date: dt.date) -> dict:
 def nights(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("probes") / "root"
     paths = Paths.at(root)
-    _record(root, DAY1)
+    record_day(root, DAY1)
     first = run_night(DAY1, load_config(TINY), paths, only=STAGES)
     assert first.ok, first.errors
     after_first, first_summary = _files(paths.memory / "probes"), _summary(root, DAY1)
     again = run_night(DAY1, load_config(TINY), paths, only=["probes"], force=True)
     assert again.ok, again.errors
     after_rerun = _files(paths.memory / "probes")
-    _record(root, DAY2)
+    record_day(root, DAY2)
     # First with no time to re-embed (day 1 is reached through the map), then with the normal
     # budget; probes' own config did not change, so it is forced to measure again.
     starved = run_night(DAY2, load_config(TINY, ["memory.reembed.max_minutes=0"]), paths, only=STAGES)

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_media, run_cli
+from conftest import REPO, run_cli
+from two_days import DAY1, DAY2, record_day
 
 import api
 from core.config import CONFIG_DIR, load_config
@@ -27,22 +28,12 @@ from ingest.binaries import ffmpeg_path
 from memory import active_version, coverage, load_vectors, open_database
 from pipeline.runner import run_night
 
-DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
-# Visually far apart: colour test patterns on day 1, grey cellular automata on day 2.
-SCENES = {DAY1: ["testsrc2", "mandelbrot"], DAY2: ["cellauto=seed=7", "life=mold=10:ratio=0.3:seed=7"]}
-TONES = [300, 1500]
 STAGES = ["ingest", "keep", "vision", "audio", "align", "sae", "reembed"]
 SPACES = ("vision_frame", "vision", "audio", "shared", "sae")
 MODELS = {"vision_frame": "jepa", "vision": "jepa", "audio": "cpc", "shared": "align", "sae": "sae"}
 TINY = CONFIG_DIR / "tiny.yaml"
 
 
-def _record(root: Path, date: dt.date) -> None:
-    for i, scene in enumerate(SCENES[date]):
-        name, _, options = scene.partition("=")
-        video = f"{name}=size=320x240:rate=10" + (f":{options}" if options else "")
-        make_media(root / "data" / "raw" / date.isoformat() / f"VID_{i}.mp4", seconds=12, video=video,
-                   audio=f"sine=frequency={TONES[i]}:sample_rate=44100")
 
 
 def _version(space: str, date: dt.date) -> str:
@@ -55,11 +46,11 @@ def nights(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("reembed")
     root = base / "done"
     paths = Paths.at(root)
-    _record(root, DAY1)
+    record_day(root, DAY1)
     first = run_night(DAY1, load_config(TINY), paths, only=STAGES)
     assert first.ok, first.errors
     with_first = api.versions(root)
-    _record(root, DAY2)
+    record_day(root, DAY2)
     starved = run_night(DAY2, load_config(TINY, ["memory.reembed.max_minutes=0"]), paths, only=STAGES)
     assert starved.ok, starved.errors
     engine = open_database(paths.database)
@@ -260,3 +251,33 @@ def test_retention_keeps_the_checkpoints_of_the_versions_queries_read(nights, tm
     for model in ("jepa", "cpc", "align", "sae"):
         assert (paths.checkpoints / model / f"{DAY1.isoformat()}.pt").is_file(), model  # active: kept
         assert (paths.checkpoints / model / f"{DAY2.isoformat()}.pt").is_file(), model  # newest: kept
+
+
+def test_night_ones_versions_are_dropped_once_night_two_holds_every_clip(nights, tmp_path):
+    """Queries still answer from night 2's versions; night 1's shards, versions and (after
+    checkpoint_days) checkpoints are gone."""
+    import logging
+
+    from memory import make_sessionmaker
+    from stages import Night
+    from stages.retention import run as retention
+
+    root = nights["root"]
+    paths = Paths.at(root)
+    spaces = json.loads((paths.report(DAY2) / "summary.json").read_text())["reembed"]["spaces"]
+    for space in SPACES:
+        assert spaces[space]["dropped"] == [_version(space, DAY1)] and not spaces[space]["kept_superseded"], space
+        assert not (paths.embeddings / space / _version(space, DAY1)).exists(), space
+    assert {r["version"] for r in api.versions(root)} == {_version(s, DAY2) for s in SPACES}
+    assert api.doctor(root)["problems"] == []
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    engine = open_database(Paths.at(copy).database)
+    cfg = load_config(TINY, ["memory.retention.checkpoint_days=1"])
+    try:
+        retention(Night(DAY2 + dt.timedelta(days=30), cfg, Paths.at(copy), engine, make_sessionmaker(engine),
+                        "cpu", logging.getLogger("test")))
+    finally:
+        engine.dispose()
+    for model in ("jepa", "cpc", "align", "sae"):  # a dropped version's checkpoint is not protected
+        assert not (Paths.at(copy).checkpoints / model / f"{DAY1.isoformat()}.pt").exists(), model

@@ -61,5 +61,14 @@ def render(summary: dict, ctx) -> str | None:
                              f'{best.get("recall@1", "-")} (chance {best.get("chance", "-")})',
                              f'{fitted.get("fit_pairs")} clips fitted, {best.get("pairs", 0)} held out'))
         parts.append(h.table(["space", "into", "map", "held-out cosine", "held-out recall@1", "fit"], map_rows))
+    dropped = [f"{space}: {', '.join(r['dropped'])}" for space, r in spaces.items() if r.get("dropped")]
+    if dropped:
+        freed = sum(r.get("bytes_freed") or 0 for r in spaces.values())
+        parts.append(f"<p>Superseded versions dropped (the active one holds every clip they held; "
+                     f"{freed / 1e6:.1f} MB freed): {h.esc('; '.join(dropped))}.</p>")
+    kept = [f"{space}: {version} ({why})" for space, r in spaces.items()
+            for version, why in (r.get("kept_superseded") or {}).items()]
+    if kept:
+        parts.append(f'<p class="muted">Older versions kept: {h.esc("; ".join(kept))}.</p>')
     parts += [f'<p class="muted">{h.esc(n)}</p>' for n in notes]
     return "".join(parts)
