@@ -74,9 +74,9 @@ def version_checkpoint(paths: Paths, stage_name: str, version: str | None = None
             raise UsageError(f"{folder}: no {stage_name} model yet; run a night first")
         return newest
     model, _, date = version.partition("@")
-    if model != model_of(stage_name) or not date:
-        raise UsageError(f"{version}: not a version of {model_of(stage_name)} (expected {model_of(stage_name)}@DATE)")
     try:
+        if model != model_of(stage_name):
+            raise ValueError(model)
         path = checkpoint_path(folder, dt.date.fromisoformat(date))
     except ValueError:
         raise UsageError(f"{version}: not a version of {model_of(stage_name)} (expected {model_of(stage_name)}@DATE)") from None
