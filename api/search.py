@@ -35,6 +35,8 @@ MODALITIES = ("vision", "audio")
 # (space, model_version, vector, clip ids left out of the results, further searches of the same
 # query: :class:`stages.recall.PlannedSearch`, each with the days it leaves to the first)
 Query = tuple[str, str | None, np.ndarray, tuple[int, ...], tuple["PlannedSearch", ...]]
+# Memory-trace neurons: a stable id, a name given with ``sleep.py neuron name``, or a list of them.
+Neurons = int | str | Sequence[int | str]
 
 
 def query(
@@ -44,8 +46,10 @@ def query(
     audio: str | os.PathLike | None = None,
     clip: int | None = None,
     fragment: str | os.PathLike | None = None,
-    neuron: int | Sequence[int] | None = None,
+    neuron: Neurons | None = None,
     text: str | None = None,
+    positive: Neurons | None = None,
+    negative: Neurons | None = None,
     topk: int = 10,
     date_from: Day | None = None,
     date_to: Day | None = None,
@@ -58,7 +62,8 @@ def query(
 ) -> list[Hit]:
     """The moments most like one example, best first.
 
-    Give exactly one of ``image``, ``audio``, ``clip``, ``fragment``, ``neuron``, ``text``.
+    Give exactly one of ``image``, ``audio``, ``clip``, ``fragment``, ``neuron`` (or
+    ``positive``), ``text``.
 
     Args:
         root: the folder holding ``memory/`` and ``checkpoints/`` (or its :class:`Paths`).
@@ -69,9 +74,14 @@ def query(
             clip itself is left out of the results.
         fragment: an image of part of a moment, completed into a whole clip by the
             reconstructor and searched in the space ``vision``.
-        neuron: one memory-trace neuron of the sparse autoencoder, or several: the moments
-            whose trace these neurons carry the largest share of (space ``sae``); moments
-            where none of them fires are no match.
+        neuron: one memory-trace neuron of the sparse autoencoder, or several, each its
+            stable id (``sleep.py neuron list``) or the name given to it: the moments whose
+            trace these neurons carry the largest share of (space ``sae``); moments where
+            none of them fires are no match.
+        positive: the same as ``neuron`` (the name the composite form reads best with).
+        negative: neurons whose share is subtracted: moments rank by the sum of the positive
+            neurons' activations minus the negative ones' (activations as stored: each
+            moment's code has unit length, so a neuron's value is its share of the trace).
         text: free text, embedded by the OpenCLIP weights of ``models.openclip.weights``.
         topk: how many hits, at least 1.
         date_from: first day searched, a ``datetime.date`` or ``"YYYY-MM-DD"``.
@@ -90,6 +100,11 @@ def query(
         UsageError: a bad argument, no memory yet, or no trained model for the example.
         ConfigError: the config file is invalid.
     """
+    if neuron is not None and positive is not None:
+        raise UsageError("query: give neuron or positive, not both (they are the same)")
+    neuron = positive if neuron is None else neuron
+    if negative is not None and neuron is None:
+        raise UsageError("--not: name at least one --neuron to rank by first")
     examples = {"image": image, "audio": audio, "clip": clip, "fragment": fragment,
                 "neuron": neuron, "text": text}
     given = [name for name, value in examples.items() if value is not None]
@@ -116,18 +131,21 @@ def query(
 
     engine = open_database(paths.database)
     try:
-        space, version, vector, exclude, reaches = _query_vector(
-            given[0], examples[given[0]], space, model_version, cfg, paths, engine)
+        fires_any: tuple[int, ...] = ()
+        if given[0] == "neuron":
+            space, version, vector, fires_any = _neuron_vector(neuron, negative, space, model_version, engine)
+            exclude, reaches = (), ()
+        else:
+            space, version, vector, exclude, reaches = _query_vector(
+                given[0], examples[given[0]], space, model_version, cfg, paths, engine)
         try:
             hits = search_planned(engine, paths, space, [PlannedSearch(version, vector), *reaches], topk=int(topk),
                                   date_from=first, date_to=last, modality=modality, source=source,
-                                  exclude_clip_ids=exclude, options=cfg.memory.search)
+                                  exclude_clip_ids=exclude, fires_any=fires_any, options=cfg.memory.search)
         except ValueError as exc:
             raise UsageError(f"query: {exc}") from None
     finally:
         engine.dispose()
-    if neuron is not None:  # a moment where none of the neurons fires is no match
-        hits = [h for h in hits if h.score > 0]
     return hits
 
 
@@ -136,8 +154,6 @@ def _query_vector(kind: str, example, space: str | None, model_version: str | No
     """The example as ``(space, model_version, vector, exclude_clip_ids)``."""
     if kind == "clip":
         return _clip_vector(example, space, model_version, paths, engine)
-    if kind == "neuron":
-        return _neuron_vector(example, space, model_version, engine)
     if kind == "text":
         return _text_vector(example, space, cfg, engine)
     if not isinstance(example, (str, os.PathLike)):
@@ -246,35 +262,61 @@ def _text_vector(text, space: str | None, cfg: SleepConfig, engine) -> Query:
     return space, clip.version, clip.embed_text(text), (), ()
 
 
-def neuron_list(neuron: int | Sequence[int]) -> list[int]:
-    """One neuron number or several as a list; a :class:`UsageError` for anything else."""
+def neuron_list(neuron: Neurons, flag: str = "--neuron") -> list[int | str]:
+    """Neurons as a list of ids and names; a :class:`UsageError` for anything else.
+
+    Accepts an id, a name, a comma-separated string of them (``"kitchen,40"``), or a list of
+    any of those.
+    """
     def whole(n) -> bool:
         return isinstance(n, numbers.Integral) and not isinstance(n, bool)
 
-    if whole(neuron):
-        return [int(neuron)]
-    if isinstance(neuron, (str, bytes)) or not isinstance(neuron, Sequence) \
-            or not all(whole(n) for n in neuron):
-        raise UsageError(f"--neuron {neuron!r}: expected a neuron number or a list of them")
-    if not neuron:
-        raise UsageError("--neuron: name at least one neuron")
-    return [int(n) for n in neuron]
+    items = [neuron] if whole(neuron) or isinstance(neuron, str) else neuron
+    if isinstance(items, bytes) or not isinstance(items, Sequence):
+        raise UsageError(f"{flag} {neuron!r}: expected neuron ids or names")
+    out: list[int | str] = []
+    for item in items:
+        if whole(item):
+            if item < 0:
+                raise UsageError(f"{flag} {item}: neuron ids are 0 or more")
+            out.append(int(item))
+        elif isinstance(item, str):
+            for part in (p.strip() for p in item.split(",")):
+                if not part:
+                    raise UsageError(f"{flag} {item!r}: an empty neuron name")
+                out.append(int(part) if part.isdigit() else part)
+        else:
+            raise UsageError(f"{flag} {item!r}: expected a neuron id or name")
+    if not out:
+        raise UsageError(f"{flag}: name at least one neuron")
+    return out
 
 
-def _neuron_vector(neuron, space: str | None, model_version: str | None, engine) -> Query:
-    """The sum of the named neurons' one-hot vectors in the ``sae`` space."""
-    from memory import active_version, space_dim
+def _neuron_vector(positive: Neurons, negative: Neurons | None, space: str | None, model_version: str | None,
+                   engine) -> tuple[str, str, np.ndarray, tuple[int, ...]]:
+    """``(space, version, vector, latents that must fire)``: +1 on each positive neuron's latent,
+    -1 on each negative one's, in the ``sae`` version searched."""
+    from memory import NeuronError, active_version, resolve_neurons, space_dim
 
-    neurons = neuron_list(neuron)
+    wanted, unwanted = neuron_list(positive), neuron_list(negative, "--not") if negative is not None else []
     if (space or "sae") != "sae":
         raise UsageError(f"--space {space}: neurons live in the space sae")
     version = model_version or active_version(engine, "sae")
     dim = space_dim(engine, "sae", version) if version else None
     if dim is None:
         raise UsageError("--neuron: no memory traces yet (the sae stage has not run)")
-    bad = [n for n in neurons if not 0 <= n < dim]
-    if bad:
-        raise UsageError(f"--neuron {bad[0]}: {version} has neurons 0 to {dim - 1}")
+    try:
+        plus = resolve_neurons(engine, version, dim, wanted)
+        minus = resolve_neurons(engine, version, dim, unwanted)
+    except NeuronError as exc:
+        raise UsageError(f"--neuron: {exc}") from None
+    both = {latent for _, latent in plus} & {latent for _, latent in minus}
+    if both:
+        given = next(g for g, latent in plus if latent in both)
+        raise UsageError(f"neuron {given} is both wanted (--neuron) and not (--not)")
     vector = np.zeros(dim, np.float32)
-    vector[neurons] = 1.0
-    return "sae", version, vector, (), ()
+    for _, latent in plus:
+        vector[latent] = 1.0
+    for _, latent in minus:
+        vector[latent] = -1.0
+    return "sae", version, vector, tuple(sorted({latent for _, latent in plus}))

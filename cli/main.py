@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from cli.daemon import add_daemon_command
+from cli.journal import add_journal_command
 from cli.memory import add_memory_commands
+from cli.neuron import add_neuron_group
 from cli.versions import add_memory_group
 from core.config import load_config
 from core.dates import parse_date
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_command(sub, _add_common)
     add_memory_commands(sub, _add_common)
     add_memory_group(sub, _add_common)
+    add_journal_command(sub, _add_common)
+    add_neuron_group(sub, _add_common)
     return parser
 
 

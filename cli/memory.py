@@ -34,9 +34,16 @@ def add_memory_commands(sub, add_common) -> None:
     what.add_argument("--text", metavar="WORDS",
                       help="free text, such as 'a dog on the beach' (needs OpenCLIP weights on disk: "
                            "models.openclip.weights)")
-    what.add_argument("--neuron", metavar="N[,N...]",
-                      help="memory-trace neurons of the sparse autoencoder (space sae): the moments "
-                           "whose trace these neurons carry the largest share of")
+    what.add_argument("--journal", metavar="WORDS",
+                      help="journal entries nearest in meaning to WORDS, such as 'coffee with my sister', each "
+                           "with the clips recorded within journal.window_minutes of its time")
+    what.add_argument("--neuron", action="append", metavar="ID|NAME",
+                      help="a memory-trace neuron of the sparse autoencoder (space sae), by its id or "
+                           "the name given to it (sleep.py neuron list); repeat it, or separate by "
+                           "commas, for several: the moments whose trace they carry the largest share of")
+    query.add_argument("--not", dest="negative", action="append", metavar="ID|NAME",
+                       help="with --neuron: rank down the moments these neurons fire for (the score is "
+                            "the wanted neurons' activations minus these); repeatable")
     query.add_argument("--topk", type=int, default=10, metavar="K", help="how many results (default 10)")
     query.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day searched")
     query.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day searched")
@@ -75,18 +82,13 @@ def add_memory_commands(sub, add_common) -> None:
     doctor.set_defaults(func=cmd_doctor)
 
 
-def _neurons(text: str) -> list[int]:
-    try:
-        return [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        raise UsageError(f"--neuron {text}: expected neuron numbers such as 12 or 12,40") from None
-
-
 def cmd_query(args) -> int:
     from api import query
 
+    if args.journal is not None:
+        return _journal_query(args)
     hits = query(args.root, image=args.image, audio=args.audio, clip=args.clip, fragment=args.fragment,
-                 neuron=None if args.neuron is None else _neurons(args.neuron), text=args.text,
+                 neuron=args.neuron, negative=args.negative, text=args.text,
                  topk=args.topk, date_from=args.date_from, date_to=args.date_to, space=args.space,
                  modality=args.modality, source=args.source, model_version=args.model_version,
                  config=args.config, overrides=args.overrides)
@@ -99,6 +101,23 @@ def cmd_query(args) -> int:
         when = h.wall_start.replace("T", " ") if h.wall_start else h.date
         print(f"{when:<19}  {h.score:.3f}  {h.modality:<6}  {h.source_path} +{h.start_s:.1f}s  "
               f"clip {h.clip_id}  {h.frame_path or '-'}")
+    return 0
+
+
+def _journal_query(args) -> int:
+    from api import journal_query
+    from cli.journal import print_journal_hits
+
+    for flag, value in (("--space", args.space), ("--modality", args.modality), ("--source", args.source),
+                        ("--model-version", args.model_version), ("--not", getattr(args, "negative", None))):
+        if value is not None:
+            raise UsageError(f"{flag}: not used by --journal (entries are searched in the space text)")
+    hits = [h.as_dict() for h in journal_query(args.root, args.journal, topk=args.topk, date_from=args.date_from,
+                                               date_to=args.date_to, config=args.config, overrides=args.overrides)]
+    if args.json:
+        print(json.dumps(hits, indent=2))
+    else:
+        print_journal_hits(hits)
     return 0
 
 

@@ -21,6 +21,19 @@ from memory.catalog import latest_version, space_dim, spaces
 from memory.db import make_sessionmaker, open_database
 from memory.doctor import doctor
 from memory.forget import forget_day, plan_forget
+from memory.journal import (
+    Entry,
+    NearbyClip,
+    NewEntry,
+    all_entries,
+    clips_near,
+    day_entries,
+    load_entry_vectors,
+    search_entries,
+    sync_day,
+    unembedded,
+    write_entry_vectors,
+)
 from memory.keepsakes import Keepsake, day_keepsakes, keepsake_days
 from memory.media import (
     FrameRef,
@@ -32,6 +45,18 @@ from memory.media import (
     frame_paths,
     middle_frames,
 )
+from memory.neurons import (
+    NeuronError,
+    assign_identities,
+    find_neuron,
+    latent_stats,
+    name_neuron,
+    resolve_neurons,
+)
+from memory.neurons import history as neuron_history
+from memory.neurons import latents_of as neuron_latents
+from memory.neurons import moments as shard_row_moments
+from memory.neurons import names as neuron_names
 from memory.retention import apply_retention
 from memory.schema import Source
 from memory.search import Hit, SearchOptions, clip_vector, search
@@ -72,8 +97,14 @@ __all__ = [
     # versions: which one queries read, and how much of the memory each covers
     "active_version", "activate_if_complete", "coverage", "covered_days", "version_table", "days_to_reembed",
     "day_clips", "record_day", "drop_superseded",
+    # memory-trace neurons: stable ids across nights, and the names people give them
+    "NeuronError", "assign_identities", "neuron_latents", "resolve_neurons", "find_neuron", "name_neuron",
+    "neuron_history", "neuron_names", "latent_stats", "shard_row_moments",
     # search
     "search", "SearchOptions", "Hit", "clip_vector",
+    # the journal: entries, their vectors, the clips near each
+    "Entry", "NewEntry", "NearbyClip", "sync_day", "day_entries", "all_entries", "write_entry_vectors",
+    "load_entry_vectors", "search_entries", "unembedded", "clips_near",
     # care
     "forget_day", "plan_forget", "apply_retention", "doctor",
 ]

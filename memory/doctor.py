@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from core.atomic import TMP_MARK
 from core.lock import NightLock
 from core.paths import Paths
+from memory import journal_care
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow, known_files
@@ -117,7 +118,8 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
 
 
 def _check_stray_files(session: Session, paths: Paths, report: _Report) -> None:
-    _unknown_files(paths, paths.embeddings, set(session.scalars(select(Shard.path))), "shard file", report)
+    _unknown_files(paths, paths.embeddings, set(session.scalars(select(Shard.path))) | journal_care.known_paths(session),
+                   "shard file", report)
     _unknown_files(paths, paths.memory / "keep", known_files(session), "kept file", report)
     _unknown_files(paths, paths.memory / "maps", set(session.scalars(select(SpaceMapRow.path))), "map file",
                    report)
@@ -216,6 +218,7 @@ def doctor(paths: Paths, *, repair: bool = False) -> dict:
         try:
             with Session(engine) as session:
                 compact = _check_shards(session, paths, report)
+                compact_journal = journal_care.check(session, paths, report)
                 _check_stray_files(session, paths, report)
                 _check_media(session, paths, report)
                 _check_keepsakes(session, paths, report)
@@ -223,6 +226,7 @@ def doctor(paths: Paths, *, repair: bool = False) -> dict:
                     session.commit()
             if repair:
                 _compact(engine, paths, compact)
+                journal_care.compact(engine, paths, compact_journal)
         finally:
             engine.dispose()
     for line in report.problems:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.lock import NightLock
 from core.paths import Paths
+from memory import journal_care
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow
@@ -63,6 +64,8 @@ def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
         .join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id).where(Shard.date == day)).all()
     files = [str(p.relative_to(paths.root)) for p in _folders(paths, date) if p.exists()]
     files += [path for path, _, _ in shards if (paths.root / path).exists()]
+    files += [path for path in journal_care.day_shard_paths(session, day)
+              if (paths.root / path).exists() and path not in files]
     files += [rel for rel in (str(p.relative_to(paths.root)) for p in day_files(paths, day))
               if rel not in files]
     indexes = sorted({str((paths.memory / "index" / name / version).relative_to(paths.root))
@@ -79,6 +82,7 @@ def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
             "shards": len(shards),
             "shard_rows": count(ShardRow, ShardRow.shard_id.in_(shard_ids)),
             "stage_runs": count(StageRun, StageRun.date == day),
+            **journal_care.day_counts(session, day),
         },
         "files": files + indexes,
     }
@@ -136,6 +140,7 @@ def forget_day(paths: Paths, date: dt.date) -> dict:
                     session.execute(delete(Clip).where(Clip.date == day))
                     session.execute(delete(Source).where(Source.date == day))
                     session.execute(delete(StageRun).where(StageRun.date == day))
+                    journal_care.delete_day(session, day)
             finally:
                 engine.dispose()
         # Files go after the commit: a crash in between leaves files no row points at,

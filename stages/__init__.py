@@ -79,6 +79,10 @@ STAGES: list[Stage] = [
     Stage("ingest", "stages.ingest:run", ("ingest",), description="Ingest"),
     Stage("keep", "stages.keep:run", ("memory.keep",), needs=("ingest",),
           description="Keyframes and sounds kept for re-embedding"),
+    # Its text space is versioned by the MiniLM weights (like openclip's); ``model`` names
+    # the journal's own sparse autoencoder (``text_sae``, ``textsae@{date}``).
+    Stage("journal", "stages.journal:run", ("journal", "models.heldout_fraction"),
+          description="Journal (text memory and its traces)", model="textsae", spaces=("text", "text_sae")),
     Stage("vision", "stages.vision:run", ("models.jepa", "models.heldout_fraction"), needs=("ingest",),
           description="Vision (I-JEPA)", model="jepa", spaces=("vision_frame", "vision")),
     Stage("audio", "stages.audio:run", ("models.cpc", "models.heldout_fraction"), needs=("ingest",),

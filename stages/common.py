@@ -164,26 +164,32 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def saved_architecture(checkpoint: dict, keys: Iterable[str], source: Path) -> dict:
+def saved_architecture(checkpoint: dict, keys: Iterable[str], source: Path,
+                       defaults: dict | None = None) -> dict:
     """The architecture a checkpoint was trained with: each key from the checkpoint's own
-    top level (the input sizes a stage records, e.g. ``n_inputs``) or else its ``config``.
+    top level (the input sizes a stage records, e.g. ``n_inputs``) or else its ``config``,
+    or else ``defaults`` (a setting added later: what every older checkpoint was trained with).
 
     Raises:
-        CheckpointError: the checkpoint records neither.
+        CheckpointError: the checkpoint records none of these.
     """
     config = checkpoint.get("config") or {}
+    defaults = defaults or {}
     saved = {}
     for key in keys:
         if key in checkpoint:
             saved[key] = checkpoint[key]
         elif key in config:
             saved[key] = config[key]
+        elif key in defaults:
+            saved[key] = defaults[key]
         else:
             raise CheckpointError(f"{source}: checkpoint does not record {key}")
     return saved
 
 
-def resume_state(night: Night, model: str, architecture: dict, required: tuple[str, ...] = ()) -> Resume:
+def resume_state(night: Night, model: str, architecture: dict, required: tuple[str, ...] = (),
+                 defaults: dict | None = None) -> Resume:
     """Decide whether tonight continues the last checkpoint of ``model`` or starts afresh.
 
     Args:
@@ -192,6 +198,8 @@ def resume_state(night: Night, model: str, architecture: dict, required: tuple[s
         architecture: tonight's shape-relevant values, e.g. ``{"n_inputs": 64, "latents":
             512}``; each key is looked up in the checkpoint as :func:`saved_architecture` does.
         required: keys the checkpoint must hold to be continued (``"model"``, ``"step"``...).
+        defaults: for architecture keys added after checkpoints were first written, the value
+            an older checkpoint that does not record them was trained with.
     Returns:
         a :class:`Resume`: the checkpoint to continue, or none with the reason when the
         shape changed (also logged as a warning); all ``None`` on the first night.
@@ -203,7 +211,7 @@ def resume_state(night: Night, model: str, architecture: dict, required: tuple[s
         log.info("%s: no earlier checkpoint; starting from scratch", model)
         return Resume()
     checkpoint = load_checkpoint(previous, required)
-    saved = saved_architecture(checkpoint, architecture, previous)
+    saved = saved_architecture(checkpoint, architecture, previous, defaults)
     changed = [k for k in architecture if _plain(saved[k]) != _plain(architecture[k])]
     if changed:
         sizes = ", ".join(f"{k} {saved[k]} -> {architecture[k]}" for k in changed)

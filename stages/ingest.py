@@ -32,6 +32,7 @@ from ingest.extract import (
     remove_outputs,
     source_key,
 )
+from ingest.journal import JOURNAL_NAMES
 from ingest.plan import Found, Known, plan_day
 from ingest.walltime import wall_start
 from memory.schema import Source
@@ -62,14 +63,15 @@ def settings_fingerprint(cfg: IngestConfig) -> str:
 def list_recordings(raw: Path, extensions: list[str]) -> tuple[list[Path], list[dict]]:
     """Files under ``raw`` (sub-folders included) split into recordings and ignored files.
 
-    Hidden files (``.DS_Store``, editors' temporaries) are left out silently; a file with an
+    Hidden files (``.DS_Store``, editors' temporaries) and the day's journal (``journal.md``,
+    ``journal.txt``: stage ``journal`` reads it) are left out silently; a file with an
     extension not in ``ingest.extensions`` is listed as ignored with the reason.
     """
     wanted = {e.lower() for e in extensions}
     recordings, ignored = [], []
     for path in sorted(raw.rglob("*")):
         rel = path.relative_to(raw)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file() or rel.as_posix() in JOURNAL_NAMES:
             continue
         if path.suffix.lower() in wanted:
             recordings.append(path)

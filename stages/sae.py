@@ -11,9 +11,12 @@ ranks moments by the share of their trace that neuron carries. Rows whose code i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
+from models.checkpoint import load_checkpoint, previous_checkpoint
+from models.sae.identity import decoder_directions, match_latents
 from models.sae.train import encode, evaluate, train_sae
 from stages import Night, writer_of
 from stages.common import (
@@ -66,6 +69,42 @@ def strongest_neurons(activations: np.ndarray, clip_ids: np.ndarray, count: int,
     return out
 
 
+@dataclass(frozen=True)
+class Identities:
+    report: dict  # :meth:`memory.neurons.IdentityReport.as_dict`, plus the threshold and any note
+    latent_ids: dict[int, int]  # tonight's latent -> stable neuron id
+
+
+def _identities(night: Night, version: str, model, resumed: dict | None) -> Identities:
+    """Match tonight's neurons to the previous night's by decoder cosine and record their ids.
+
+    The previous night is the newest earlier checkpoint (the one tonight continues, or the one
+    it could not continue because the shape changed: its directions still live in the same
+    input width when only the number of latents changed).
+    """
+    from memory import assign_identities, neuron_latents
+
+    threshold = night.cfg.models.sae.match_threshold
+    new = decoder_directions(model.state_dict())
+    previous = previous_checkpoint(night.paths.checkpoints / MODEL, night.date)
+    matches, previous_version, previous_latents, note = [], None, 0, None
+    if previous is not None:
+        checkpoint = resumed if resumed is not None else load_checkpoint(previous, ("model",))
+        previous_version = checkpoint.get("model_version") or model_version(MODEL, previous.stem)
+        old = decoder_directions(checkpoint["model"])
+        previous_latents = len(old)
+        try:
+            matches = match_latents(new, old, threshold)
+        except ValueError as exc:
+            note = f"no neuron kept its identity: {exc}"
+    report = assign_identities(night.engine, version, len(new), matches, previous_version, previous_latents)
+    summary = {**report.as_dict(), "threshold": threshold, **({"note": note} if note else {})}
+    log.info("sae: neurons kept %d (mean match cosine %s), born %d, lost %d", summary["kept"],
+             (summary["match_cosine"] or {}).get("mean"), summary["born"], summary["lost"])
+    ids = {latent: neuron_id for neuron_id, latent in neuron_latents(night.engine, version).items()}
+    return Identities(summary, ids)
+
+
 def run(night: Night) -> dict:
     """Train tonight's dictionary and write every row's neuron activations to ``sae``.
 
@@ -73,6 +112,7 @@ def run(night: Night) -> dict:
         counts and versions, the neurons for the report (with a frame path per moment), and
         ``metrics``: training curve, held-out FVU, active neurons per row, neurons used.
     """
+    from memory import neuron_names
     from memory.media import middle_frames
     from memory.store import EmbeddingRow, load_vectors, write_embeddings
 
@@ -89,17 +129,20 @@ def run(night: Night) -> dict:
     heldout = heldout_mask(clip_ids, night.cfg.models.heldout_fraction, seed)
     train_rows, measured_on = train_and_measure(heldout)
 
-    resume = resume_state(night, MODEL, {"n_inputs": int(vectors.shape[1]), "latents": cfg.latents},
-                          ("model", "optimizer", "step", "n_inputs", "config"))
+    resume = resume_state(night, MODEL,
+                          {"n_inputs": int(vectors.shape[1]), "latents": cfg.latents, "kind": cfg.kind},
+                          ("model", "optimizer", "step", "n_inputs", "config"),
+                          defaults={"kind": "topk"})  # checkpoints from before kind were all TopK
     trained = train_sae(vectors[train_rows], cfg, device, seed=seed, resume=resume.checkpoint)
     activations = encode(trained.model, vectors, device)
     metrics: dict = {
-        **evaluate(trained.model, vectors[measured_on], activations, device),
+        **evaluate(trained.model, vectors[measured_on], activations, device,
+                   rows_label=f"tonight's {len(rows)} rows, training and held-out"),
         "measured_on": "held-out clips" if measured_on is heldout else "training clips (too few held out)",
         "train_mse_curve": [round(h["mse"], 5) for h in trained.history],
         "train_dead_curve": [round(h["dead"], 4) for h in trained.history],
         "train_seconds": round(trained.seconds, 2),
-        "latents": cfg.latents, "k": cfg.k,
+        "kind": cfg.kind, "latents": cfg.latents, "k": cfg.k,
     }
 
     version = model_version(MODEL, day)
@@ -113,7 +156,13 @@ def run(night: Night) -> dict:
     write_embeddings(night.engine, paths, space=SPACE, model_version=version, date=day,
                      rows=[EmbeddingRow(r.clip_id, r.modality, r.frame_id) for r in kept],
                      vectors=activations[fired])
+    identities = _identities(night, version, trained.model, resume.checkpoint)
     neurons = strongest_neurons(activations, clip_ids, cfg.report_neurons, cfg.report_moments)
+    named = neuron_names(night.engine)
+    for neuron in neurons:  # the report and the CLI speak of stable ids, not latent indices
+        neuron["latent"] = neuron["neuron"]
+        neuron["neuron"] = identities.latent_ids.get(neuron["latent"], neuron["latent"])
+        neuron["name"] = named.get(neuron["neuron"])
     with night.Session() as session:
         thumbnails = middle_frames(session, {m["clip_id"] for n in neurons for m in n["top"]})
     for neuron in neurons:
@@ -123,4 +172,4 @@ def run(night: Night) -> dict:
              len(kept), len(rows), SPACE, version, int((~fired).sum()), metrics["fvu"], metrics["neurons_used"])
     return {**result, "trained": True, "model_version": version, "written": len(kept),
             "silent_rows": int((~fired).sum()), **resume.as_result(), "steps": trained.steps,
-            "neurons": neurons, "metrics": metrics}
+            "neurons": neurons, "identities": identities.report, "metrics": metrics}

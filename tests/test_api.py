@@ -65,11 +65,11 @@ def test_query_by_neurons_answers_what_the_cli_prints(mem):
 
 def test_one_neuron_may_be_a_number_or_a_list(mem):
     paths, _ = mem
-    assert api.query(paths.root, neuron=3) == api.query(paths.root, neuron=[3])
+    assert api.query(paths.root, neuron=3) == api.query(paths.root, neuron=[3]) == api.query(paths.root, neuron="3")
 
 
-@pytest.mark.parametrize("neuron, message", [("3", "expected a neuron number"), ([], "at least one"),
-                                             ([2, 1.5], "expected a neuron number"),
+@pytest.mark.parametrize("neuron, message", [(b"3", "expected neuron ids or names"), ([], "at least one"),
+                                             ([2, 1.5], "expected a neuron id or name"),
                                              (SAE_DIM, f"has neurons 0 to {SAE_DIM - 1}")])
 def test_bad_neurons_are_usage_errors(mem, neuron, message):
     paths, _ = mem
@@ -158,4 +158,5 @@ def test_the_api_imports_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert set(api.__all__) == {"query", "Hit", "forget", "plan_forget", "doctor", "status", "versions",
-                                "reembed"}
+                                "reembed", "list_neurons", "show_neuron", "name_neuron", "journal_query",
+                                "journal_add", "JournalHit"}

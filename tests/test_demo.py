@@ -120,4 +120,14 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
     assert "<h2" in html and "Dreams" in html and html.count("data:image/png;base64,") >= len(dreams)
 
     wrong = run_cli("query", "--neuron", "9999", "--root", str(root), "--config", "configs/tiny.yaml")
-    assert wrong.returncode == 2 and "sae@2026-01-15 has neurons 0 to 63" in wrong.stderr
+    assert wrong.returncode == 2 and "no neuron 9999" in wrong.stderr
+
+    # Named neurons and a composite query on the demo day: +first -second.
+    first, second = sae["neurons"][0]["neuron"], sae["neurons"][1]["neuron"]
+    for neuron_id, name in ((first, "first trace"), (second, "second")):
+        assert run_cli("neuron", "name", str(neuron_id), name, "--root", str(root)).returncode == 0
+    listed = json.loads(run_cli("neuron", "list", "--json", "--root", str(root)).stdout)
+    assert {n["name"] for n in listed["neurons"]} >= {"first trace", "second"}
+    composite = _query(root, "--neuron", "first trace", "--not", "second", "--topk", "50")
+    assert composite and len(composite) == len(firing)  # every moment the first fires in, no other
+    assert [h["score"] for h in composite] == sorted((h["score"] for h in composite), reverse=True)

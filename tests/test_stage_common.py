@@ -95,6 +95,17 @@ def test_a_checkpoint_lacking_what_tonight_needs_is_an_error(root, tiny_cfg):
         resume_state(_night(root, tiny_cfg, DAY2), "sae", {"hidden": 8}, REQUIRED)
 
 
+def test_a_setting_added_later_takes_its_default_for_older_checkpoints(root, tiny_cfg):
+    _save(root, DAY1)  # written before models.sae.kind existed: a TopK dictionary
+    arch = {"n_inputs": 8, "latents": 16}
+    older = resume_state(_night(root, tiny_cfg, DAY2), "sae", {**arch, "kind": "topk"}, REQUIRED,
+                         defaults={"kind": "topk"})
+    assert older.resumed_from == "2026-01-15"
+    other = resume_state(_night(root, tiny_cfg, DAY2), "sae", {**arch, "kind": "batchtopk"}, REQUIRED,
+                         defaults={"kind": "topk"})
+    assert other.checkpoint is None and "kind topk -> batchtopk" in other.restart_reason
+
+
 def test_a_restart_reaches_the_stage_result_and_the_report(root, tiny_cfg):
     """Stage ``sae`` on twelve clips two nights running; the second night doubles the latents."""
     from memory.db import open_database

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def build(n_inputs: int, cfg: SaeConfig) -> SparseAutoencoder:
-    return SparseAutoencoder(n_inputs, cfg.latents, cfg.k, cfg.aux_k, cfg.dead_steps)
+    return SparseAutoencoder(n_inputs, cfg.latents, cfg.k, cfg.aux_k, cfg.dead_steps, kind=cfg.kind)
 
 
 def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0,
@@ -65,7 +65,7 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
         for group in optimizer.param_groups:
             group["lr"] = lr
         mse, parts = model(x[idx])
-        loss = mse + cfg.aux_coef * parts["aux"]
+        loss = mse + cfg.aux_coef * parts["aux"] + cfg.l1_coef * parts["l1"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.remove_parallel_decoder_grad_()
@@ -74,17 +74,20 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
         global_step += 1
         if it % 10 == 0 or it == total - 1:
             history.append({"step": global_step, "mse": mse.item(), "aux": float(parts["aux"].detach()),
+                            "l1": float(parts["l1"].detach()),
+                            "l0": float((parts["latents"] > 0).sum(1).float().mean()),
                             "dead": float(model.dead_mask().float().mean()), "lr": lr})
     seconds = time.perf_counter() - started
     model.eval()
-    log.info("sae: %d steps on %d vectors in %.1fs, normalised MSE %.3f, dead %.1f%%", total, n, seconds,
-             history[-1]["mse"], 100 * history[-1]["dead"])
+    log.info("sae (%s): %d steps on %d vectors in %.1fs, normalised MSE %.3f, L0 %.1f, dead %.1f%%", cfg.kind,
+             total, n, seconds, history[-1]["mse"], history[-1]["l0"], 100 * history[-1]["dead"])
     return TrainResult(model, optimizer, global_step, total, seconds, history)
 
 
 @torch.no_grad()
 def encode(model: SparseAutoencoder, vectors: np.ndarray, device: str, batch_size: int = 4096) -> np.ndarray:
-    """``(N, D)`` vectors -> ``(N, latents)`` float32 activations, at most ``k`` non-zero per row."""
+    """``(N, D)`` vectors -> ``(N, latents)`` float32 activations (eval mode: at most ``k``
+    non-zero per row for topk, about ``k`` on average for batchtopk, L1-sparse for l1)."""
     model.eval()
     out = [model.encode(torch.as_tensor(np.asarray(vectors[i:i + batch_size], dtype=np.float32),
                                         device=device)).cpu().numpy()
@@ -92,19 +95,43 @@ def encode(model: SparseAutoencoder, vectors: np.ndarray, device: str, batch_siz
     return np.concatenate(out) if out else np.zeros((0, model.n_latents), np.float32)
 
 
-def evaluate(model: SparseAutoencoder, vectors: np.ndarray, activations: np.ndarray, device: str) -> dict:
+def evaluate(model: SparseAutoencoder, vectors: np.ndarray, activations: np.ndarray, device: str,
+             rows_label: str | None = None) -> dict:
     """How well the dictionary describes ``vectors`` (held out, when there are enough).
 
+    Args:
+        model: the trained autoencoder.
+        vectors: the rows to measure reconstruction and sparsity on.
+        activations: ``(N, latents)`` codes of the rows to count firing neurons over
+            (the stage passes every row of tonight).
+        device: where ``vectors`` are encoded.
+        rows_label: what ``activations``' rows are, for ``dead_window``.
     Returns:
-        ``fvu`` (fraction of variance unexplained, 0 = perfect), ``active_per_vector``
-        (mean non-zero neurons), ``neurons_used`` and ``dead_share`` (neurons that fire
-        for none of ``activations``' rows).
+        ``fvu`` (fraction of variance unexplained over ``vectors``, 0 = perfect) and
+        ``explained_variance`` (``1 - fvu``); ``mean_l0`` (mean non-zero neurons per row of
+        ``vectors``); ``active_per_vector`` (the same over ``activations``' rows);
+        ``neurons_used``; two dead shares, each with its window: ``dead_share`` (neurons that
+        fire for none of ``activations``' rows; ``dead_window`` says which rows) and
+        ``dead_share_training`` (neurons silent for the last ``dead_steps`` training steps;
+        ``dead_training_window``).
     """
     x = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device)
+    model.eval()
+    fvu = mean_l0 = None
+    if len(x) >= 2:
+        fvu = round(fraction_of_variance_unexplained(model, x), 5)
+        with torch.no_grad():
+            mean_l0 = round(float((model.encode(x) > 0).sum(1).float().mean()), 3)
     fired = (activations > 0).any(axis=0)
+    rows = rows_label or f"{len(activations)} encoded rows"
     return {
-        "fvu": round(fraction_of_variance_unexplained(model, x), 5) if len(x) >= 2 else None,
+        "fvu": fvu,
+        "explained_variance": None if fvu is None else round(1 - fvu, 5),
+        "mean_l0": mean_l0,
         "active_per_vector": round(float((activations > 0).sum(axis=1).mean()), 3) if len(activations) else 0.0,
         "neurons_used": int(fired.sum()),
         "dead_share": round(1 - float(fired.mean()), 4),
+        "dead_window": f"fires for none of {rows}",
+        "dead_share_training": round(float(model.dead_mask().float().mean()), 4),
+        "dead_training_window": f"no firing in the last {model.dead_steps} training steps",
     }
