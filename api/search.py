@@ -144,9 +144,20 @@ def query(
                                   exclude_clip_ids=exclude, fires_any=fires_any, options=cfg.memory.search)
         except ValueError as exc:
             raise UsageError(f"query: {exc}") from None
+        hits = _with_episodes(engine, hits)
     finally:
         engine.dispose()
     return hits
+
+
+def _with_episodes(engine, hits: list[Hit]) -> list[Hit]:
+    """Each hit with the episode of the day it belongs to (``None`` before the episodes stage ran)."""
+    from dataclasses import replace
+
+    from memory import episode_of
+
+    episodes = episode_of(engine, [h.clip_id for h in hits])
+    return [replace(h, episode=episodes.get(h.clip_id)) for h in hits]
 
 
 def _query_vector(kind: str, example, space: str | None, model_version: str | None,

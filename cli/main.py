@@ -15,6 +15,8 @@ from cli.daemon import add_daemon_command
 from cli.journal import add_journal_command
 from cli.memory import add_memory_commands
 from cli.neuron import add_neuron_group
+from cli.report import add_report_command
+from cli.serve import add_serve_command
 from cli.versions import add_memory_group
 from core.config import load_config
 from core.dates import parse_date
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory_group(sub, _add_common)
     add_journal_command(sub, _add_common)
     add_neuron_group(sub, _add_common)
+    add_serve_command(sub, _add_common)
+    add_report_command(sub, _add_common)
     return parser
 
 

@@ -470,6 +470,23 @@ class JournalConfig(_Section):
                                "trained nightly on every entry in the memory (input_space is not used)")
 
 
+class EpisodesConfig(_Section):
+    """Episodes of the day (kernel change points over the clips' vision vectors, in time
+    order) and its highlights (surprise, made diverse by maximal marginal relevance)."""
+
+    kernel: Literal["cosine", "rbf"] = Field("cosine", description="change-point kernel (ruptures.KernelCPD), "
+                                              "on the day's centred unit vectors")
+    penalty: float = Field(2.0, ge=0, description="cost of one more episode boundary; higher finds fewer "
+                           "(with the cosine kernel, in clips' worth of dissimilarity removed)")
+    min_clips: int = Field(1, ge=1, description="fewest clips in an episode")
+    highlights: int = Field(5, ge=3, le=5, description="highlights picked per day")
+    mmr_lambda: float = Field(0.5, ge=0, le=1, description="maximal marginal relevance: 1 ranks by surprise "
+                              "alone, 0 by diversity alone")
+    loudness_weight: float = Field(0.5, ge=0, description="weight of a clip's loudness (either way from the "
+                                   "day's usual level) beside prediction error and novelty")
+    thumbnails: int = Field(6, ge=1, le=24, description="thumbnails shown per episode")
+
+
 class SleepConfig(_Section):
     """The whole validated configuration of a night."""
 
@@ -481,6 +498,7 @@ class SleepConfig(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     dream: DreamConfig = Field(default_factory=DreamConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    episodes: EpisodesConfig = Field(default_factory=EpisodesConfig)
 
     def section_hash(self, *sections: str) -> str:
         """A short stable hash of the named sub-configs; a stage reruns when it changes.

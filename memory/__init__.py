@@ -20,6 +20,16 @@ from memory import ledger
 from memory.catalog import latest_version, space_dim, spaces
 from memory.db import make_sessionmaker, open_database
 from memory.doctor import doctor
+from memory.episodes import (
+    NewEpisode,
+    NewHighlight,
+    TimelineClip,
+    day_episodes,
+    day_highlights,
+    episode_of,
+    save_episodes,
+    timeline,
+)
 from memory.forget import forget_day, plan_forget
 from memory.journal import (
     Entry,
@@ -105,6 +115,9 @@ __all__ = [
     # the journal: entries, their vectors, the clips near each
     "Entry", "NewEntry", "NearbyClip", "sync_day", "day_entries", "all_entries", "write_entry_vectors",
     "load_entry_vectors", "search_entries", "unembedded", "clips_near",
+    # episodes and highlights of a day
+    "TimelineClip", "NewEpisode", "NewHighlight", "timeline", "save_episodes", "day_episodes",
+    "day_highlights", "episode_of",
     # care
     "forget_day", "plan_forget", "apply_retention", "doctor",
 ]

@@ -94,7 +94,7 @@ def _rename_clip_spaces(engine: Engine, path: Path) -> None:
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
-    from memory import catalog, journal, ledger, maps, neurons, schema
+    from memory import catalog, episodes, journal, ledger, maps, neurons, schema
 
     make_private_dir(path.parent)
     engine = create_engine(f"sqlite:///{path}", future=True)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.lock import NightLock
 from core.paths import Paths
-from memory import journal_care
+from memory import episodes, journal_care
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow
@@ -83,6 +83,7 @@ def _plan(session: Session, paths: Paths, date: dt.date) -> dict:
             "shard_rows": count(ShardRow, ShardRow.shard_id.in_(shard_ids)),
             "stage_runs": count(StageRun, StageRun.date == day),
             **journal_care.day_counts(session, day),
+            **episodes.day_counts(session, day),
         },
         "files": files + indexes,
     }
@@ -133,6 +134,7 @@ def forget_day(paths: Paths, date: dt.date) -> dict:
                     session.execute(delete(Shard).where(Shard.date == day))
                     session.execute(delete(EmbeddingSpace).where(
                         ~EmbeddingSpace.id.in_(select(Shard.space_id))))
+                    episodes.delete_day(session, day)
                     session.execute(delete(KeepsakeRow).where(KeepsakeRow.date == day))
                     session.execute(delete(KeepsakeRow).where(KeepsakeRow.clip_id.in_(clip_ids)))
                     session.execute(delete(AudioSegment).where(AudioSegment.clip_id.in_(clip_ids)))

@@ -1,4 +1,5 @@
-"""What the model stages read of a day: its frames and audio segments, and earlier days'.
+"""What the model stages read of a day: its frames and audio segments, and earlier days';
+and what the search page shows of a clip (:func:`clip_media`, :func:`clip_days`).
 
 The stages glue ``models/`` (which never touches the database) to the memory; these are the
 queries they need, so that SQL stays in this package.
@@ -7,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from memory.schema import AudioSegment, Clip, Frame
+from memory.keepsakes import KeepsakeRow
+from memory.schema import AudioSegment, Clip, Frame, Source
 
 # SQLite allows at most 999 bound parameters in older builds.
 _IN_CHUNK = 900
@@ -101,3 +103,51 @@ def middle_frames(session: Session, clip_ids) -> dict[int, str]:
             if clip_id not in best or gap < best[clip_id][0]:
                 best[clip_id] = (gap, path)
     return {c: p for c, (_, p) in best.items()}
+
+
+@dataclass(frozen=True)
+class ClipMedia:
+    """What can show or play one clip; every path is relative to the root, ``None`` when the
+    memory records none (whether the file is still on disk is the caller's to check)."""
+
+    clip_id: int
+    date: str
+    start_s: float  # offset of the clip in its recording
+    end_s: float
+    source_path: str  # the raw recording
+    has_video: bool  # the recording had a picture (else it is sound only)
+    video_path: str | None  # the clip's own file (``ingest.write_clips``)
+    segment_path: str | None  # its WAV segment (``data/audio/{date}/segments/``)
+    keyframe: str | None  # kept for good under ``memory/keep/{date}/``
+    snippet: str | None  # its sound, kept likewise
+
+
+def clip_media(session: Session, *, clip_ids=None, date: str | None = None,
+               limit: int | None = None, offset: int = 0) -> list[ClipMedia]:
+    """The media of ``clip_ids`` (any order), or of the night ``date``'s clips in time order.
+
+    Args:
+        session: an open session of the memory.
+        clip_ids: the clips wanted; ids not in the memory are absent from the result.
+        date: instead, every clip of that night (``YYYY-MM-DD``), paged by ``limit``/``offset``.
+    """
+    query = (select(Clip.id, Clip.date, Clip.start_s, Clip.end_s, Source.path, Source.has_video, Clip.video_path,
+                    AudioSegment.path, KeepsakeRow.keyframe, KeepsakeRow.snippet)
+             .join(Source, Source.id == Clip.source_id)
+             .outerjoin(AudioSegment, AudioSegment.clip_id == Clip.id)
+             .outerjoin(KeepsakeRow, KeepsakeRow.clip_id == Clip.id))
+    if date is not None:
+        rows = session.execute(query.where(Clip.date == date).order_by(Source.wall_start, Source.path, Clip.start_s)
+                               .limit(limit).offset(offset))
+        return [ClipMedia(*row) for row in rows]
+    ids = sorted(set(clip_ids or ()))
+    found: list[ClipMedia] = []
+    for i in range(0, len(ids), _IN_CHUNK):
+        found += [ClipMedia(*row) for row in session.execute(query.where(Clip.id.in_(ids[i:i + _IN_CHUNK])))]
+    return found
+
+
+def clip_days(session: Session) -> list[tuple[str, int]]:
+    """Every night with clips, oldest first, with how many it holds."""
+    return [(day, n) for day, n in session.execute(select(Clip.date, func.count()).group_by(Clip.date)
+                                                      .order_by(Clip.date))]

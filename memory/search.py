@@ -73,6 +73,9 @@ class Hit:
     start_s: float  # offset of the clip in the source
     end_s: float
     frame_path: str | None  # a frame of the clip, relative to the root
+    # The day's episode the clip belongs to (memory.episodes.episode_of), once the episodes
+    # stage has run on its day; api.query fills it in.
+    episode: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

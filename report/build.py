@@ -2,7 +2,10 @@
 
 Section API: a stage's section is ``report/sections/{stage}.py``, whose ``render`` takes
 ``(summary: dict, ctx: ReportContext)`` and returns an HTML fragment (or ``None`` to
-leave its section out). The summary and stage-timings sections are this package's own.
+leave its section out). The page opens with a headline (:mod:`report.headline`), then three
+groups: the day (episodes, dreams), learning (curves over the last week, memory health, the
+learners' sections) and trust (ingest, stage timings, model versions, disk). The headline,
+curves, health, timings, versions and disk sections are this package's own.
 """
 from __future__ import annotations
 
@@ -10,18 +13,22 @@ import datetime as dt
 import importlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import jinja2
 
 from core.atomic import atomic_write_text
 from core.config import SleepConfig
+from core.errors import LockHeld, UsageError
+from core.lock import lock_holder
 from core.paths import Paths
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
-from report import html as h
+from report.headline import headline
+from report.learning import curves_section, health_section
+from report.trust import disk_section, timings_section, versions_section
 from stages import Stage
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,32 @@ class Section:
     key: str
     title: str
     html: str
+    group: str = "learning"
+
+
+# (key, title, stage sections in order). A stage in no group is drawn under learning, after
+# the listed ones; the package's own sections go where _OWN puts them.
+GROUPS = (
+    ("day", "The day", ("episodes", "dream")),
+    ("learning", "Learning", ("vision", "audio", "align", "sae", "reconstruct", "probes", "reembed",
+                              "journal", "openclip")),
+    ("trust", "Trust", ("ingest", "keep", "retention")),
+)
+# (group, key, title, renderer, before the group's stage sections?)
+_OWN = (
+    ("learning", "curves", "Training curves against the last week", curves_section, True),
+    ("learning", "health", "Memory health, night by night", health_section, True),
+    ("trust", "timings", "Stage timings against the last week", timings_section, False),
+    ("trust", "versions", "Model versions", versions_section, False),
+    ("trust", "disk", "Disk used", disk_section, False),
+)
+
+
+@dataclass(frozen=True)
+class Group:
+    key: str
+    title: str
+    sections: list[Section]
 
 
 def build_summary(date: dt.date, paths: Paths, stages: list[Stage]) -> dict:
@@ -60,7 +93,8 @@ def build_summary(date: dt.date, paths: Paths, stages: list[Stage]) -> dict:
             continue
         entry = state.as_dict()
         if entry["status"] == "running":
-            # The caller holds the night's lock, so nothing is really running: it was killed.
+            # The runner holds the night's lock, and rebuild_report refuses while that night
+            # runs, so nothing is really running: it was killed.
             entry["status"] = "interrupted"
         summary["stages"][stage.name] = entry
         result = dict(state.result or {})
@@ -70,47 +104,6 @@ def build_summary(date: dt.date, paths: Paths, stages: list[Stage]) -> dict:
         if result:
             summary[stage.name] = result
     return summary
-
-
-def _summary_section(summary: dict, ctx: ReportContext) -> str:
-    stages = summary["stages"]
-    failed = [n for n, s in stages.items() if s["status"] in ("failed", "interrupted")]
-    total = sum(s["seconds"] or 0 for s in stages.values())
-    if not stages:
-        verdict = '<p class="muted">No stages are registered yet.</p>'
-    elif failed:
-        verdict = (f'<p class="status failed">{len(failed)} stage(s) did not finish: '
-                   f'{h.esc(", ".join(failed))}. See <code>sleep.log</code> beside this page.</p>')
-    elif all(s["status"] == "done" for s in stages.values()):
-        verdict = '<p class="status ok">Every stage completed.</p>'
-    else:
-        verdict = '<p class="status">Some stages have not run yet.</p>'
-    ingest = summary.get("ingest") or {}
-    facts = []
-    if ingest:
-        facts.append(("files processed", len(ingest.get("processed", []))))
-        facts.append(("files skipped", len(ingest.get("failed", []))))
-        for key in ("clips", "frames", "audio_segments"):
-            if key in ingest:
-                facts.append((key.replace("_", " "), ingest[key]))
-        if "footage_seconds" in ingest:
-            facts.append(("footage", h.seconds(ingest["footage_seconds"])))
-    facts.append(("time spent on stages", h.seconds(total)))
-    return verdict + h.table([], facts)
-
-
-def _timings_section(summary: dict, ctx: ReportContext) -> str:
-    rows = []
-    for name, s in summary["stages"].items():
-        rows.append((name, s["status"], h.seconds(s["seconds"]), s.get("attempts") or "-", s["error"] or ""))
-    if not rows:
-        return '<p class="muted">No stages.</p>'
-    # A model that could not continue last night's weights (its config changed the network's
-    # shape) started afresh: say so here, whichever stage it was (stages.common.resume_state).
-    restarts = [(name, (summary.get(name) or {}).get("restart_reason")) for name in summary["stages"]]
-    notes = "".join(f'<p class="warning">{h.esc(name)} started afresh: {h.esc(reason)}</p>'
-                    for name, reason in restarts if reason)
-    return h.table(["stage", "status", "time", "attempts", "error"], rows) + notes
 
 
 def section_renderer(stage_name: str) -> Callable[[dict, ReportContext], str | None] | None:
@@ -124,21 +117,40 @@ def section_renderer(stage_name: str) -> Callable[[dict, ReportContext], str | N
     return module.render
 
 
+def _draw(key: str, render, summary: dict, ctx: ReportContext) -> str | None:
+    try:
+        return render(summary, ctx)
+    except Exception:  # a broken section must not cost the user the rest of the report
+        log.exception("report section %s failed", key)
+        return '<p class="failed">This section could not be drawn; see sleep.log.</p>'
+
+
 def render_sections(summary: dict, ctx: ReportContext, stages: list[Stage]) -> list[Section]:
-    sections = [Section("summary", "Summary", _summary_section(summary, ctx)),
-                Section("timings", "Stage timings", _timings_section(summary, ctx))]
-    for stage in stages:
-        render = section_renderer(stage.name)
-        if render is None:
-            continue
-        try:
-            fragment = render(summary, ctx)
-        except Exception:  # a broken section must not cost the user the rest of the report
-            log.exception("report section %s failed", stage.name)
-            fragment = '<p class="failed">This section could not be drawn; see sleep.log.</p>'
-        if fragment:
-            sections.append(Section(stage.name, stage.description or stage.name, fragment))
+    """Every section of the page that has something to say, in page order, each with its group."""
+    placed = {name: group for group, _, names in GROUPS for name in names}
+    ordered = {group: [n for n in names if any(s.name == n for s in stages)] for group, _, names in GROUPS}
+    ordered["learning"] += [s.name for s in stages if s.name not in placed]
+    by_name = {s.name: s for s in stages}
+    sections: list[Section] = []
+    for group, _, _ in GROUPS:
+        own = [(key, title, render, first) for g, key, title, render, first in _OWN if g == group]
+        drawn = [(key, title, render) for key, title, render, first in own if first]
+        for name in ordered[group]:
+            render = section_renderer(name)
+            if render is not None:
+                drawn.append((name, by_name[name].description or name, render))
+        drawn += [(key, title, render) for key, title, render, first in own if not first]
+        for key, title, render in drawn:
+            fragment = _draw(key, render, summary, ctx)
+            if fragment:
+                sections.append(Section(key, title, fragment, group))
     return sections
+
+
+def group_sections(sections: list[Section]) -> list[Group]:
+    """The page's groups in order, each with its sections; a group with none is left out."""
+    groups = [Group(key, title, [s for s in sections if s.group == key]) for key, title, _ in GROUPS]
+    return [g for g in groups if g.sections]
 
 
 def write_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Stage]) -> Path:
@@ -151,9 +163,44 @@ def write_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Sta
         date=date.isoformat(),
         generated=dt.datetime.now().isoformat(timespec="seconds"),
         root=str(paths.root),
-        sections=render_sections(summary, ctx, stages),
+        headline=headline(summary),
+        groups=group_sections(render_sections(summary, ctx, stages)),
     )
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     index = atomic_write_text(folder / "index.html", page)
     log.info("report: %s", index)
     return index
+
+
+def rebuild_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Stage] | None = None) -> Path:
+    """Write the report of a night already in the ledger again, from what is stored; train nothing.
+
+    Args:
+        date: the night.
+        cfg: the config the sections read (limits such as ``report.max_listed_files``).
+        paths: the layout under the root.
+        stages: the stage list (default :data:`stages.STAGES`, as the runner uses).
+    Returns:
+        the path of ``reports/{date}/index.html``.
+    Raises:
+        UsageError: no memory under the root, or no night of ``date`` in its ledger.
+        LockHeld: the night of ``date`` is running now (its report is written when it ends).
+    """
+    from stages import STAGES
+
+    stages = STAGES if stages is None else stages
+    if not paths.database.exists():
+        raise UsageError(f"no memory under {paths.root} ({paths.database} does not exist): no night to report")
+    holder = lock_holder(paths.lock)
+    if holder and f"night {date.isoformat()}" in holder:
+        raise LockHeld(f"the night of {date} is running now ({holder}); its report is written when it ends")
+    engine = open_database(paths.database)
+    try:
+        with make_sessionmaker(engine)() as session:
+            known = bool(ledger.night(session, date.isoformat()))
+    finally:
+        engine.dispose()
+    if not known:
+        raise UsageError(f"no night of {date} in the ledger under {paths.root}; "
+                         "sleep.py status lists the nights there are")
+    return write_report(date, cfg, paths, stages)

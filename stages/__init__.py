@@ -102,6 +102,8 @@ STAGES: list[Stage] = [
           description="Earlier days into tonight's versions"),
     Stage("probes", "stages.probes:run", ("memory.search",), needs=("vision", "audio", "reembed"),
           description="Old memories: recall of the probe set night by night"),
+    Stage("episodes", "stages.episodes:run", ("episodes",), needs=("vision", "audio", "reembed"),
+          description="Episodes and highlights of the day"),
     # Last: footage older than memory.retention goes; embeddings stay.
     Stage("retention", "stages.retention:run", ("memory",), description="Retention"),
 ]

@@ -1,6 +1,6 @@
 """The layers stay true: every import of ours runs downward (see ARCHITECTURE.md).
 
-core -> ingest, models, memory -> dream -> stages -> api -> report -> pipeline -> cli.
+core -> ingest, models, memory -> dream -> stages -> api -> report -> web -> pipeline -> cli.
 A module may import its own package and any package of a lower layer, never one of its
 own layer or above. The walk reads every import statement, including those inside
 functions (the lazy ones that keep ``sleep.py status`` from importing torch).
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [("core",), ("ingest", "models", "memory"), ("dream",), ("stages",), ("api",), ("report",),
-          ("pipeline",), ("cli",)]
+          ("web",), ("pipeline",), ("cli",)]
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
 
 

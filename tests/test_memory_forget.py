@@ -68,7 +68,8 @@ def test_forget_removes_exactly_one_day(mem):
     removed = forget_day(paths, day)
     assert removed["database"] == {"sources": 1, "clips": 20, "frames": 60, "audio_segments": 20,
                                    "keepsakes": 0, "shards": 1, "shard_rows": 20, "stage_runs": 1,
-                                   "journal_entries": 0, "journal_shards": 0, "journal_vectors": 0}
+                                   "journal_entries": 0, "journal_shards": 0, "journal_vectors": 0,
+                                   "episodes": 0, "episode_clips": 0, "highlights": 0}
     assert _counts(engine, "2026-01-11") == dict.fromkeys(kept_before["2026-01-10"], 0)
     for folder in (paths.raw(day), paths.frames(day), paths.audio(day), paths.report(day)):
         assert not folder.exists()
