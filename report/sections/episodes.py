@@ -80,7 +80,7 @@ def timeline_strip(result: dict) -> str:
              f'width="100%" height="{height}" preserveAspectRatio="none" role="img" aria-label="episodes of the day">')]
     for k, (episode, (a, b)) in enumerate(zip(result["episodes"], ep_x)):
         colour = COLOURS[k % len(COLOURS)]
-        title = f"episode {k + 1}: {when(episode)}, {episode['clips']} clips"
+        title = f"episode {k + 1}: {when(episode)}, {_clips(episode['clips'])}"
         parts.append(f'<rect x="{a * STRIP_W:.1f}" y="0" width="{max(1.0, (b - a) * STRIP_W):.1f}" height="{BAND_H}" '
                      f'fill="{colour}"><title>{h.esc(title)}</title></rect>')
     for k, (recording, (a, b)) in enumerate(zip(result.get("recordings") or [], rec_x)):
@@ -114,7 +114,7 @@ def _episode(ctx, k: int, episode: dict) -> str:
     thumbs = "".join(_img(ctx, rel, f"episode {k + 1}") for rel in episode.get("thumbnails") or [])
     recordings = ", ".join(Path(r).name for r in episode["recordings"])
     return (f'<div class="episode" style="border-left:6px solid {colour};padding-left:8px;margin:10px 0">'
-            f'<p><b>Episode {k + 1}</b> {h.esc(when(episode))} &middot; {episode["clips"]} clips &middot; '
+            f'<p><b>Episode {k + 1}</b> {h.esc(when(episode))} &middot; {_clips(episode["clips"])} &middot; '
             f'{h.esc(recordings)}</p>'
             f'<div class="thumbs" style="display:flex;flex-wrap:wrap;gap:4px">{thumbs}</div>'
             f'<p>loudness {sparkline(episode.get("loudness") or [])}</p></div>')
@@ -148,3 +148,7 @@ def render(summary: dict, ctx) -> str | None:
     for note in result.get("notes") or []:
         parts.append(f'<p class="muted">{h.esc(note)}</p>')
     return "".join(parts)
+
+
+def _clips(n: int) -> str:
+    return f"{n} clip" if n == 1 else f"{n} clips"
