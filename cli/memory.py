@@ -99,8 +99,9 @@ def cmd_query(args) -> int:
         print("no matches")
     for h in hits:
         when = h.wall_start.replace("T", " ") if h.wall_start else h.date
+        episode = f"  episode {h.episode['index'] + 1}" if h.episode else ""  # numbered as the report does
         print(f"{when:<19}  {h.score:.3f}  {h.modality:<6}  {h.source_path} +{h.start_s:.1f}s  "
-              f"clip {h.clip_id}  {h.frame_path or '-'}")
+              f"clip {h.clip_id}{episode}  {h.frame_path or '-'}")
     return 0
 
 
