@@ -70,6 +70,10 @@ def make_recording(path: Path, scenes: list[int]) -> Path:
     for i, k in enumerate(scenes):
         source, look = SOURCES[k % len(SOURCES)], LOOKS[(k // len(SOURCES)) % len(LOOKS)]
         name, _, options = source.partition("=")
+        # The cellular sources are black and white, so a hue or saturation look leaves them
+        # as they were: with one seed for every day, another day would record the very same
+        # pictures. A seed per scene makes each day's scene its own.
+        options = ":".join(f"seed={k}" if o.startswith("seed=") else o for o in options.split(":") if o)
         video = f"{name}=size=320x192:rate=10" + (f":{options}" if options else "")
         cmd += ["-f", "lavfi", "-t", str(SEGMENT_S), "-i", f"{video},{look},format=yuv420p",
                 "-f", "lavfi", "-t", str(SEGMENT_S), "-i", f"sine=frequency={180 + 61 * k}:sample_rate=16000"]
