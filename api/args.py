@@ -19,6 +19,18 @@ def paths_of(root: Root) -> Paths:
     return root if isinstance(root, Paths) else Paths.at(root)
 
 
+def memory_of(root: Root) -> Paths:
+    """The layout under ``root``, which must hold a memory.
+
+    Raises:
+        UsageError: no database yet (no night has run there).
+    """
+    paths = paths_of(root)
+    if not paths.database.exists():
+        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    return paths
+
+
 def date_of(value: Day, name: str) -> dt.date:
     """A ``datetime.date`` or ``"YYYY-MM-DD"`` as a date; ``name`` is quoted in the error."""
     if isinstance(value, dt.datetime):

@@ -12,7 +12,7 @@ import numbers
 import os
 from dataclasses import asdict, dataclass, field
 
-from api.args import Day, Root, config_of, date_of, paths_of
+from api.args import Day, Root, config_of, date_of, memory_of, paths_of
 from core.config import SleepConfig, parse_clock_time
 from core.device import resolve_device
 from core.errors import ConfigError, UsageError
@@ -73,9 +73,7 @@ def journal_query(root: Root, text: str, *, topk: int = 10, date_from: Day | Non
     window = cfg.journal.window_minutes if window_minutes is None else float(window_minutes)
     if window <= 0:
         raise UsageError(f"window_minutes {window_minutes}: must be positive")
-    paths = paths_of(root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    paths = memory_of(root)
 
     from memory import clips_near, open_database, search_entries
     from stages.journal import SPACE, load_encoder

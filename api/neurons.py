@@ -7,16 +7,14 @@ active version (the one queries search).
 """
 from __future__ import annotations
 
-from api.args import Day, Root, date_of, paths_of
+from api.args import Day, Root, date_of, memory_of
 from core.errors import UsageError
 
 
 def _open(root: Root):
     from memory import open_database
 
-    paths = paths_of(root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    paths = memory_of(root)
     return paths, open_database(paths.database)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from api.args import Day, Root, config_of, date_of, paths_of
+from api.args import Day, Root, config_of, date_of, memory_of
 from core.config import SleepConfig
 from core.device import resolve_device
 from core.errors import ConfigError, UsageError
@@ -122,9 +122,7 @@ def query(
     first = date_of(date_from, "--from").isoformat() if date_from is not None else None
     last = date_of(date_to, "--to").isoformat() if date_to is not None else None
     cfg = config_of(config, overrides)
-    paths = paths_of(root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    paths = memory_of(root)
 
     from memory import open_database
     from stages.recall import PlannedSearch, search_planned

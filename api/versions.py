@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import os
 
-from api.args import Root, config_of, paths_of
+from api.args import Root, config_of, memory_of
 from core.config import SleepConfig
 from core.device import resolve_device
 from core.errors import UsageError
@@ -31,9 +31,7 @@ def versions(root: Root) -> list[dict]:
     """
     from memory import open_database, version_table
 
-    paths = paths_of(root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    paths = memory_of(root)
     engine = open_database(paths.database)
     try:
         return version_table(engine)
@@ -71,9 +69,7 @@ def reembed(root: Root, *, space: str | None = None, version: str | None = None,
     from stages.reembed import latest_targets, reembed as run_reembed, usable
 
     cfg = config_of(config, overrides)
-    paths = paths_of(root)
-    if not paths.database.exists():
-        raise UsageError(f"{paths.database}: no memory yet (run a night first)")
+    paths = memory_of(root)
     if max_minutes is not None and max_minutes < 0:
         raise UsageError(f"--max-minutes {max_minutes}: must be at least 0")
     with NightLock(paths.lock, "memory reembed"):

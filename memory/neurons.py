@@ -189,6 +189,20 @@ def latents_of(engine: Engine, version: str) -> dict[int, int]:
         return {r.neuron_id: r.latent for r in _rows(session, version).values()}
 
 
+def _id_of(session: Session, given: int | str) -> int:
+    """The id a person means: a number is an id, anything else a name.
+
+    Raises:
+        NeuronError: no neuron has that name.
+    """
+    if isinstance(given, str) and not given.strip().isdigit():
+        neuron_id = session.scalar(select(Neuron.id).where(Neuron.name == given.strip()))
+        if neuron_id is None:
+            raise NeuronError(f"no neuron is named {given!r} (sleep.py neuron list shows the names)")
+        return neuron_id
+    return int(given)
+
+
 def resolve_neurons(engine: Engine, version: str, dim: int, names: list[int | str]) -> list[tuple[int | str, int]]:
     """Each neuron (an id, or a name) with its latent in ``version``.
 
@@ -199,13 +213,7 @@ def resolve_neurons(engine: Engine, version: str, dim: int, names: list[int | st
     out = []
     with Session(engine) as session:
         for given in names:
-            if isinstance(given, str) and not given.strip().isdigit():
-                neuron = session.scalars(select(Neuron).where(Neuron.name == given.strip())).first()
-                if neuron is None:
-                    raise NeuronError(f"no neuron is named {given!r} (sleep.py neuron list shows the names)")
-                neuron_id = neuron.id
-            else:
-                neuron_id = int(given)
+            neuron_id = _id_of(session, given)
             if mapping:
                 latent = mapping.get(neuron_id)
                 if latent is None:
@@ -229,14 +237,10 @@ def find_neuron(engine: Engine, given: int | str) -> Neuron:
         NeuronError: none.
     """
     with Session(engine) as session:
-        if isinstance(given, str) and not given.strip().isdigit():
-            neuron = session.scalars(select(Neuron).where(Neuron.name == given.strip())).first()
-            if neuron is None:
-                raise NeuronError(f"no neuron is named {given!r}")
-        else:
-            neuron = session.get(Neuron, int(given))
-            if neuron is None:
-                raise NeuronError(f"no neuron {int(given)}")
+        neuron_id = _id_of(session, given)
+        neuron = session.get(Neuron, neuron_id)
+        if neuron is None:
+            raise NeuronError(f"no neuron {neuron_id}")
         session.expunge(neuron)
         return neuron
 
@@ -327,28 +331,9 @@ def latent_stats(engine: Engine, paths, version: str, *, date_from: str | None =
 
 
 def moments(engine: Engine, rows: list[tuple[int, int]]) -> dict[tuple[int, int], dict]:
-    """What each ``(shard id, row)`` is: its clip, day, time, recording and a frame."""
-    from sqlalchemy import tuple_
+    """What each ``(shard id, row)`` is: its clip, day, time, recording and a frame
+    (:func:`memory.search.row_moments`)."""
+    from memory.search import row_moments
 
-    from memory.catalog import ShardRow
-    from memory.media import middle_frames
-    from memory.schema import Clip, Frame, Source
-
-    if not rows:
-        return {}
-    found: dict[tuple[int, int], dict] = {}
     with Session(engine) as session:
-        result = session.execute(
-            select(ShardRow.shard_id, ShardRow.row, ShardRow.clip_id, ShardRow.modality, Clip.date, Clip.wall_start,
-                   Clip.start_s, Clip.end_s, Source.path, Frame.path)
-            .join(Clip, Clip.id == ShardRow.clip_id).join(Source, Source.id == Clip.source_id)
-            .outerjoin(Frame, Frame.id == ShardRow.frame_id)
-            .where(tuple_(ShardRow.shard_id, ShardRow.row).in_(rows)))
-        for shard_id, row, clip_id, modality, date, wall, start, end, source, frame in result:
-            found[(shard_id, row)] = {"clip_id": clip_id, "modality": modality, "date": date,
-                                      "wall_start": wall.isoformat() if wall else None, "source_path": source,
-                                      "start_s": start, "end_s": end, "frame_path": frame}
-        thumbnails = middle_frames(session, {m["clip_id"] for m in found.values() if m["frame_path"] is None})
-    for m in found.values():
-        m["frame_path"] = m["frame_path"] or thumbnails.get(m["clip_id"])
-    return found
+        return row_moments(session, rows)

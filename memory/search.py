@@ -251,29 +251,38 @@ def _locate(shards: list[Shard], blocks: list[Block], gid: int) -> tuple[Shard, 
     raise IndexError(gid)
 
 
-def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) -> list[Hit]:
-    if not cands:
-        return []
-    keys = [(shard.id, row) for _, shard, row in cands]
+def row_moments(session: Session, keys: list[tuple[int, int]]) -> dict[tuple[int, int], dict]:
+    """What each ``(shard id, row)`` still in the database is: ``clip_id``, ``modality``,
+    ``date``, ``wall_start`` (ISO), ``source_path``, ``start_s``, ``end_s`` and ``frame_path``
+    (the row's own frame, else its clip's middle frame)."""
+    if not keys:
+        return {}
     found = {}
-    for r in session.execute(
+    for shard_id, row, clip_id, modality, date, wall, start, end, source, frame in session.execute(
             select(ShardRow.shard_id, ShardRow.row, ShardRow.clip_id, ShardRow.modality,
                    Clip.date, Clip.wall_start, Clip.start_s, Clip.end_s, Source.path, Frame.path)
             .join(Clip, Clip.id == ShardRow.clip_id).join(Source, Source.id == Clip.source_id)
             .outerjoin(Frame, Frame.id == ShardRow.frame_id)
             .where(tuple_(ShardRow.shard_id, ShardRow.row).in_(keys))):
-        found[(r[0], r[1])] = r
-    clip_ids = {r[2] for r in found.values() if r[9] is None}
+        found[(shard_id, row)] = {"clip_id": clip_id, "modality": modality, "date": date,
+                                  "wall_start": wall.isoformat() if wall else None, "source_path": source,
+                                  "start_s": start, "end_s": end, "frame_path": frame}
+    clip_ids = {m["clip_id"] for m in found.values() if m["frame_path"] is None}
     thumbnails = middle_frames(session, clip_ids) if clip_ids else {}
+    for m in found.values():
+        m["frame_path"] = m["frame_path"] or thumbnails.get(m["clip_id"])
+    return found
+
+
+def _resolve(session: Session, space: EmbeddingSpace, cands, exclude: set[int]) -> list[Hit]:
+    keys = [(shard.id, row) for _, shard, row in cands]
+    found = row_moments(session, keys)
     hits = []
-    for (score, shard, row), key in zip(cands, keys):
-        r = found.get(key)
-        if r is None or r[2] in exclude:
+    for (score, _, _), key in zip(cands, keys):
+        moment = found.get(key)
+        if moment is None or moment["clip_id"] in exclude:
             continue
-        hits.append(Hit(clip_id=r[2], score=round(score, 6), space=space.name,
-                        model_version=space.model_version, modality=r[3], date=r[4],
-                        wall_start=r[5].isoformat() if r[5] else None, source_path=r[8],
-                        start_s=r[6], end_s=r[7], frame_path=r[9] or thumbnails.get(r[2])))
+        hits.append(Hit(score=round(score, 6), space=space.name, model_version=space.model_version, **moment))
     return hits
 
 

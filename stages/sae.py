@@ -82,7 +82,7 @@ def _identities(night: Night, version: str, model, resumed: dict | None) -> Iden
     it could not continue because the shape changed: its directions still live in the same
     input width when only the number of latents changed).
     """
-    from memory import assign_identities, neuron_latents
+    from memory import assign_identities
 
     threshold = night.cfg.models.sae.match_threshold
     new = decoder_directions(model.state_dict())
@@ -101,7 +101,8 @@ def _identities(night: Night, version: str, model, resumed: dict | None) -> Iden
     summary = {**report.as_dict(), "threshold": threshold, **({"note": note} if note else {})}
     log.info("sae: neurons kept %d (mean match cosine %s), born %d, lost %d", summary["kept"],
              (summary["match_cosine"] or {}).get("mean"), summary["born"], summary["lost"])
-    ids = {latent: neuron_id for neuron_id, latent in neuron_latents(night.engine, version).items()}
+    # Every latent is either kept or born: together they are tonight's latent -> id.
+    ids = {n["latent"]: n["id"] for n in report.kept + report.born}
     return Identities(summary, ids)
 
 
