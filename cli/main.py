@@ -14,6 +14,7 @@ from pathlib import Path
 from cli.daemon import add_daemon_command
 from cli.journal import add_journal_command
 from cli.memory import add_memory_commands
+from cli.dream import add_dream_commands
 from cli.neuron import add_neuron_group
 from cli.report import add_report_command
 from cli.serve import add_serve_command
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory_group(sub, _add_common)
     add_journal_command(sub, _add_common)
     add_neuron_group(sub, _add_common)
+    add_dream_commands(sub, _add_common)
     add_serve_command(sub, _add_common)
     add_report_command(sub, _add_common)
     return parser

@@ -345,15 +345,21 @@ class ReconstructConfig(_Section):
     clip embeddings, so its completion is always a blend of real moments.
     """
 
-    use: Literal["auto", "hopfield", "mlp"] = Field(
-        "auto", description="what query --fragment completes with; auto: whichever of the two, or the "
+    use: Literal["auto", "hopfield", "mlp", "pattern"] = Field(
+        "auto", description="what query --fragment completes with; auto: whichever variant, or the "
         "fragment as it is, found its clip most often on tonight's held-out frames")
     max_frames: int = Field(20000, ge=2, description="frames of the night that fragments are made of")
     views_per_frame: int = Field(2, ge=1, description="damaged views (fragments) per frame")
     crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
     hidden: int = Field(1024, ge=8, description="MLP hidden width")
     assoc_dim: int = Field(256, ge=4, description="Hopfield query/key width")
-    beta: float = Field(8.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
+    beta: float = Field(16.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
+    patterns: int = Field(1024, ge=2, description="learned stored patterns of the pattern-layer variant")
+    recall_top_k: int = Field(256, ge=1, description="the Hopfield softmax at query time runs over this many "
+                              "nearest keys (a FAISS search), so that it scales to millions of memories")
+    noise_snr_db: list[float] = Field([0.0, 5.0, 10.0], description="embedding-space Gaussian noise as a "
+                                      "corruption: one noisy fragment per frame at each of these SNRs (dB, "
+                                      "of what tells the frame from the memories' mean); [] = none")
     bank_max: int = Field(50000, ge=2, description="clips stored as patterns at most")
     batch_size: int = Field(256, ge=2)
     epochs: int = Field(10, ge=1, description="passes over tonight's fragments")
@@ -401,10 +407,33 @@ class ModelsConfig(_Section):
                                     "measure each learner on")
 
 
+class UnclipConfig(_Section):
+    """Stable unCLIP (diffusers ``StableUnCLIPImg2ImgPipeline``) from a folder the user already
+    has on disk, decoding the ``openclip`` stage's image embeddings (``dream.backend: unclip``).
+    Nothing is downloaded; the folder's image-embedding width must match the OpenCLIP weights
+    (``stable-diffusion-2-1-unclip``: ViT-H-14, 1024-d)."""
+
+    path: str | None = Field(None, description="folder of a diffusers StableUnCLIPImg2ImgPipeline "
+                             "(model_index.json and one folder per component)")
+    steps: int = Field(20, ge=1, description="denoising steps per dream")
+    guidance: float = Field(10.0, ge=0, description="classifier-free guidance scale (off at 1 or below)")
+    noise_level: int = Field(0, ge=0, description="noise added to the image embedding first (0 to 999): "
+                             "higher strays further from the moment")
+    image_size: int | None = Field(None, ge=8, multiple_of=8, description="side of the dreams, in pixels "
+                                   "(null: the pipeline's own, 768 for stable-diffusion-2-1-unclip)")
+    embed_norm: float | None = Field(20.0, gt=0, description="length the stored unit vectors are scaled to "
+                                     "before decoding (unCLIP was trained on raw, unnormalised CLIP "
+                                     "embeddings); null: as stored")
+    batch_size: int = Field(4, ge=1, description="dreams decoded at once")
+    dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="weights' precision "
+                                                             "on CUDA (float32 on a CPU)")
+
+
 class DreamConfig(_Section):
-    """The night's dreams: an embedding-conditioned diffusion decoder (diffusers ``UNet2DModel``,
-    DDPM training, DDIM sampling, classifier-free guidance) trained on the user's own frames,
-    decoding completed fragments and blends of two moments into images."""
+    """The night's dreams: an embedding-conditioned diffusion decoder (diffusers
+    ``UNet2DConditionModel``, DDPM training, DDIM sampling, classifier-free guidance, EMA)
+    trained on the user's own frames, decoding completed fragments and blends of two moments
+    into images."""
 
     image_size: int = Field(64, ge=8, description="side of the decoded images, in pixels")
     channels: list[int] = Field([64, 128, 256], min_length=2, description="UNet widths per resolution")
@@ -419,12 +448,30 @@ class DreamConfig(_Section):
     max_frames: int = Field(20000, ge=1, description="tonight's frames it trains on at most")
     cond_dropout: float = Field(0.1, ge=0, lt=1, description="share of steps without the embedding "
                                 "(what classifier-free guidance contrasts with)")
+    cond_noise: float = Field(0.3, ge=0, le=1, description="training mixes Gaussian noise into each embedding "
+                              "at a random level up to this (unCLIP's noise_level; 1 = noise alone)")
+    sample_cond_noise: float = Field(0.0, ge=0, le=1, description="noise level mixed into the embeddings "
+                                     "when dreaming")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="decay of the weights' moving average that "
+                             "dreams are drawn with")
+    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of the frames trained on drawn from "
+                                   "earlier days (re-embedded with tonight's vision model)")
     guidance: float = Field(2.0, ge=0, description="classifier-free guidance scale when dreaming")
     sample_steps: int = Field(50, ge=1, description="DDIM steps per dream")
     dreams: int = Field(8, ge=0, description="dreams per night: half recalled from fragments, half blends")
     bf16: bool = Field(True, description="bf16 autocast on CUDA")
     log_every: int = Field(100, ge=1)
     seed: int = 0
+    backend: Literal["ours", "unclip"] = Field("ours", description="ours: the decoder trained each night; "
+                                               "unclip: Stable unCLIP from dream.unclip.path")
+    unclip: UnclipConfig = Field(default_factory=UnclipConfig)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> DreamConfig:
+        if self.backend == "unclip" and not self.unclip.path:
+            raise ValueError("dream.unclip.path must name a local Stable unCLIP folder when dream.backend "
+                             "is unclip")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> DreamConfig:

@@ -67,6 +67,11 @@ class Paths:
         return self.root / "reports" / date.isoformat()
 
     @property
+    def dreams_on_demand(self) -> Path:
+        """``reports/dreams/``: what ``sleep.py dream`` and ``sleep.py blend`` draw."""
+        return self.root / "reports" / "dreams"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".sleep.lock"
 

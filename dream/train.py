@@ -2,7 +2,10 @@
 
 AdamW with warm-up and cosine decay (a pure function of the step, as every nightly trainer
 here); bf16 autocast on CUDA; the frames stay a uint8 tensor and batches are gathered from
-it. Each night continues from the last checkpoint when its shapes fit.
+it. An EMA of the weights (diffusers ``EMAModel``) follows every step: dreams are drawn with
+it, since a few hundred steps of a small batch leave the raw weights noisy. Each night
+continues from the last checkpoint when its shapes fit, EMA included (a checkpoint written
+before the EMA existed starts it from its weights).
 """
 from __future__ import annotations
 
@@ -13,10 +16,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from core.config import DreamConfig
-from dream.decoder import DreamDecoder, diffusion_loss, noise_scheduler
+from dream.decoder import (
+    DreamDecoder,
+    diffusion_loss,
+    ema_decoder,
+    make_ema,
+    noise_scheduler,
+)
 from models import schedules
 from models.checkpoint import restore_training
 
@@ -26,7 +36,8 @@ PROJECT_AFTER = 6  # steps run before checking the time budget (the first one is
 
 @dataclass
 class DreamTrainResult:
-    model: DreamDecoder
+    model: DreamDecoder       # the raw weights, as trained
+    ema: EMAModel             # their average: what dreams are drawn with (:meth:`dreamer`)
     optimizer: torch.optim.Optimizer
     step: int                 # global, over all nights
     steps: int                # tonight's
@@ -35,13 +46,23 @@ class DreamTrainResult:
     losses: list[float] = field(default_factory=list)  # every log_every steps
     budget_cut: str | None = None  # why fewer steps than configured ran, if they did
 
+    def dreamer(self) -> DreamDecoder:
+        """A copy of the decoder holding the EMA weights, in eval mode."""
+        return ema_decoder(self.model, self.ema)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the training: both weights, the EMA, optimizer, step."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step}
+
 
 def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, device: str, *,
                   resume: dict | None = None, steps: int | None = None, progress: bool = True) -> DreamTrainResult:
     """Fit the decoder to ``(N, 3, S, S)`` uint8 frames and their ``(N, D)`` embeddings.
 
     Args:
-        resume: last night's checkpoint (``model``, ``optimizer``, ``step``) when its shapes fit.
+        resume: last night's checkpoint (``model``, ``optimizer``, ``step``, and ``ema`` unless it
+            predates the EMA) when its shapes fit.
         steps: overrides ``cfg.steps``.
     Raises:
         ValueError: no frames, or frames and embeddings of different counts.
@@ -52,6 +73,7 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     model = DreamDecoder(cond.shape[1], cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     global_step = restore_training(resume, model, optimizer)
+    ema = make_ema(model, cfg.ema_decay, (resume or {}).get("ema"), global_step)
     frames = images.to(device) if device.startswith("cuda") else images
     conds = torch.as_tensor(np.asarray(cond, dtype=np.float32), device=device)
     scheduler = noise_scheduler()
@@ -73,10 +95,11 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
             group["lr"] = lr
         with autocast:
             loss = diffusion_loss(model, frames[rows.to(frames.device)].to(device), conds[rows.to(device)],
-                                  scheduler, cfg.cond_dropout, generator)
+                                  scheduler, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        ema.step(model.parameters())
         global_step += 1
         it += 1
         bar.update(1)
@@ -103,7 +126,7 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     _sync(device)
     seconds = time.perf_counter() - started
     model.eval()
-    return DreamTrainResult(model, optimizer, global_step, total, seconds,
+    return DreamTrainResult(model, ema, optimizer, global_step, total, seconds,
                             total * batch / seconds if seconds > 0 else 0.0, losses, budget_cut)
 
 

@@ -6,6 +6,7 @@ queries they need, so that SQL stays in this package.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -151,3 +152,21 @@ def clip_days(session: Session) -> list[tuple[str, int]]:
     """Every night with clips, oldest first, with how many it holds."""
     return [(day, n) for day, n in session.execute(select(Clip.date, func.count()).group_by(Clip.date)
                                                       .order_by(Clip.date))]
+
+
+def frame_moments(session: Session, frame_ids) -> dict[int, dict]:
+    """When and where each frame is, for showing it beside what was made of it: ``clip_id``,
+    ``path`` (the JPEG, relative to the root), ``recording`` (the raw file), ``offset_s`` (into
+    the recording) and ``wall`` (ISO wall-clock time, ``None`` when the recording did not say).
+    Frames not in the memory are absent."""
+    ids = sorted({int(i) for i in frame_ids})
+    found: dict[int, dict] = {}
+    for i in range(0, len(ids), _IN_CHUNK):
+        for frame_id, clip_id, path, t_s, start_s, wall, recording in session.execute(
+                select(Frame.id, Frame.clip_id, Frame.path, Frame.t_s, Clip.start_s, Clip.wall_start, Source.path)
+                .join(Clip, Clip.id == Frame.clip_id).join(Source, Source.id == Clip.source_id)
+                .where(Frame.id.in_(ids[i:i + _IN_CHUNK]))):
+            at = wall + dt.timedelta(seconds=t_s - start_s) if wall else None
+            found[frame_id] = {"clip_id": clip_id, "path": path, "recording": recording, "offset_s": round(t_s, 2),
+                               "wall": at.isoformat(timespec="seconds") if at else None}
+    return found

@@ -21,6 +21,9 @@ import torch
 
 from core.errors import UsageError
 from core.paths import Paths
+from memory.keepsakes import day_keepsakes, keepsake_days
+from memory.media import earlier_frame_ids_by_day, frame_paths
+from models.batches import replay_by_day
 from models.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -136,6 +139,51 @@ def train_and_measure(held: np.ndarray, minimum: int = 2) -> tuple[np.ndarray, n
     """
     train = ~held if (~held).sum() >= minimum else np.ones(len(held), bool)
     return train, held if held.sum() >= minimum else train
+
+
+# --- replay of earlier days ------------------------------------------------------------------
+
+def replay_frame_files(night: Night, max_frames: int, seed: int) -> tuple[list[str], list[str], dict]:
+    """A seeded sample of earlier days' frames, the same number from every day, as files on disk
+    (what the vision and dream stages replay).
+
+    Frame ids are drawn first (cheap even for a long memory), then their paths looked up. A
+    day whose frames retention removed replays its clips' keepsake keyframes instead
+    (``memory.keepsakes``), and so does a drawn frame whose file is gone.
+
+    Returns:
+        ``(paths, days, counts)``: paths relative to the root, the day of each, and
+        ``{"pool", "from_keepsakes", "missing"}`` (earlier frames and keyframes to draw from,
+        keyframes used, drawn files found neither way).
+    """
+    root = night.paths.root
+    paths: list[str] = []
+    days: list[str] = []
+    counts = {"pool": 0, "from_keepsakes": 0, "missing": 0}
+    if max_frames == 0:
+        return paths, days, counts
+    with night.Session() as session:
+        frames = earlier_frame_ids_by_day(session, night.day)
+        keyframes = {day: [k.keyframe for k in day_keepsakes(session, day) if k.keyframe]
+                     for day in keepsake_days(session) if day < night.day}
+        pools: dict[str, list] = {**{d: k for d, k in keyframes.items() if d not in frames}, **frames}
+        counts["pool"] = sum(len(v) for v in pools.values())
+        for day, items in replay_by_day(pools, max_frames, seed).items():
+            drawn = frame_paths(session, items) if day in frames else items
+            found = [p for p in drawn if (root / p).is_file()]
+            lost = len(drawn) - len(found)
+            if lost and day in frames and keyframes.get(day):
+                stand_ins = [p for p in replay_by_day({day: keyframes[day]}, lost, seed)[day]
+                             if (root / p).is_file()]
+                found += stand_ins
+                counts["from_keepsakes"] += len(stand_ins)
+                lost -= len(stand_ins)
+            elif day not in frames:
+                counts["from_keepsakes"] += len(found)
+            counts["missing"] += lost
+            paths += found
+            days += [day] * len(found)
+    return paths, days, counts
 
 
 # --- the resume policy -----------------------------------------------------------------------

@@ -1,30 +1,37 @@
-"""Stage ``dream``: train the dream decoder on tonight's frames, then dream.
+"""Stage ``dream``: train the dream decoder on tonight's frames and earlier days', then dream.
 
-The decoder learns to draw each of tonight's frames (at ``dream.image_size``) from its
-vision embedding (space ``vision_frame``, tonight's ``jepa@{date}``), continuing last
-night's weights when the shapes fit. Then it dreams, into ``reports/{date}/dreams/``:
+The decoder learns to draw frames (at ``dream.image_size``) from their vision embedding:
+tonight's frames with their vectors in space ``vision_frame`` (tonight's ``jepa@{date}``),
+and a replay of earlier days' frames, ``dream.replay_fraction`` of what it trains on, the
+same number from every day (``stages.common.replay_frame_files``, as the vision stage
+replays). Earlier days' stored vectors come from earlier vision models, whose space
+tonight's decoder does not speak, so the replayed frames are embedded again with tonight's
+encoder. It continues last night's weights (and their EMA) when the shapes fit. Then it
+dreams, with the EMA weights, into ``reports/{date}/dreams/``:
 
 - recalls: a damaged view of a frame (a small crop, a grey block, a blur) is embedded,
   completed by tonight's reconstructor (what ``query --fragment`` would use) and decoded:
-  the moment as remembered from a glimpse, beside the frame and the glimpse;
+  the moment as remembered from a glimpse, beside the glimpse and the frame;
 - blends: the embeddings of two of tonight's clips, spherically interpolated half-way and
   decoded: a moment that never happened, beside the two it came from.
 
-How well the drawings follow their embedding is measured: dreams of tonight's frame
-embeddings are embedded again, and the share whose nearest clip is the frame's own is set
-beside the same share for unconditional dreams (the null condition) and chance.
+The round trip measures whether a dream shows its moment: ``EVAL_DREAMS`` recalls are
+embedded again with tonight's encoder and their source clip ranked among tonight's clips;
+the shares at rank 1 and in the top 5 are set beside the same decoder untrained (same
+architecture, a fresh init, the same glimpses, starting noise and sampling) and chance.
+The recalls shown in the report are some of those.
 """
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from core.atomic import atomic_dir
-from dream.decoder import ARCH_KEYS, dream
+from dream.decoder import ARCH_KEYS, CONDITIONING, OLD_CONDITIONING, DreamDecoder, dream
 from dream.train import train_decoder
 from models.checkpoint import checkpoint_path
 from models.reconstruct.fragments import degrade
@@ -32,9 +39,12 @@ from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from stages import Night
 from stages.common import (
+    Resume,
     checkpoint_folder,
     model_of,
     model_version,
+    night_seed,
+    replay_frame_files,
     resume_state,
     save_night_checkpoint,
     tonight_version,
@@ -43,8 +53,9 @@ from stages.common import (
 log = logging.getLogger(__name__)
 
 MODEL = model_of("dream")
-EVAL_DREAMS = 32  # dreams of frame embeddings drawn to measure fidelity (and as many unconditional)
-PANEL = 128  # pixels per picture in the saved strips
+EVAL_DREAMS = 32  # recalls drawn to measure the round trip (by the trained and the untrained decoder)
+PANEL = 128  # pixels a side of each picture saved for the report
+REPLAY_CHUNK = 1024  # earlier frames decoded and embedded at once (bounds the memory it takes)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -58,41 +69,73 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return (out / np.linalg.norm(out, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _strip(images: list[torch.Tensor]) -> Image.Image:
-    """Pictures ``(3, H, W)`` uint8 side by side, each scaled to ``PANEL`` pixels."""
-    panels = [Image.fromarray(im.permute(1, 2, 0).cpu().numpy()).resize((PANEL, PANEL), Image.NEAREST)
-              for im in images]
-    strip = Image.new("RGB", (len(panels) * PANEL + (len(panels) - 1) * 4, PANEL), (255, 255, 255))
-    for i, panel in enumerate(panels):
-        strip.paste(panel, (i * (PANEL + 4), 0))
-    return strip
+def clip_ranks(vectors: np.ndarray, clip_vectors: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Rank (0 = nearest by cosine) of each vector's own clip among ``clip_vectors``.
+
+    Args:
+        vectors: ``(N, D)`` embeddings of the dreams.
+        clip_vectors: ``(C, D)`` unit clip embeddings.
+        own: ``(N,)`` row of each dream's source clip in ``clip_vectors``.
+    """
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = vectors @ clip_vectors.T  # (N, C)
+    return (sims > sims[np.arange(len(own)), own][:, None]).sum(axis=1)
 
 
-def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``(3, S, S)`` uint8 at the dreams' size, so the strips compare like with like."""
-    return F.interpolate(image[None].float().cpu(), size=size, mode="area")[0].round().to(torch.uint8)
+def resume_decoder(night: Night, cond_dim: int) -> Resume:
+    """Whether tonight's decoder continues last night's: not when its shape or its way of
+    conditioning changed (a checkpoint that does not record the latter predates it)."""
+    config = night.cfg.dream.model_dump(mode="json")
+    architecture = {"cond_dim": cond_dim, "conditioning": CONDITIONING, **{k: config[k] for k in ARCH_KEYS}}
+    return resume_state(night, MODEL, architecture, ("model", "optimizer", "step", "config", "cond_dim"),
+                        defaults={"conditioning": OLD_CONDITIONING})
 
 
-def _nearest_clip(encoder, images: torch.Tensor, clip_vectors: np.ndarray, bf16: bool) -> np.ndarray:
-    """Row of ``clip_vectors`` nearest (cosine) to each image's embedding."""
-    frames = square_frame(images, encoder.img_size)
-    vectors = embed_frames(encoder, frames, batch_size=64, bf16=bf16)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors @ clip_vectors.T).argmax(axis=1)
+def _panel(image: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` uint8 at :data:`PANEL` pixels (nearest: a 16-pixel dream stays sharp-edged)."""
+    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((PANEL, PANEL), Image.NEAREST)
+
+
+def _replay(night: Night, encoder, count: int) -> tuple[torch.Tensor | None, np.ndarray | None, dict]:
+    """Earlier days' frames at the decoder's size, embedded with tonight's encoder.
+
+    Returns:
+        ``(images, vectors, about)``: ``(R, 3, S, S)`` uint8 and ``(R, D)``, both ``None``
+        when nothing is replayed; ``about`` holds the days and frames per day.
+    """
+    cfg, jepa = night.cfg.dream, night.cfg.models.jepa
+    # Seeded by the night: each night replays other frames of a day, the same ones when rerun.
+    files, days, counts = replay_frame_files(night, count, night_seed(night))
+    images, vectors, per_day = [], [], Counter()
+    for start in range(0, len(files), REPLAY_CHUNK):
+        part = decode_frames([night.paths.root / f for f in files[start:start + REPLAY_CHUNK]], encoder.img_size,
+                             night.device, progress=False)
+        if not part.index:
+            continue
+        vectors.append(embed_frames(encoder, part.images, batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
+        images.append(square_frame(part.images, cfg.image_size))
+        per_day.update(days[start + i] for i in part.index)
+    about = {"frames": sum(per_day.values()), "days": sorted(per_day), "per_day": dict(sorted(per_day.items())),
+             **counts}
+    if not images:
+        return None, None, about
+    return torch.cat(images), np.concatenate(vectors), about
 
 
 def run(night: Night) -> dict:
     """Train tonight's decoder and dream; dreams land in ``reports/{date}/dreams/``.
 
     Returns:
-        counts, the dreams (file, kind, caption), and ``metrics``: the loss curve and the
-        fidelity of conditional against unconditional dreams.
+        counts, the replay, the dreams (file, kind, caption, the moments they came from) and
+        ``metrics``: the loss curve and the round trip (``roundtrip_top1``/``_top5`` of the
+        trained decoder, ``untrained_top1``/``_top5``, ``chance_top1``/``_top5``).
     """
-    from memory.media import day_frames, middle_frames
+    from memory.media import day_frames, frame_moments
     from memory.store import load_vectors
     from stages.reconstruct import load_completer
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
+    jepa = night.cfg.models.jepa
     version = tonight_version(night, "vision")
     rows, vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version, date=day)
     if len(rows) < 2:
@@ -108,88 +151,118 @@ def run(night: Night) -> dict:
     chosen = pick[cache.index]
     cond = vectors[chosen]
     frame_clips = np.array([rows[i].clip_id for i in chosen])
+    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), night.date), jepa, device)
+
+    # Replay: f of the frames trained on come from earlier days, so f / (1 - f) per frame of tonight.
+    wanted = min(cfg.max_frames, round(len(cond) * cfg.replay_fraction / (1 - cfg.replay_fraction)))
+    replay_images, replay_cond, replay = _replay(night, encoder, wanted)
+    images, train_cond = cache.images, cond
+    if replay_images is not None:
+        images, train_cond = torch.cat([images, replay_images]), np.concatenate([cond, replay_cond])
+    log.info("dream: %d frames of tonight, %d replayed from %d earlier day(s)", len(cond), replay["frames"],
+             len(replay["days"]))
 
     config = cfg.model_dump(mode="json")
-    resume = resume_state(night, MODEL, {"cond_dim": int(cond.shape[1]), **{k: config[k] for k in ARCH_KEYS}},
-                          ("model", "optimizer", "step", "config", "cond_dim"))
-    trained = train_decoder(cache.images, cond, cfg, device, resume=resume.checkpoint)
-    save_night_checkpoint(night, MODEL, {
-        "model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(), "step": trained.step,
-        "config": config, "cond_dim": int(cond.shape[1]), "input_version": version})
+    resume = resume_decoder(night, int(cond.shape[1]))
+    trained = train_decoder(images, train_cond, cfg, device, resume=resume.checkpoint)
+    save_night_checkpoint(night, MODEL, {**trained.state(), "config": config, "cond_dim": int(cond.shape[1]),
+                                         "conditioning": CONDITIONING, "input_version": version})
+    decoder = trained.dreamer()
+    with torch.random.fork_rng(devices=[]):  # the baseline's init leaves the night's RNG alone
+        torch.manual_seed(cfg.seed + 1)
+        untrained = DreamDecoder(int(cond.shape[1]), cfg).to(device).eval()
 
-    decoder = trained.model
-    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), night.date),
-                                  night.cfg.models.jepa, device)
     clip_rows, clip_vectors = load_vectors(night.engine, paths, space="vision", model_version=version, date=day)
     clip_ids = np.array([r.clip_id for r in clip_rows])
     clip_vectors = clip_vectors / np.linalg.norm(clip_vectors, axis=1, keepdims=True)
-    generator = torch.Generator().manual_seed(cfg.seed)
 
-    def draw(embeddings: np.ndarray | None, n: int | None = None) -> torch.Tensor:
-        cond_t = None if embeddings is None else torch.as_tensor(embeddings, device=device)
-        return dream(decoder, cond_t, steps=cfg.sample_steps, guidance=cfg.guidance, generator=generator, batch=n)
+    def draw(model: DreamDecoder, embeddings: np.ndarray) -> torch.Tensor:
+        # A fresh generator per call: the trained and untrained decoders start from the same noise.
+        return dream(model, torch.as_tensor(embeddings, device=device), steps=cfg.sample_steps,
+                     guidance=cfg.guidance, generator=torch.Generator().manual_seed(cfg.seed),
+                     cond_noise=cfg.sample_cond_noise)
 
-    # Fidelity: do dreams of a frame's embedding look (to the encoder) like the frame's clip?
-    sample = np.sort(rng.choice(len(cond), min(EVAL_DREAMS, len(cond)), replace=False))
-    row_of_clip = {int(c): i for i, c in enumerate(clip_ids)}
-    own = np.array([row_of_clip[int(c)] for c in frame_clips[sample]])
-    conditional = _nearest_clip(encoder, draw(cond[sample]), clip_vectors, night.cfg.models.jepa.bf16)
-    unconditional = _nearest_clip(encoder, draw(None, len(sample)), clip_vectors, night.cfg.models.jepa.bf16)
-    metrics = {
-        "fidelity": round(float((conditional == own).mean()), 4),
-        "fidelity_unconditional": round(float((unconditional == own).mean()), 4),
-        "fidelity_chance": round(1 / len(clip_ids), 4), "fidelity_dreams": int(len(sample)),
-        "loss_curve": trained.losses, "train_seconds": round(trained.seconds, 2),
-        "images_per_second": round(trained.images_per_second, 1), "steps": trained.steps,
-        "budget_cut": trained.budget_cut,
-        "global_step": trained.step,
-    }
+    def reencode(pictures: torch.Tensor) -> np.ndarray:
+        return embed_frames(encoder, square_frame(pictures, encoder.img_size), batch_size=64, bf16=jepa.bf16)
 
-    dreams: list[dict] = []
-    strips: list[Image.Image] = []
-    n_recall = cfg.dreams // 2
+    # Recalls, and the round trip measured on them.
     recall_from = "fragment as it is (no reconstructor tonight)"
     reconstructor = checkpoint_path(checkpoint_folder(paths, "reconstruct"), night.date)
     completer = None
-    if n_recall and reconstructor.exists():
+    if reconstructor.exists():
         recall_from, completer = load_completer(reconstructor, night.engine, paths, version,
                                                 night.cfg.models.reconstruct.use, device)
-    if n_recall:
-        rows_r = np.sort(rng.choice(len(cond), min(n_recall, len(cond)), replace=False))
-        originals = decode_frames([paths.root / path_of[rows[chosen[i]].frame_id] for i in rows_r],
-                                  encoder.img_size, device, progress=False).images
-        views, kinds = degrade(originals.to(device), night.cfg.models.reconstruct.crop_scale, generator)
-        fragments = embed_frames(encoder, views, batch_size=64, bf16=night.cfg.models.jepa.bf16)
-        completed = completer(fragments) if completer else fragments
-        drawn = draw(completed)
-        for j, i in enumerate(rows_r):
-            strips.append(_strip([_shrink(originals[j], cfg.image_size), _shrink(views[j], cfg.image_size),
-                                  drawn[j].cpu()]))
-            dreams.append({"kind": "recall", "clip_id": int(frame_clips[i]),
-                           "caption": f"clip {int(frame_clips[i])}: the frame, a glimpse of it ({kinds[j]}), and "
-                                      f"the dream of it completed by {recall_from}"})
-    n_blend = cfg.dreams - n_recall
-    if n_blend and len(clip_ids) >= 2:
-        pairs = [tuple(rng.choice(len(clip_ids), 2, replace=False)) for _ in range(n_blend)]
-        blends = slerp(clip_vectors[[a for a, _ in pairs]], clip_vectors[[b for _, b in pairs]], 0.5)
-        drawn = draw(blends)
-        ends = sorted({int(clip_ids[k]) for pair in pairs for k in pair})
-        with night.Session() as session:
-            middles = middle_frames(session, ends)
-        pictures = decode_frames([paths.root / middles[c] for c in ends], cfg.image_size, device, progress=False)
-        picture_of = {ends[i]: pictures.images[n] for n, i in enumerate(pictures.index)}
-        for j, (a, b) in enumerate(pairs):
-            strips.append(_strip([picture_of[int(clip_ids[a])], drawn[j].cpu(), picture_of[int(clip_ids[b])]]))
-            dreams.append({"kind": "blend", "clip_ids": [int(clip_ids[a]), int(clip_ids[b])],
-                           "caption": f"clips {int(clip_ids[a])} and {int(clip_ids[b])}, and the dream half-way "
-                                      "between them"})
+    sample = np.sort(rng.choice(len(cond), min(EVAL_DREAMS, len(cond)), replace=False))
+    originals = decode_frames([paths.root / path_of[rows[chosen[i]].frame_id] for i in sample],
+                              encoder.img_size, device, progress=False).images
+    views, kinds = degrade(originals.to(device), night.cfg.models.reconstruct.crop_scale,
+                           torch.Generator().manual_seed(cfg.seed))
+    fragments = embed_frames(encoder, views, batch_size=64, bf16=jepa.bf16)
+    completed = completer(fragments) if completer else fragments
+    recalls = draw(decoder, completed)
+    row_of_clip = {int(c): i for i, c in enumerate(clip_ids)}
+    own = np.array([row_of_clip[int(c)] for c in frame_clips[sample]])
+    ranks = clip_ranks(reencode(recalls), clip_vectors, own)
+    baseline = clip_ranks(reencode(draw(untrained, completed)), clip_vectors, own)
+    n_clips = len(clip_ids)
+    metrics = {
+        "roundtrip_top1": round(float((ranks < 1).mean()), 4), "roundtrip_top5": round(float((ranks < 5).mean()), 4),
+        "untrained_top1": round(float((baseline < 1).mean()), 4),
+        "untrained_top5": round(float((baseline < 5).mean()), 4),
+        "chance_top1": round(1 / n_clips, 4), "chance_top5": round(min(5, n_clips) / n_clips, 4),
+        "roundtrip_dreams": len(sample), "roundtrip_clips": int(n_clips),
+        "loss_curve": trained.losses, "train_seconds": round(trained.seconds, 2),
+        "images_per_second": round(trained.images_per_second, 1), "steps": trained.steps,
+        "budget_cut": trained.budget_cut, "global_step": trained.step,
+    }
+
+    # What the report shows: each dream, the pictures it came from, and when they were taken.
+    pictures: dict[str, Image.Image] = {}
+    dreams: list[dict] = []
+    n_recall = min(cfg.dreams // 2, len(sample))
+    shown = np.sort(rng.choice(len(sample), n_recall, replace=False))
+    frame_ids = [rows[chosen[sample[j]]].frame_id for j in shown]
+    n_blend = cfg.dreams - n_recall if n_clips >= 2 else 0
+    pairs = [tuple(rng.choice(n_clips, 2, replace=False)) for _ in range(n_blend)]
+    # A blend's moments: the middle one of each clip's frames tonight.
+    frames_of: dict[int, list[int]] = {}
+    for row in rows:
+        frames_of.setdefault(int(row.clip_id), []).append(row.frame_id)
+    middle = {c: ids[len(ids) // 2] for c, ids in frames_of.items()}
+    with night.Session() as session:
+        moments = frame_moments(session, frame_ids + [middle[int(clip_ids[k])] for pair in pairs for k in pair])
+
+    def source(name: str, frame_id: int) -> dict:
+        moment = moments[frame_id]
+        with Image.open(paths.root / moment["path"]) as frame:
+            picture = frame.convert("RGB")
+            picture.thumbnail((PANEL * 2, PANEL))
+        pictures[f"{name}.jpg"] = picture
+        return {"file": f"dreams/{name}.jpg", **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}}
+
+    for k, (j, frame_id) in enumerate(zip(shown, frame_ids)):
+        name = f"recall-{k + 1:02d}"
+        pictures[f"{name}.png"], pictures[f"{name}-glimpse.png"] = _panel(recalls[j]), _panel(views[j])
+        clip = int(frame_clips[sample[j]])
+        dreams.append({"kind": "recall", "clip_id": clip, "file": f"dreams/{name}.png",
+                       "glimpse": f"dreams/{name}-glimpse.png", "damage": kinds[j], "rank": int(ranks[j]) + 1,
+                       "sources": [source(f"{name}-frame", frame_id)],
+                       "caption": f"clip {clip}: a glimpse of a frame ({kinds[j]}), completed by {recall_from} and "
+                                  f"dreamt; re-embedded, the dream ranks its clip {int(ranks[j]) + 1} of {n_clips}"})
+    if pairs:
+        blends = draw(decoder, slerp(clip_vectors[[a for a, _ in pairs]], clip_vectors[[b for _, b in pairs]], 0.5))
+        for k, (a, b) in enumerate(pairs):
+            name, ends = f"blend-{k + 1:02d}", (int(clip_ids[a]), int(clip_ids[b]))
+            pictures[f"{name}.png"] = _panel(blends[k])
+            dreams.append({"kind": "blend", "clip_ids": list(ends), "file": f"dreams/{name}.png",
+                           "sources": [source(f"{name}-{e}", middle[c]) for e, c in zip("ab", ends)],
+                           "caption": f"clips {ends[0]} and {ends[1]}, and the dream half-way between them"})
     with atomic_dir(paths.report(night.date) / "dreams") as folder:
-        for k, (strip, item) in enumerate(zip(strips, dreams)):
-            name = f"{item['kind']}-{k + 1:02d}.png"
-            strip.save(folder / name)
-            item["file"] = f"dreams/{name}"
-    log.info("dream: %d dreams; fidelity %.2f (unconditional %.2f, chance %.2f)", len(dreams),
-             metrics["fidelity"], metrics["fidelity_unconditional"], metrics["fidelity_chance"])
-    return {"trained": True, "model_version": model_version(MODEL, day), "frames": int(len(cond)),
-            **resume.as_result(), "recall_from": recall_from,
+        for name, picture in pictures.items():
+            picture.save(folder / name, **({"quality": 80} if name.endswith(".jpg") else {}))
+    log.info("dream: %d dreams; round trip top-1 %.2f, top-5 %.2f (untrained %.2f, %.2f; chance %.2f, %.2f)",
+             len(dreams), metrics["roundtrip_top1"], metrics["roundtrip_top5"], metrics["untrained_top1"],
+             metrics["untrained_top5"], metrics["chance_top1"], metrics["chance_top5"])
+    return {"trained": True, "model_version": model_version(MODEL, day), "frames": len(cond),
+            "replay_frames": replay["frames"], "replay": replay, **resume.as_result(), "recall_from": recall_from,
             "dreams": dreams, "metrics": metrics}

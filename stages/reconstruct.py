@@ -30,7 +30,7 @@ from models.reconstruct.train import (
     VARIANTS,
     bank_rows,
     choose,
-    complete,
+    completer,
     evaluate,
     train_reconstructors,
 )
@@ -56,19 +56,20 @@ MODEL = model_of("reconstruct")
 SPACE = "vision"
 
 
-def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Embeddings of ``views_per_frame`` damaged views of each frame, with tonight's encoder.
 
     Returns:
-        ``(vectors (F, D), frame_positions (F,), kinds)``: the position in ``frame_paths`` of
-        each fragment's frame (unreadable frames give none) and how many views of each kind.
+        ``(vectors (F, D), frame_positions (F,), kinds (F,))``: the position in ``frame_paths``
+        of each fragment's frame (unreadable frames give none) and each one's kind of damage.
     """
     jepa = night.cfg.models.jepa
     encoder = load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date), jepa,
                                   night.device)
     cache = decode_frames([night.paths.root / p for p in frame_paths], encoder.img_size, night.device)
     generator = torch.Generator().manual_seed(seed)
-    vectors, positions, kinds = [], [], {}
+    vectors, positions, kinds = [], [], []
     chunk = cfg.embed_batch_size
     for _ in range(cfg.views_per_frame):
         for start in range(0, len(cache.index), chunk):
@@ -76,10 +77,45 @@ def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int) ->
             views, kind = degrade(images, cfg.crop_scale, generator)
             vectors.append(embed_frames(encoder, views, batch_size=chunk, bf16=jepa.bf16))
             positions.extend(cache.index[start:start + chunk])
-            for k in kind:
-                kinds[k] = kinds.get(k, 0) + 1
+            kinds.extend(kind)
     dim = encoder.dim
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), np.asarray(positions), kinds
+
+
+def noisy_fragments(clean: np.ndarray, snrs_db: list[float], seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One copy of each clean frame embedding per SNR, with Gaussian noise added (the seed's
+    corruption: a vague memory of the moment rather than a view of part of it).
+
+    The signal is what tells a frame from the mean of tonight's frames (the shared part would
+    make every SNR look high); the noise is drawn per dimension at ``signal power / 10^(snr/10)``.
+
+    Returns:
+        ``(vectors (len(snrs) * N, D), rows (into clean), kinds ("noise0dB", ...))``.
+    """
+    if not len(clean) or not snrs_db:
+        return np.zeros((0, clean.shape[1]), np.float32), np.zeros(0, int), []
+    unit = clean / np.linalg.norm(clean, axis=1, keepdims=True)
+    power = float(((unit - unit.mean(axis=0)) ** 2).mean())
+    rng = np.random.default_rng([seed, 0x5A1E])
+    vectors, rows, kinds = [], [], []
+    for snr in snrs_db:
+        vectors.append(unit + rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), unit.shape))
+        rows.append(np.arange(len(unit)))
+        kinds += [f"noise{snr:g}dB"] * len(unit)
+    return np.concatenate(vectors).astype(np.float32), np.concatenate(rows), kinds
+
+
+def metrics_by_kind(models: dict, bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray, kinds: list[str],
+                    device: str, top_k: int) -> dict:
+    """:func:`evaluate` of every kind of damage on its own: ``{kind: {variant: {top1, top5}}}``."""
+    kinds_arr = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds)):
+        rows = kinds_arr == kind
+        m = evaluate(models, bank, fragments[rows], targets[rows], device, top_k)
+        out[kind] = {"fragments": int(rows.sum()),
+                     **{v: {"top1": m[v]["top1"], "top5": m[v]["top5"]} for v in ("fragment", *models)}}
+    return out
 
 
 def run(night: Night) -> dict:
@@ -115,6 +151,21 @@ def run(night: Night) -> dict:
     fragments, positions, kinds = fragment_embeddings(night, [f.path for f in frames], cfg, seed)
     if len(fragments) < 3:
         return {**result, "trained": False, "note": "fewer than three frames could be read"}
+    # Each fragment's own frame, clean: the MLP's and the pattern layer's completion target.
+    frame_rows, frame_vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version_in,
+                                             date=day)
+    clean_of = {r.frame_id: i for i, r in enumerate(frame_rows)}
+    clean_row = np.array([clean_of.get(frames[p].frame_id, -1) for p in positions])
+    have_clean = frame_vectors.shape[0] > 0 and (clean_row >= 0).all()
+    clean = frame_vectors[clean_row] if have_clean else None
+    if have_clean and cfg.noise_snr_db:
+        framed = np.unique(positions)
+        noisy, rows_n, kinds_n = noisy_fragments(frame_vectors[[clean_of[frames[p].frame_id] for p in framed]],
+                                                 cfg.noise_snr_db, seed)
+        fragments = np.concatenate([fragments, noisy])
+        positions = np.concatenate([positions, framed[rows_n]])
+        kinds = kinds + kinds_n
+        clean = frame_vectors[[clean_of[frames[p].frame_id] for p in positions]]
     targets = np.array([bank_row_of[frames[p].clip_id] for p in positions])
     # Held out by frame, not by clip: every clip is a memory the reconstructor must recall, and
     # a query brings a new glimpse of one, so it is measured on frames it never saw damaged.
@@ -122,15 +173,20 @@ def run(night: Night) -> dict:
     train, measured = train_and_measure(held)
 
     resume = resume_state(night, MODEL, {"dim": int(vectors.shape[1]), "hidden": cfg.hidden,
-                                         "assoc_dim": cfg.assoc_dim}, ("models", "step", "dim", "config"))
+                                         "assoc_dim": cfg.assoc_dim, "patterns": cfg.patterns},
+                          ("models", "step", "dim", "config"))
     trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed,
-                                   resume=resume.checkpoint)
-    measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device)
+                                   clean=None if clean is None else clean[train], resume=resume.checkpoint)
+    measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device,
+                                cfg.recall_top_k)
     # Headline first (the night's one-screen summary shows a stage's first scalar figures).
-    metrics = {f"top1_{k}": measured_metrics[k]["top1"] for k in ("fragment", "mlp", "hopfield")}
+    metrics = {f"top1_{k}": measured_metrics[k]["top1"] for k in ("fragment", *VARIANTS)}
     metrics.update(measured_metrics)
     metrics.update({
         "measured_on": "held-out frames" if measured is held else "training frames (too few held out)",
+        "by_kind": metrics_by_kind(trained.models, bank, fragments[measured], targets[measured],
+                                   [k for k, m in zip(kinds, measured) if m], device, cfg.recall_top_k),
+        "completion_target": "each fragment's own frame" if clean is not None else "its clip",
         "loss_curves": trained.history, "train_seconds": round(trained.seconds, 2),
         "hopfield_beta": round(float(trained.models["hopfield"].beta.detach()), 3), "use": cfg.use,
         "chosen": choose(metrics, cfg.use),
@@ -139,11 +195,12 @@ def run(night: Night) -> dict:
         "models": {v: trained.models[v].state_dict() for v in VARIANTS}, "step": trained.step,
         "config": cfg.model_dump(mode="json"), "dim": int(vectors.shape[1]), "input_space": SPACE,
         "input_version": version_in, "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"]})
-    log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield;"
-             " query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
-             metrics["hopfield"]["top1"], metrics["chosen"])
+    log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield,"
+             " %.2f pattern layer; query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
+             metrics["hopfield"]["top1"], metrics["pattern"]["top1"], metrics["chosen"])
     return {**result, "trained": True, "model_version": model_version(MODEL, day), "bank": len(stored),
-            "frames": len(frames), "fragments": len(fragments), "fragment_kinds": kinds,
+            "frames": len(frames), "fragments": len(fragments),
+            "fragment_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
             "trained_on": int(train.sum()), **resume.as_result(),
             "steps": trained.steps, "metrics": metrics}
 
@@ -182,8 +239,7 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
     model.load_state_dict(state["models"][variant])
     model.to(device)
-    bank = vectors[bank_rows]
-    return variant, lambda fragments: complete(model, fragments, bank, device)
+    return variant, completer(model, vectors[bank_rows], device, state["config"].get("recall_top_k"))
 
 
 def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str

@@ -24,10 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from core.config import SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
-from memory.keepsakes import day_keepsakes, keepsake_days
-from memory.media import day_frames, earlier_frame_ids_by_day, frame_paths
+from memory.media import day_frames
 from models import health
-from models.batches import replay_by_day
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
@@ -38,6 +36,7 @@ from stages.common import (
     heldout_positions,
     model_of,
     model_version,
+    replay_frame_files,
     resume_state,
     version_checkpoint,
 )
@@ -57,48 +56,6 @@ def downsample(values: list[float], points: int = CURVE_POINTS) -> list[float]:
 def _day_frames(night: Night) -> list[tuple[int, int, str]]:
     with night.Session() as session:
         return [(f.frame_id, f.clip_id, f.path) for f in day_frames(session, night.day)]
-
-
-def _replay_files(night: Night, max_frames: int, seed: int) -> tuple[list[str], list[str], dict]:
-    """A seeded sample of earlier days' frames, the same number from every day, as files on disk.
-
-    Frame ids are drawn first (cheap even for a long memory), then their paths looked up. A
-    day whose frames retention removed replays its clips' keepsake keyframes instead
-    (``memory.keepsakes``), and so does a drawn frame whose file is gone.
-
-    Returns:
-        ``(paths, days, counts)``: paths relative to the root, the day of each, and
-        ``{"pool", "from_keepsakes", "missing"}`` (earlier frames and keyframes to draw from,
-        keyframes used, drawn files found neither way).
-    """
-    root = night.paths.root
-    paths: list[str] = []
-    days: list[str] = []
-    counts = {"pool": 0, "from_keepsakes": 0, "missing": 0}
-    if max_frames == 0:
-        return paths, days, counts
-    with night.Session() as session:
-        frames = earlier_frame_ids_by_day(session, night.day)
-        keyframes = {day: [k.keyframe for k in day_keepsakes(session, day) if k.keyframe]
-                     for day in keepsake_days(session) if day < night.day}
-        pools: dict[str, list] = {**{d: k for d, k in keyframes.items() if d not in frames}, **frames}
-        counts["pool"] = sum(len(v) for v in pools.values())
-        for day, items in replay_by_day(pools, max_frames, seed).items():
-            drawn = frame_paths(session, items) if day in frames else items
-            found = [p for p in drawn if (root / p).is_file()]
-            lost = len(drawn) - len(found)
-            if lost and day in frames and keyframes.get(day):
-                stand_ins = [p for p in replay_by_day({day: keyframes[day]}, lost, seed)[day]
-                             if (root / p).is_file()]
-                found += stand_ins
-                counts["from_keepsakes"] += len(stand_ins)
-                lost -= len(stand_ins)
-            elif day not in frames:
-                counts["from_keepsakes"] += len(found)
-            counts["missing"] += lost
-            paths += found
-            days += [day] * len(found)
-    return paths, days, counts
 
 
 def _final(losses: list[float]) -> float:
@@ -134,7 +91,7 @@ def run(night: Night) -> dict:
     # models.jepa.seed (the audio side hashes clip ids instead: stages.common.is_heldout).
     held = heldout_positions(len(cache.index), night.cfg.models.heldout_fraction, cfg.seed)
     train_rows = torch.from_numpy(np.setdiff1d(np.arange(len(cache.index)), held))
-    replay_paths, replay_days, replay_counts = _replay_files(
+    replay_paths, replay_days, replay_counts = replay_frame_files(
         night, cfg.replay_max_frames if cfg.replay_fraction > 0 else 0, cfg.seed)
     replay, per_day = None, {}
     if replay_paths:

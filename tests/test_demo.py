@@ -108,7 +108,7 @@ def test_demo_night_writes_memory_traces_that_query_by_neuron_finds(demo):
     assert fragment_hits and all(h["space"] == "vision" and h["model_version"] == "jepa@2026-01-15"
                                  for h in fragment_hits)
     assert summary["reconstruct"]["trained"] and summary["metrics"]["reconstruct"]["chosen"] in (
-        "fragment", "mlp", "hopfield")
+        "fragment", "mlp", "hopfield", "pattern")
     assert "Completing fragments" in html
 
     assert summary["openclip"]["note"].startswith("no OpenCLIP weights configured")  # tiny config: no weights

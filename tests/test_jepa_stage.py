@@ -70,7 +70,7 @@ def test_replay_takes_every_earlier_day_and_keepsakes_where_frames_are_gone(root
     and only its clips' keepsake keyframes are left: both days are replayed."""
     from memory.keepsakes import Keepsake, keyframe_name, save_keepsakes, write_keep_file
     from memory.schema import Frame
-    from stages.vision import _replay_files
+    from stages.common import replay_frame_files
 
     day_a, day_b = dt.date(2026, 1, 13), dt.date(2026, 1, 14)
     paths = Paths.at(root)
@@ -94,12 +94,12 @@ def test_replay_takes_every_earlier_day_and_keepsakes_where_frames_are_gone(root
     lost.unlink()
 
     night = _night(DAY2, tiny_cfg, paths, engine)
-    files, days, counts = _replay_files(night, 100, seed=0)
+    files, days, counts = replay_frame_files(night, 100, seed=0)
     frames_a = sum(len(v) for v in made[day_a].values())
     assert days.count(day_a.isoformat()) == frames_a - 1 and days.count(day_b.isoformat()) == len(keep)
     assert sorted(f for f, d in zip(files, days) if d == day_b.isoformat()) == sorted(k.keyframe for k in keep)
     assert counts == {"pool": frames_a + len(keep), "from_keepsakes": len(keep), "missing": 1}
     assert all((root / f).is_file() for f in files)
-    assert _replay_files(night, 100, seed=0) == (files, days, counts)  # the same draw again
-    _, few_days, _ = _replay_files(night, 4, seed=0)
+    assert replay_frame_files(night, 100, seed=0) == (files, days, counts)  # the same draw again
+    _, few_days, _ = replay_frame_files(night, 4, seed=0)
     assert few_days.count(day_b.isoformat()) == 2  # an equal share, although day A has more frames

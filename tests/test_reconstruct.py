@@ -18,7 +18,7 @@ from core.paths import Paths
 from memory.db import make_sessionmaker, open_database
 from models.reconstruct.fragments import OCCLUDED_SHARE, degrade
 from models.reconstruct.networks import HopfieldReconstructor
-from models.reconstruct.train import choose, evaluate, train_reconstructors
+from models.reconstruct.train import choose, complete, evaluate, train_reconstructors
 from stages import Night
 
 DAY1, DAY2 = dt.date(2026, 1, 15), dt.date(2026, 1, 16)
@@ -85,7 +85,7 @@ def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
     trained = train_reconstructors(bank, fragments[~held], targets[~held], cfg, "cpu", seed=0, progress=False)
     m = evaluate(trained.models, bank, fragments[held], targets[held], "cpu")
     assert m["fragment"]["top1"] < 0.1 and m["chance_top1"] == 0.025
-    assert m["mlp"]["top1"] > 0.9 and m["hopfield"]["top1"] > 0.9, m
+    assert m["mlp"]["top1"] > 0.9 and m["hopfield"]["top1"] > 0.9 and m["pattern"]["top1"] > 0.5, m
     assert m["mlp"]["cosine"] > 0.9 and m["hopfield"]["cosine"] > 0.9
     assert choose(m, "auto") in ("mlp", "hopfield") and choose(m, "mlp") == "mlp"
 
@@ -93,6 +93,14 @@ def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
     resumed = train_reconstructors(bank, fragments[~held], targets[~held], cfg, "cpu", seed=0, resume=state,
                                    steps=5, progress=False)
     assert resumed.step == 405 and resumed.history["hopfield"][0] < trained.history["hopfield"][0] / 2
+
+    # Recall over the top k keys (FAISS) is the full update when k holds the whole bank, and
+    # with a sharp beta the same recall when it holds only a few.
+    hopfield = trained.models["hopfield"]
+    full = complete(hopfield, fragments[held], bank, "cpu")
+    np.testing.assert_allclose(complete(hopfield, fragments[held], bank, "cpu", top_k=len(bank)), full, atol=1e-5)
+    few = complete(hopfield, fragments[held], bank, "cpu", top_k=4)
+    assert (few @ bank.T).argmax(1).tolist() == (full @ bank.T).argmax(1).tolist()
 
 
 def test_choose_prefers_the_fragment_as_it_is_when_completion_does_not_help():
@@ -109,10 +117,10 @@ def _night(date, cfg, paths, engine):
 def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(root, tiny_cfg):
     """Eight lavfi scenes, one clip each, 16 frames each; the tiny vision model (60 steps).
 
-    Measured 2026-11-23: held-out fragments found their clip first 0.37 as they are, 0.15
-    after the MLP, 0.34 after the Hopfield network (chance 0.125), so ``auto`` keeps the
-    fragment as it is: with an encoder this weak, completion does not help on these scenes
-    (on the structured case above it does). What is asserted is what must hold either way.
+    Grey scenes whose brightness drifts: the tiny encoder's embeddings of them say little
+    (a linear probe on held-out fragments finds their clip 0.51 of the time), so completion
+    cannot help much here; the distinct-content test below measures #16's bar. What is
+    asserted is what must hold either way.
     """
     from models.checkpoint import load_checkpoint
     from stages import reconstruct as reconstruct_stage
@@ -131,13 +139,16 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
 
     views = cfg.models.reconstruct.views_per_frame
     assert result["trained"] and result["bank"] == result["clips"] == len(SCENES)
-    assert result["frames"] == 16 * len(SCENES) and result["fragments"] == views * result["frames"]
-    assert set(result["fragment_kinds"]) == {"crop", "occlude", "blur"}
+    noisy = len(cfg.models.reconstruct.noise_snr_db)
+    assert result["frames"] == 16 * len(SCENES) and result["fragments"] == (views + noisy) * result["frames"]
+    assert set(result["fragment_kinds"]) == {"crop", "occlude", "blur", "noise0dB", "noise5dB", "noise10dB"}
     m = result["metrics"]
     assert m["measured_on"] == "held-out frames" and m["chance_top1"] == 1 / len(SCENES)
     assert m["fragments"] + result["trained_on"] == result["fragments"]
     chosen = m["chosen"]
-    assert m[chosen]["top1"] == max(m[k]["top1"] for k in ("fragment", "mlp", "hopfield"))
+    assert m[chosen]["top1"] == max(m[k]["top1"] for k in ("fragment", "mlp", "hopfield", "pattern"))
+    assert set(m["by_kind"]) == set(result["fragment_kinds"])
+    assert sum(row["fragments"] for row in m["by_kind"].values()) == m["fragments"]
     assert m["fragment"]["top1"] > m["chance_top1"]
     state = load_checkpoint(paths.checkpoints / "reconstruct" / f"{DAY1}.pt")
     assert state["input_version"] == "jepa@2026-01-15" and len(state["bank_rows"]) == len(SCENES)
@@ -149,7 +160,7 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
     from PIL import Image
     with Image.open(root / frames[SCENES[0]][5]) as image:
         image.crop((0, 0, image.width // 2, image.height // 2)).save(crop)
-    for use in ("hopfield", "mlp", "auto"):
+    for use in ("hopfield", "mlp", "pattern", "auto"):
         cfg_use = cfg.model_copy(update={"models": cfg.models.model_copy(update={
             "reconstruct": cfg.models.reconstruct.model_copy(update={"use": use})})})
         version, vector = encode_fragment_file(crop, cfg_use, paths, engine, "cpu")
@@ -165,4 +176,43 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
     second.results["vision"] = vision_stage.run(second)
     result2 = reconstruct_stage.run(second)
     assert result2["trained"] and result2["resumed_from"] == "2026-01-15" and result2["bank"] == 4
-    assert result2["frames"] == 40 and result2["fragments"] == 40 * views
+    assert result2["frames"] == 40 and result2["fragments"] == 40 * (views + noisy)
+
+
+def test_completion_finds_the_clip_of_a_quarter_crop_on_distinct_scenes(root, tiny_cfg):
+    """Issue #16's bar on FFmpeg scenes with distinct content (nine lavfi sources in colour,
+    one clip each, 24 frames each), the tiny config: a crop keeping 25 % of a held-out frame
+    finds its clip first >= 0.9 of the time after the best reconstructor, and >= 0.2 more
+    often than as it is. Measured 2026-12-03: 0.508 as it is, MLP 0.763, Hopfield 0.949,
+    pattern layer 0.559 (59 held-out frames, chance 0.111); figures printed (``-s``)."""
+    import importlib.util
+    from pathlib import Path
+
+    from jepa_media import RETRIEVAL_SCENES
+
+    from stages import reconstruct as reconstruct_stage
+    from stages import vision as vision_stage
+
+    cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={"heldout_fraction": 0.25})})
+    paths = Paths.at(root)
+    engine = open_database(paths.database)
+    frames = make_scene_frames(paths.frames(DAY1), scenes=RETRIEVAL_SCENES, seconds=6, fps=4,
+                               look=lambda i: "format=yuv420p")
+    insert_day(make_sessionmaker(engine), root, DAY1, frames)
+    night = _night(DAY1, cfg, paths, engine)
+    night.results["vision"] = vision_stage.run(night)
+    assert reconstruct_stage.run(night)["trained"]
+    engine.dispose()
+
+    bench_path = Path(__file__).resolve().parent.parent / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", bench_path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.measure(root, DAY1, str(bench_path.parent.parent / "configs" / "tiny.yaml"),
+                            ["models.heldout_fraction=0.25"])
+    print("\n25 %-crop R@1:", {v: r["top1"] for v, r in figures["kinds"]["crop25"].items() if v != "seconds"},
+          f"on {figures['frames']} held-out frames, chance {figures['chance_top1']}")
+    bar = figures["bar"]
+    assert figures["frames"] >= 40
+    assert bar["best_top1"] >= 0.9 and bar["best_top1"] - bar["as_is_top1"] >= 0.2, figures["kinds"]["crop25"]
+    assert bar["met"]

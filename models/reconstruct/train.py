@@ -1,15 +1,16 @@
-"""Train both reconstructors on one night's (fragment, clip) pairs, and measure them.
+"""Train the reconstructors on one night's (fragment, clip) pairs, and measure them.
 
-A fragment is the embedding of a damaged view of a frame (:mod:`models.fragments`); its
-target is the embedding of the frame's whole clip, one of the stored patterns (the bank).
-The MLP learns to map fragment to clip; the Hopfield network learns where to look among
-the stored clips. AdamW, warm-up and cosine schedule as a pure function of the step, as
+A fragment is the embedding of a damaged view of a frame (:mod:`models.reconstruct.fragments`);
+its targets are the clean embedding of that frame and its clip, one of the stored patterns
+(the bank). The MLP and the pattern layer learn to map fragment to frame; the Hopfield
+network learns where to look among the stored clips; all learn to recall the clip. AdamW, warm-up and cosine schedule as a pure function of the step, as
 every nightly trainer here.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +21,11 @@ from tqdm import tqdm
 from core.config import ReconstructConfig
 from models import schedules
 from models.batches import night_batches
-from models.reconstruct.networks import build
+from models.reconstruct.networks import HopfieldRecall, HopfieldReconstructor, build
 
 log = logging.getLogger(__name__)
-VARIANTS = ("mlp", "hopfield")
+VARIANTS = ("mlp", "hopfield", "pattern")
+CHOICES = ("fragment", *VARIANTS)  # what query --fragment may complete with, simplest first
 
 
 def bank_rows(n: int, cfg: ReconstructConfig, seed: int) -> np.ndarray:
@@ -47,14 +49,16 @@ class ReconstructTrainResult:
 
 
 def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray, cfg: ReconstructConfig,
-                         device: str, *, seed: int = 0, resume: dict | None = None, steps: int | None = None,
-                         progress: bool = True) -> ReconstructTrainResult:
-    """Fit the MLP and the Hopfield reconstructor on (fragment, clip) pairs.
+                         device: str, *, clean: np.ndarray | None = None, seed: int = 0, resume: dict | None = None,
+                         steps: int | None = None, progress: bool = True) -> ReconstructTrainResult:
+    """Fit every reconstructor variant on (fragment, clip) pairs.
 
     Args:
         bank: ``(M, D)`` the night's clip embeddings (the Hopfield network's memories).
         fragments: ``(F, D)`` embeddings of damaged views.
         targets: ``(F,)`` each fragment's clip, as a row of ``bank``.
+        clean: ``(F, D)`` each fragment's own frame's clean embedding (the completion
+            target of the MLP and the pattern layer); ``None``: its clip's.
         cfg: the ``models.reconstruct`` config.
         device: ``cpu`` or ``cuda``.
         seed: seeds initialisation and batch order.
@@ -68,13 +72,15 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
     if len(fragments) < 2:
         raise ValueError("the reconstructors need at least two fragments")
     memories, views = _unit(bank, device), _unit(fragments, device)
+    cleans = None if clean is None else _unit(clean, device)
     target_rows = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
     torch.manual_seed(seed)
     models = {v: build(v, memories.shape[1], cfg).to(device) for v in VARIANTS}
     global_step = 0
     if resume is not None:
         for v in VARIANTS:
-            models[v].load_state_dict(resume["models"][v])
+            if v in resume["models"]:  # a variant added since that night starts fresh
+                models[v].load_state_dict(resume["models"][v])
         global_step = int(resume["step"])
     for m in models.values():
         m.set_statistics(views, memories)  # tonight's, also when continuing last night's weights
@@ -94,7 +100,7 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
         for v, model in models.items():
             for group in optimizers[v].param_groups:
                 group["lr"] = lr
-            loss = model.loss(batch, memories, target)
+            loss = model.loss(batch, memories, target, None if cleans is None else cleans[idx])
             optimizers[v].zero_grad(set_to_none=True)
             loss.backward()
             optimizers[v].step()
@@ -109,22 +115,43 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
     return ReconstructTrainResult(models, global_step, total, seconds, history)
 
 
-@torch.no_grad()
-def complete(model: torch.nn.Module, fragments: np.ndarray, bank: np.ndarray, device: str,
-             batch_size: int = 1024) -> np.ndarray:
-    """Completed unit vectors ``(N, D)`` float32 for ``(N, D)`` fragment embeddings."""
+def completer(model: torch.nn.Module, bank: np.ndarray, device: str, top_k: int | None = None,
+              batch_size: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+    """``(N, D)`` fragment embeddings -> ``(N, D)`` completed unit vectors, float32.
+
+    The Hopfield network recalls over its ``top_k`` nearest keys (:class:`HopfieldRecall`,
+    FAISS) when the bank holds more patterns than that; ``None`` keeps the full softmax.
+    """
     model.eval()
-    memories, x = _unit(bank, device), _unit(fragments, device)
-    out = [F.normalize(model(x[i:i + batch_size], memories), dim=-1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, memories.shape[1]), np.float32)
+    memories = _unit(bank, device)
+    if isinstance(model, HopfieldReconstructor) and top_k is not None and top_k < len(memories):
+        recall = HopfieldRecall(model, memories, top_k)
+        step = lambda x: recall(x)
+    else:
+        step = lambda x: model(x, memories)
+
+    @torch.no_grad()
+    def complete_fragments(fragments: np.ndarray) -> np.ndarray:
+        x = _unit(fragments, device)
+        out = [F.normalize(step(x[i:i + batch_size]), dim=-1).cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, memories.shape[1]), np.float32)
+
+    return complete_fragments
+
+
+def complete(model: torch.nn.Module, fragments: np.ndarray, bank: np.ndarray, device: str,
+             top_k: int | None = None) -> np.ndarray:
+    """Completed unit vectors ``(N, D)`` float32 for ``(N, D)`` fragment embeddings."""
+    return completer(model, bank, device, top_k)(fragments)
 
 
 def evaluate(models: dict[str, torch.nn.Module], bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray,
-             device: str) -> dict:
+             device: str, top_k: int | None = None) -> dict:
     """Fragments as they are, and completed by each model, against the clips they came from.
 
     Returns:
-        ``{"fragment": {...}, "mlp": {...}, "hopfield": {...}, "chance_top1", "fragments"}``;
+        ``{"fragment": {...}, "mlp": {...}, "hopfield": {...}, "pattern": {...}, "chance_top1",
+        "fragments"}``;
         each entry has ``cosine`` (mean cosine to the clip's embedding) and ``top1``/``top5``
         (share whose own clip is the nearest / among the five nearest of all stored clips).
     """
@@ -142,16 +169,17 @@ def evaluate(models: dict[str, torch.nn.Module], bank: np.ndarray, fragments: np
                 "top5": round(float((rank < 5).mean()), 4)}
 
     out = {"fragment": scores(np.asarray(fragments, dtype=np.float32)),
-           "chance_top1": round(1 / len(memories), 6), "fragments": int(len(targets))}
+           "chance_top1": round(1 / len(memories), 6), "fragments": len(targets)}
     for v, model in models.items():
-        out[v] = scores(complete(model, fragments, memories, device))
+        out[v] = scores(complete(model, fragments, memories, device, top_k))
     return out
 
 
 def choose(metrics: dict, use: str) -> str:
     """What ``query --fragment`` completes with: ``use`` itself, or for ``auto`` whichever of
-    the fragment as it is (``"fragment"``), the MLP and the Hopfield network found the most
-    held-out fragments' clips first (ties go to the simpler one, in that order)."""
+    the fragment as it is (``"fragment"``) and the variants found the most held-out
+    fragments' clips first (ties go to the simpler one, in :data:`CHOICES` order)."""
     if use != "auto":
         return use
-    return max(("fragment", "mlp", "hopfield"), key=lambda k: (metrics[k]["top1"], -("fragment", "mlp", "hopfield").index(k)))
+    offered = [k for k in CHOICES if k in metrics]
+    return max(offered, key=lambda k: (metrics[k]["top1"], -offered.index(k)))

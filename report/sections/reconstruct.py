@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from report import html as h
 
-LABELS = {"fragment": "fragment as it is", "mlp": "MLP completion", "hopfield": "Hopfield completion"}
+LABELS = {"fragment": "fragment as it is", "mlp": "MLP completion", "hopfield": "Hopfield completion",
+          "pattern": "pattern-layer completion"}
 
 
 def render(summary: dict, ctx) -> str | None:
-    """Top-1/top-5 clip retrieval and cosine to the clip for fragments as they are and completed."""
+    """Top-1/top-5 clip retrieval and cosine to the clip for fragments as they are and completed,
+    over all held-out fragments and per kind of damage."""
     result = summary.get("reconstruct")
     metrics = (summary.get("metrics") or {}).get("reconstruct") or {}
     if not result:
@@ -29,6 +31,13 @@ def render(summary: dict, ctx) -> str | None:
                  f'own clip is the nearest stored clip (chance {metrics.get("chance_top1")}), among the five '
                  f'nearest, and the mean cosine to the clip\'s embedding.</p>')
     parts.append(h.table(["", "top 1", "top 5", "cosine to the clip"], rows))
+    by_kind = metrics.get("by_kind") or {}
+    if by_kind:
+        variants = [k for k in LABELS if all(k in row for row in by_kind.values())]
+        parts.append('<p>Per kind of damage: top 1 (top 5) of each, on the same held-out fragments.</p>')
+        parts.append(h.table(["damage", "fragments", *(LABELS[v] for v in variants)], [
+            (kind, row.get("fragments"), *(f'{row[v]["top1"]} ({row[v]["top5"]})' for v in variants))
+            for kind, row in by_kind.items()]))
     curves = metrics.get("loss_curves") or {}
     if curves:
         parts.append(h.line_chart({f"{k} loss": v for k, v in curves.items()}, title="Reconstructor training",
