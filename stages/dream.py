@@ -135,6 +135,8 @@ def run(night: Night) -> dict:
     from stages.reconstruct import load_completer
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
+    if cfg.backend == "unclip":
+        return run_unclip(night)
     jepa = night.cfg.models.jepa
     version = tonight_version(night, "vision")
     rows, vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version, date=day)
@@ -266,3 +268,79 @@ def run(night: Night) -> dict:
     return {"trained": True, "model_version": model_version(MODEL, day), "frames": len(cond),
             "replay_frames": replay["frames"], "replay": replay, **resume.as_result(), "recall_from": recall_from,
             "dreams": dreams, "metrics": metrics}
+
+
+def run_unclip(night: Night) -> dict:
+    """``dream.backend: unclip``: Stable unCLIP draws tonight's dreams from the ``openclip``
+    stage's vectors; our decoder is not trained. Dreams of single clips (their OpenCLIP
+    vector as stored: no reconstructor works in that space) and blends of two, saved and
+    shown as the decoder's are. The round trip is not measured for this backend yet.
+    """
+    from dream.unclip import decode_embeddings, load_unclip
+    from memory.media import frame_moments
+    from memory.store import load_vectors
+    from models.openclip import WeightsError, weights_version
+
+    cfg, day, paths = night.cfg.dream, night.day, night.paths
+    try:
+        version = weights_version(night.cfg.models.openclip)
+    except WeightsError as exc:
+        return {"trained": False, "backend": "unclip",
+                "note": f"dream.backend unclip draws from OpenCLIP vectors, and there are none: {exc}"}
+    rows, vectors = load_vectors(night.engine, paths, space="openclip", model_version=version, date=day)
+    frame_rows, _ = load_vectors(night.engine, paths, space="openclip_frame", model_version=version, date=day)
+    if len(rows) < 1:
+        return {"trained": False, "backend": "unclip", "note": f"no {version} vectors tonight (stage openclip)"}
+    dreamer = load_unclip(cfg.unclip, night.device, embed_dim=vectors.shape[1])
+    rng = np.random.default_rng([cfg.seed, 0xD4EA])
+    n_single = min(max(cfg.dreams // 2, 1), len(rows))
+    singles = np.sort(rng.choice(len(rows), n_single, replace=False))
+    pairs = [tuple(rng.choice(len(rows), 2, replace=False)) for _ in range(cfg.dreams - n_single)] if len(rows) >= 2 else []
+    embeddings = [vectors[singles]]
+    if pairs:
+        embeddings.append(slerp(vectors[[a for a, _ in pairs]], vectors[[b for _, b in pairs]], 0.5))
+    drawn = decode_embeddings(dreamer, np.concatenate(embeddings), generator=torch.Generator().manual_seed(cfg.seed))
+    frames_of: dict[int, list[int]] = {}
+    for row in frame_rows:
+        frames_of.setdefault(int(row.clip_id), []).append(row.frame_id)
+    middle = {c: ids[len(ids) // 2] for c, ids in frames_of.items()}
+    clip_ids = [int(r.clip_id) for r in rows]
+    with night.Session() as session:
+        moments = frame_moments(session, [middle[c] for c in clip_ids if c in middle])
+    pictures: dict[str, Image.Image] = {}
+
+    def sources(name: str, clips: list[int]) -> list[dict]:
+        out = []
+        for end, clip in zip("ab", clips):
+            moment = moments.get(middle.get(clip, -1))
+            if moment is None:
+                continue
+            with Image.open(paths.root / moment["path"]) as frame:
+                picture = frame.convert("RGB")
+                picture.thumbnail((PANEL * 2, PANEL))
+            pictures[f"{name}-{end}.jpg"] = picture
+            out.append({"file": f"dreams/{name}-{end}.jpg",
+                        **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}})
+        return out
+
+    dreams = []
+    for k, i in enumerate(singles):
+        name = f"memory-{k + 1:02d}"
+        pictures[f"{name}.png"] = _panel(drawn[k])
+        dreams.append({"kind": "memory", "clip_id": clip_ids[i], "file": f"dreams/{name}.png",
+                       "sources": sources(name, [clip_ids[i]]),
+                       "caption": f"clip {clip_ids[i]}, drawn by Stable unCLIP from its OpenCLIP embedding"})
+    for k, (a, b) in enumerate(pairs):
+        name = f"blend-{k + 1:02d}"
+        pictures[f"{name}.png"] = _panel(drawn[len(singles) + k])
+        ends = [clip_ids[a], clip_ids[b]]
+        dreams.append({"kind": "blend", "clip_ids": ends, "file": f"dreams/{name}.png",
+                       "sources": sources(name, ends),
+                       "caption": f"clips {ends[0]} and {ends[1]}, and the dream half-way between them (Stable unCLIP)"})
+    with atomic_dir(paths.report(night.date) / "dreams") as folder:
+        for name, picture in pictures.items():
+            picture.save(folder / name, **({"quality": 80} if name.endswith(".jpg") else {}))
+    log.info("dream: %d dreams by %s from %s", len(dreams), dreamer.name, version)
+    return {"trained": False, "backend": "unclip", "decoder": dreamer.name, "input_version": version,
+            "note": f"dreams drawn by {dreamer.name} (dream.backend: unclip); our decoder was not trained tonight",
+            "dreams": dreams, "metrics": {"dreams": len(dreams)}}

@@ -110,3 +110,16 @@ def test_blend_with_stable_unclip_decodes_the_stored_openclip_vectors(night_root
     assert result["backend"] == "unclip" and result["vectors"] == f"openclip {version}"
     with Image.open(night_root / result["dreams"][0]["file"]) as image:
         assert image.size == (8, 8)  # the tiny pipeline's size
+
+    # The night's dream stage with the same backend: Stable unCLIP draws the dreams, ours is not trained.
+    from stages import dream as dream_stage
+
+    engine = open_database(Paths.at(night_root).database)
+    night = Night(DAY, cfg, Paths.at(night_root), engine, make_sessionmaker(engine), "cpu", logging.getLogger("t"))
+    staged = dream_stage.run(night)
+    engine.dispose()
+    assert staged["backend"] == "unclip" and not staged["trained"]
+    assert [d["kind"] for d in staged["dreams"]] == ["memory", "memory", "blend", "blend"]  # tiny: 4 dreams
+    for item in staged["dreams"]:
+        with Image.open(night_root / "reports" / DAY.isoformat() / item["file"]) as image:
+            assert image.size == (128, 128)  # saved at the report's panel size

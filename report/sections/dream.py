@@ -60,6 +60,9 @@ def render(summary: dict, ctx) -> str | None:
     metrics = (summary.get("metrics") or {}).get("dream") or {}
     if not result:
         return None
+    if result.get("backend") == "unclip" and result.get("dreams"):
+        return (gallery(result["dreams"], ctx.paths.report(ctx.date))
+                + f'<p class="muted">{h.esc(result.get("note"))}</p>')
     if not result.get("trained"):
         return f'<p class="muted">{h.esc(result.get("note") or "no dreams tonight")}</p>'
     parts = [gallery(result.get("dreams") or [], ctx.paths.report(ctx.date))]
@@ -68,17 +71,17 @@ def render(summary: dict, ctx) -> str | None:
     replay = result.get("replay") or {}
     start = result.get("resumed_from") or result.get("restart_reason") or "nothing (first night)"
     rows = [
-        ("decoder", f'{result.get("model_version")}, {result.get("frames")} frames of tonight and '
+        ("decoder", (f'{result.get("model_version")}, {result.get("frames")} frames of tonight and '
                     f'{result.get("replay_frames", 0)} replayed from {len(replay.get("days") or [])} earlier day(s), '
-                    f"continued from {start}"),
-        ("training", f'{metrics.get("steps")} steps, {h.seconds(metrics.get("train_seconds"))}, '
-                     f'{metrics.get("images_per_second")} images/s'),
+                    f"continued from {start}")),
+        ("training", (f'{metrics.get("steps")} steps, {h.seconds(metrics.get("train_seconds"))}, '
+                     f'{metrics.get("images_per_second")} images/s')),
     ]
     if "roundtrip_top1" in metrics:
         rows.append(("recalls whose dream, re-embedded, finds its own clip first (in the top 5)",
-                     f'{_share(metrics, "roundtrip")} of {metrics.get("roundtrip_dreams")}; the same decoder '
+                     (f'{_share(metrics, "roundtrip")} of {metrics.get("roundtrip_dreams")}; the same decoder '
                      f'untrained {_share(metrics, "untrained")}; chance {_share(metrics, "chance")} '
-                     f'({metrics.get("roundtrip_clips")} clips)'))
+                     f'({metrics.get("roundtrip_clips")} clips)')))
     parts.append(h.table(["", ""], rows))
     if metrics.get("loss_curve"):
         parts.append(h.line_chart({"loss": metrics["loss_curve"]}, title="Dream decoder training", y_label="MSE (v)"))
