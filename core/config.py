@@ -380,6 +380,33 @@ class ReconstructConfig(_Section):
         return self
 
 
+class FeatureCompletionConfig(_Section):
+    """Feature-space completion (issue #16, ``bench/feature_completion.py``): a small transformer
+    that inpaints the vision encoder's tokens of a frame's hidden patches from those of a
+    visible fragment, and the sizes memories are compressed to (PCA) to measure how well they
+    keep their nearest neighbours. Measured by the bench; no stage trains it yet.
+    """
+
+    dim: int = Field(128, ge=8, description="the inpainter's width")
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    keep_share: float = Field(0.25, gt=0, le=1, description="share of the patches a fragment keeps visible")
+    pca_dims: list[int] = Field([32, 64, 128], description="sizes the memories are compressed to by PCA")
+    knn_k: int = Field(10, ge=1, description="neighbours compared, compressed against original")
+
+    @field_validator("pca_dims")
+    @classmethod
+    def _positive_dims(cls, dims: list[int]) -> list[int]:
+        if any(d < 1 for d in dims):
+            raise ValueError(f"every PCA size must be at least 1, got {dims}")
+        return dims
+
+
 class OpenClipConfig(_Section):
     """Free-text search through OpenCLIP weights the user already has on disk (never downloaded).
 
@@ -402,6 +429,7 @@ class ModelsConfig(_Section):
     sae: SaeConfig = Field(default_factory=SaeConfig)
     reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig)
     openclip: OpenClipConfig = Field(default_factory=OpenClipConfig)
+    inpaint: FeatureCompletionConfig = Field(default_factory=FeatureCompletionConfig)
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of the day's frames (vision, "
                                     "reconstruct) or clips (audio, align, sae) kept out of training, to "
                                     "measure each learner on")

@@ -159,4 +159,4 @@ def test_the_api_imports_without_torch():
     assert proc.returncode == 0, proc.stderr
     assert set(api.__all__) == {"query", "Hit", "forget", "plan_forget", "doctor", "status", "versions",
                                 "reembed", "list_neurons", "show_neuron", "name_neuron", "journal_query",
-                                "journal_add", "JournalHit"}
+                                "journal_add", "JournalHit", "dream_clips"}
