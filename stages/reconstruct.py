@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 MODEL = model_of("reconstruct")
 SPACE = "vision"
+# The networks' generation: 2 added the recall cross-entropy, the Hopfield MLP query and the
+# pattern layer. Weights of generation 1 (checkpoints that do not record it) do not load
+# into these networks: a night starts them afresh, a query says to run a night.
+NETWORKS = 2
 
 
 def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int
@@ -118,6 +122,14 @@ def metrics_by_kind(models: dict, bank: np.ndarray, fragments: np.ndarray, targe
     return out
 
 
+def resume_reconstructors(night: Night, dim: int, cfg: ReconstructConfig):
+    """Whether tonight continues last night's networks: not when a size or their generation
+    (:data:`NETWORKS`) changed; the reason is logged and reported."""
+    return resume_state(night, MODEL, {"dim": dim, "hidden": cfg.hidden, "assoc_dim": cfg.assoc_dim,
+                                       "patterns": cfg.patterns, "networks": NETWORKS},
+                        ("models", "step", "dim", "config"), defaults={"networks": 1, "patterns": None})
+
+
 def run(night: Night) -> dict:
     """Train both reconstructors on tonight's fragments and measure them on held-out frames.
 
@@ -172,9 +184,7 @@ def run(night: Night) -> dict:
     held = heldout_mask([frames[p].frame_id for p in positions], night.cfg.models.heldout_fraction, seed)
     train, measured = train_and_measure(held)
 
-    resume = resume_state(night, MODEL, {"dim": int(vectors.shape[1]), "hidden": cfg.hidden,
-                                         "assoc_dim": cfg.assoc_dim, "patterns": cfg.patterns},
-                          ("models", "step", "dim", "config"))
+    resume = resume_reconstructors(night, int(vectors.shape[1]), cfg)
     trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed,
                                    clean=None if clean is None else clean[train], resume=resume.checkpoint)
     measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device,
@@ -193,7 +203,7 @@ def run(night: Night) -> dict:
     })
     save_night_checkpoint(night, MODEL, {
         "models": {v: trained.models[v].state_dict() for v in VARIANTS}, "step": trained.step,
-        "config": cfg.model_dump(mode="json"), "dim": int(vectors.shape[1]), "input_space": SPACE,
+        "config": cfg.model_dump(mode="json"), "dim": int(vectors.shape[1]), "input_space": SPACE, "networks": NETWORKS,
         "input_version": version_in, "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"]})
     log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield,"
              " %.2f pattern layer; query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
@@ -225,6 +235,9 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     from memory.store import load_vectors
 
     state = load_checkpoint(checkpoint, REQUIRED)
+    if state.get("networks", 1) != NETWORKS:
+        raise UsageError(f"{checkpoint}: reconstructors of an older kind, which this version no longer reads; "
+                         f"run a night to train new ones (sleep.py --date DATE --only reconstruct)")
     if state["input_version"] != version:
         raise UsageError(f"{checkpoint}: the reconstructor completes {state['input_version']} fragments, not "
                          f"{version}; run that night's reconstruct stage (sleep.py --date DATE --only reconstruct)")

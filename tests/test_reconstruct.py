@@ -14,6 +14,7 @@ import torch
 from jepa_media import SCENES, insert_day, make_scene_frames
 
 from core.config import ReconstructConfig
+from core.errors import UsageError
 from core.paths import Paths
 from memory.db import make_sessionmaker, open_database
 from models.reconstruct.fragments import OCCLUDED_SHARE, degrade
@@ -216,3 +217,23 @@ def test_completion_finds_the_clip_of_a_quarter_crop_on_distinct_scenes(root, ti
     assert figures["frames"] >= 40
     assert bar["best_top1"] >= 0.9 and bar["best_top1"] - bar["as_is_top1"] >= 0.2, figures["kinds"]["crop25"]
     assert bar["met"]
+
+
+def test_reconstructors_of_the_older_kind_start_afresh_and_are_refused_at_query(root, tiny_cfg):
+    """A checkpoint written before the networks' generation was recorded (no ``networks``, no
+    ``patterns``): the next night starts them afresh with the reason, a query says to run a night."""
+    from models.checkpoint import save_checkpoint
+    from stages.reconstruct import load_completer, resume_reconstructors
+
+    cfg = tiny_cfg.models.reconstruct
+    old_config = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("patterns",)}
+    paths = Paths.at(root)
+    save_checkpoint(paths.checkpoints / "reconstruct", DAY1, {
+        "models": {"mlp": {}, "hopfield": {}}, "step": 10, "dim": 64, "config": old_config, "date": str(DAY1),
+        "input_version": "jepa@2026-01-15", "bank_rows": torch.arange(3), "chosen": "hopfield"})
+    engine = open_database(paths.database)
+    resume = resume_reconstructors(_night(DAY2, tiny_cfg, paths, engine), 64, cfg)
+    assert resume.checkpoint is None and "networks 1 -> 2" in resume.restart_reason
+    with pytest.raises(UsageError, match="older kind"):
+        load_completer(paths.checkpoints / "reconstruct" / f"{DAY1}.pt", engine, paths, "jepa@2026-01-15", "auto",
+                       "cpu")
