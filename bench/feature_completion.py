@@ -44,7 +44,7 @@ from core.device import resolve_device
 from core.paths import Paths
 from memory import day_frames, make_sessionmaker, open_database
 from memory.store import load_vectors
-from models.checkpoint import checkpoint_path
+from models.checkpoint import checkpoint_path, latest_checkpoint
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
 from models.vision.inpaint import random_patch_mask
@@ -223,11 +223,11 @@ def main() -> int:
     if args.date:
         date = dt.date.fromisoformat(args.date)
     else:
-        found = sorted((root / "checkpoints" / model_of("vision")).glob("*.pt"))
-        if not found:
+        found = latest_checkpoint(root / "checkpoints" / model_of("vision"))
+        if found is None:
             print(f"{root}: no vision checkpoint; run a night first", file=sys.stderr)
             return 2
-        date = dt.date.fromisoformat(found[-1].stem)
+        date = dt.date.fromisoformat(found.stem)
     try:
         figures = measure(root, date, args.config, args.overrides, steps=args.steps, views=args.views,
                           progress=sys.stderr.isatty())

@@ -41,15 +41,14 @@ from core.device import resolve_device
 from core.paths import Paths
 from memory import day_frames, make_sessionmaker, open_database
 from memory.store import load_vectors
-from models.checkpoint import checkpoint_path, load_checkpoint
+from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import _blur, _occlude
 from models.reconstruct.networks import build
-from models.reconstruct.train import evaluate
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, random_resized_crop
 from stages import Night
 from stages.common import checkpoint_folder, heldout_mask, night_seed
-from stages.reconstruct import noisy_fragments
+from stages.reconstruct import metrics_by_kind, noisy_fragments
 
 KINDS = ("crop25", "occlude", "blur")
 
@@ -105,27 +104,31 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         figures: dict = {"date": date.isoformat(), "vision_version": version, "frames_from": frames_from,
                          "frames": len(cache.index),
                          "bank": len(bank), "chance_top1": round(1 / max(len(bank), 1), 4), "kinds": {}}
-        top_k = rcfg.recall_top_k
+        # Every kind's fragments first (timed: damage and embedding), then one per-kind table, as
+        # the stage measures its own (stages.reconstruct.metrics_by_kind).
+        fragments, targets_all, kinds, seconds = [], [], [], {}
         for k, kind in enumerate(KINDS):
-            generator = torch.Generator().manual_seed(seed + k)
             started = time.perf_counter()
-            views = damage(cache.images.to(device), kind, generator)
-            fragments = embed_frames(encoder, views, batch_size=jepa.embed_batch_size, bf16=jepa.bf16)
-            result = evaluate(models, bank, fragments, targets, device, top_k)
-            figures["kinds"][kind] = {v: {"top1": result[v]["top1"], "top5": result[v]["top5"]}
-                                      for v in ("fragment", *models)}
-            figures["kinds"][kind]["seconds"] = round(time.perf_counter() - started, 2)
+            views = damage(cache.images.to(device), kind, torch.Generator().manual_seed(seed + k))
+            fragments.append(embed_frames(encoder, views, batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
+            targets_all.append(targets)
+            kinds += [kind] * len(targets)
+            seconds[kind] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
         clean = embed_frames(encoder, cache.images.to(device), batch_size=jepa.embed_batch_size, bf16=jepa.bf16)
-        noisy, rows, kinds = noisy_fragments(clean, rcfg.noise_snr_db, seed)
-        for kind in dict.fromkeys(kinds):
-            started = time.perf_counter()
-            pick = np.array([k == kind for k in kinds])
-            result = evaluate(models, bank, noisy[pick], targets[rows[pick]], device, top_k)
-            figures["kinds"][kind] = {v: {"top1": result[v]["top1"], "top5": result[v]["top5"]}
-                                      for v in ("fragment", *models)}
-            figures["kinds"][kind]["seconds"] = round(time.perf_counter() - started, 2)
+        noisy, rows, noise_kinds = noisy_fragments(clean, rcfg.noise_snr_db, seed)
+        seconds.update(dict.fromkeys(noise_kinds, round(time.perf_counter() - started, 2)))
+        fragments.append(noisy)
+        targets_all.append(targets[rows])
+        kinds += noise_kinds
+        by_kind = metrics_by_kind(models, bank, np.concatenate(fragments), np.concatenate(targets_all), kinds,
+                                  device, rcfg.recall_top_k)
+        order = [*KINDS, *dict.fromkeys(noise_kinds)]  # image damage first, then noise by SNR
+        figures["variants"] = ["fragment", *models]
+        figures["kinds"] = {kind: {**{v: by_kind[kind][v] for v in figures["variants"]}, "seconds": seconds[kind]}
+                            for kind in order}
         crop = figures["kinds"]["crop25"]
-        best = max((v for v in crop if v not in ("fragment", "seconds")), key=lambda v: crop[v]["top1"])
+        best = max(models, key=lambda v: crop[v]["top1"])
         figures["bar"] = {"best": best, "best_top1": crop[best]["top1"], "as_is_top1": crop["fragment"]["top1"],
                           "met": crop[best]["top1"] >= 0.9 and crop[best]["top1"] - crop["fragment"]["top1"] >= 0.2}
         return figures
@@ -147,16 +150,16 @@ def main() -> int:
     if args.date:
         date = dt.date.fromisoformat(args.date)
     else:
-        found = sorted((root / "checkpoints" / "reconstruct").glob("*.pt"))
-        if not found:
+        found = latest_checkpoint(root / "checkpoints" / "reconstruct")
+        if found is None:
             print(f"{root}: no reconstruct checkpoint; run a night first", file=sys.stderr)
             return 2
-        date = dt.date.fromisoformat(found[-1].stem)
+        date = dt.date.fromisoformat(found.stem)
     figures = measure(root, date, args.config, args.overrides, args.frames)
     figures["machine"] = f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}"
     print(f"{figures['date']}: {figures['frames']} {figures['frames_from']} frames against {figures['bank']} clips "
           f"(chance R@1 {figures['chance_top1']:.3f}), {figures['vision_version']}")
-    variants = [v for v in next(iter(figures["kinds"].values())) if v != "seconds"]
+    variants = figures["variants"]
     print(f"{'damage':10}" + "".join(f"{v + ' R@1':>15}{'R@5':>6}" for v in variants))
     for kind, row in figures["kinds"].items():
         print(f"{kind:10}" + "".join(f"{row[v]['top1']:>15.3f}{row[v]['top5']:>6.2f}" for v in variants))

@@ -96,6 +96,16 @@ def _panel(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((PANEL, PANEL), Image.NEAREST)
 
 
+def _source(paths, moment: dict, name: str, pictures: dict[str, Image.Image]) -> dict:
+    """A dream's source moment: its frame as a thumbnail, queued in ``pictures`` as
+    ``{name}.jpg``, and where and when it was (for the report's caption)."""
+    with Image.open(paths.root / moment["path"]) as frame:
+        picture = frame.convert("RGB")
+        picture.thumbnail((PANEL * 2, PANEL))
+    pictures[f"{name}.jpg"] = picture
+    return {"file": f"dreams/{name}.jpg", **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}}
+
+
 def _replay(night: Night, encoder, count: int) -> tuple[torch.Tensor | None, np.ndarray | None, dict]:
     """Earlier days' frames at the decoder's size, embedded with tonight's encoder.
 
@@ -235,12 +245,7 @@ def run(night: Night) -> dict:
         moments = frame_moments(session, frame_ids + [middle[int(clip_ids[k])] for pair in pairs for k in pair])
 
     def source(name: str, frame_id: int) -> dict:
-        moment = moments[frame_id]
-        with Image.open(paths.root / moment["path"]) as frame:
-            picture = frame.convert("RGB")
-            picture.thumbnail((PANEL * 2, PANEL))
-        pictures[f"{name}.jpg"] = picture
-        return {"file": f"dreams/{name}.jpg", **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}}
+        return _source(paths, moments[frame_id], name, pictures)
 
     for k, (j, frame_id) in enumerate(zip(shown, frame_ids)):
         name = f"recall-{k + 1:02d}"
@@ -310,18 +315,8 @@ def run_unclip(night: Night) -> dict:
     pictures: dict[str, Image.Image] = {}
 
     def sources(name: str, clips: list[int]) -> list[dict]:
-        out = []
-        for end, clip in zip("ab", clips):
-            moment = moments.get(middle.get(clip, -1))
-            if moment is None:
-                continue
-            with Image.open(paths.root / moment["path"]) as frame:
-                picture = frame.convert("RGB")
-                picture.thumbnail((PANEL * 2, PANEL))
-            pictures[f"{name}-{end}.jpg"] = picture
-            out.append({"file": f"dreams/{name}-{end}.jpg",
-                        **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}})
-        return out
+        return [_source(paths, moments[middle[clip]], f"{name}-{end}", pictures)
+                for end, clip in zip("ab", clips) if middle.get(clip) in moments]
 
     dreams = []
     for k, i in enumerate(singles):

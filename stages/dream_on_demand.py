@@ -32,16 +32,19 @@ def _clip_vectors(engine, paths, space: str, version: str, clip_ids: list[int]) 
     from memory.store import load_vectors
 
     dates = clip_dates(engine, clip_ids)
-    out = []
     for clip_id in clip_ids:
         if clip_id not in dates:
             raise UsageError(f"clip {clip_id}: no such clip in the memory (sleep.py query shows clip ids)")
-        rows, vectors = load_vectors(engine, paths, space=space, model_version=version, date=dates[clip_id])
-        found = [i for i, r in enumerate(rows) if r.clip_id == clip_id]
-        if not found:
+    found: dict[int, np.ndarray] = {}
+    for date in set(dates.values()):  # one read per day, however many of its clips are asked for
+        rows, vectors = load_vectors(engine, paths, space=space, model_version=version, date=date)
+        found.update((r.clip_id, vectors[i]) for i, r in enumerate(rows) if r.clip_id in dates)
+    out = []
+    for clip_id in clip_ids:
+        if clip_id not in found:
             raise UsageError(f"clip {clip_id} ({dates[clip_id]}) has no {space} vector of {version}; "
                              f"sleep.py memory reembed --space {space} brings earlier days into it")
-        out.append(vectors[found[0]])
+        out.append(found[clip_id])
     return np.stack(out).astype(np.float32)
 
 

@@ -167,17 +167,16 @@ def run(night: Night) -> dict:
     frame_rows, frame_vectors = load_vectors(night.engine, paths, space="vision_frame", model_version=version_in,
                                              date=day)
     clean_of = {r.frame_id: i for i, r in enumerate(frame_rows)}
-    clean_row = np.array([clean_of.get(frames[p].frame_id, -1) for p in positions])
-    have_clean = frame_vectors.shape[0] > 0 and (clean_row >= 0).all()
-    clean = frame_vectors[clean_row] if have_clean else None
-    if have_clean and cfg.noise_snr_db:
-        framed = np.unique(positions)
-        noisy, rows_n, kinds_n = noisy_fragments(frame_vectors[[clean_of[frames[p].frame_id] for p in framed]],
-                                                 cfg.noise_snr_db, seed)
-        fragments = np.concatenate([fragments, noisy])
-        positions = np.concatenate([positions, framed[rows_n]])
-        kinds = kinds + kinds_n
-        clean = frame_vectors[[clean_of[frames[p].frame_id] for p in positions]]
+    clean_row = np.array([clean_of.get(f.frame_id, -1) for f in frames])  # per frame, -1: none stored
+    clean = None
+    if len(frame_rows) and (clean_row[positions] >= 0).all():
+        if cfg.noise_snr_db:
+            framed = np.unique(positions)
+            noisy, rows_n, kinds_n = noisy_fragments(frame_vectors[clean_row[framed]], cfg.noise_snr_db, seed)
+            fragments = np.concatenate([fragments, noisy])
+            positions = np.concatenate([positions, framed[rows_n]])
+            kinds = kinds + kinds_n
+        clean = frame_vectors[clean_row[positions]]
     targets = np.array([bank_row_of[frames[p].clip_id] for p in positions])
     # Held out by frame, not by clip: every clip is a memory the reconstructor must recall, and
     # a query brings a new glimpse of one, so it is measured on frames it never saw damaged.
