@@ -21,7 +21,7 @@ from cli.serve import add_serve_command
 from cli.versions import add_memory_group
 from core.config import load_config
 from core.dates import parse_date
-from core.errors import SleepError
+from core.errors import SleepError, UsageError
 from core.logs import configure_console
 from core.paths import Paths
 from stages import stage_names
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo stages already done")
     run.add_argument("--device", choices=["cpu", "cuda"],
                      help="where models train (default: runtime.device in the config)")
+    run.add_argument("--gpus", type=int, default=1, metavar="N",
+                     help="train on N processes under torchrun, one GPU each, with DistributedDataParallel "
+                          "(with --device cpu: N CPU processes over gloo); the rest of the night runs once")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="every night so far, each stage's state and time",
@@ -143,18 +146,65 @@ def _headlines(report_path: str | None) -> list[str]:
     return lines
 
 
+def _without_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
+
+
 def cmd_run(args) -> int:
     from core.signals import GracefulStop
+    from pipeline import ranks
     from pipeline.runner import run_night
 
     date = parse_date(args.date)
     cfg = load_config(args.config, args.overrides)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    with GracefulStop() as stop:  # SIGTERM (systemctl stop): end after the current stage
-        outcome = run_night(date, cfg, Paths.at(args.root), only=only, force=args.force,
-                            device=args.device, should_stop=stop.requested)
+    if args.gpus < 1:
+        raise UsageError(f"--gpus {args.gpus}: give 1 or more")
+    if args.gpus > 1 and not ranks.launched():
+        return _launch(args, cfg)
+    if ranks.launched():
+        from core.device import resolve_device
+        from models.distributed import group_ranks
+
+        ranks.join(resolve_device(args.device or cfg.runtime.device), Path(args.root))
+        if not group_ranks().main:  # trains with rank 0 when it asks; the rest of the night is rank 0's
+            ranks.follow()
+            ranks.release()
+            return 0
+    try:
+        with GracefulStop() as stop:  # SIGTERM (systemctl stop): end after the current stage
+            outcome = run_night(date, cfg, Paths.at(args.root), only=only, force=args.force,
+                                device=args.device, should_stop=stop.requested)
+    finally:
+        ranks.release()
     _print_outcome(outcome)
     return 0 if outcome.ok else 1
+
+
+def _launch(args, cfg) -> int:
+    """Run this same command again under torchrun on ``--gpus`` processes; its exit code."""
+    import subprocess
+
+    from core.device import resolve_device
+    from pipeline import ranks
+
+    device = resolve_device(args.device or cfg.runtime.device)
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < args.gpus:
+            raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    command = ranks.torchrun_command(args.gpus, _without_gpus(args.argv))
+    log.info("training on %d processes (%s): %s", args.gpus, device, " ".join(command))
+    return subprocess.call(command, env=ranks.torchrun_env())
 
 
 def cmd_status(args) -> int:
@@ -195,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args = parser.parse_args(_normalise_argv(argv, parser))
+    args.argv = _normalise_argv(argv, parser)  # `run --gpus N` starts the same command under torchrun
     configure_console(getattr(args, "verbose", False))
     try:
         return args.func(args)

@@ -49,6 +49,7 @@ from torch import nn
 
 from core.config import DreamConfig
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.distributed import Ranks
 
 TRAIN_TIMESTEPS = 1000
 # Keys of DreamConfig that fix the shape of the weights.
@@ -67,7 +68,8 @@ def noise_scheduler() -> DDPMScheduler:
                          prediction_type="v_prediction")
 
 
-def noise_condition(cond: torch.Tensor, level: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def noise_condition(cond: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
     """Unit embeddings moved towards Gaussian noise: ``normalize(sqrt(1 - l^2) e + l z / sqrt(D))``.
 
     ``z / sqrt(D)`` is about unit length and about orthogonal to ``e``, so ``l`` is the sine of
@@ -77,9 +79,12 @@ def noise_condition(cond: torch.Tensor, level: torch.Tensor, generator: torch.Ge
         cond: ``(N, D)`` embeddings (any length; they are normalised first).
         level: ``(N,)`` levels in [0, 1].
         generator: a CPU generator for the noise.
+        noise: ``(N, D)`` standard normal noise already drawn (instead of ``generator``).
     """
     e = F.normalize(cond.float(), dim=-1)
-    z = torch.randn(e.shape, generator=generator).to(e.device) / e.shape[-1] ** 0.5
+    if noise is None:
+        noise = torch.randn(e.shape, generator=generator)
+    z = noise.to(e.device) / e.shape[-1] ** 0.5
     level = level.to(e.device, torch.float32)[:, None]
     return F.normalize((1 - level ** 2).sqrt() * e + level * z, dim=-1)
 
@@ -129,16 +134,24 @@ class DreamDecoder(nn.Module):
 
 
 def diffusion_loss(model: DreamDecoder, images: torch.Tensor, cond: torch.Tensor, scheduler: DDPMScheduler,
-                   cfg: DreamConfig, generator: torch.Generator) -> torch.Tensor:
+                   cfg: DreamConfig, generator: torch.Generator, ranks: Ranks = Ranks(),
+                   rows: int | None = None) -> torch.Tensor:
     """DDPM loss (v-prediction) of a batch of uint8 frames and their embeddings, the
-    embeddings noised up to ``cfg.cond_noise`` and dropped on ``cfg.cond_dropout`` of rows."""
+    embeddings noised up to ``cfg.cond_noise`` and dropped on ``cfg.cond_dropout`` of rows.
+
+    With several processes (``ranks``), ``images`` and ``cond`` are this process's slice of
+    a batch of ``rows``: the noise is drawn for the whole batch and sliced, so every row
+    gets the noise it would get in one process.
+    """
     x0 = images.float() / 127.5 - 1
-    B, device = x0.shape[0], x0.device
-    noise = torch.randn(x0.shape, generator=generator).to(device)
-    t = torch.randint(0, TRAIN_TIMESTEPS, (B,), generator=generator).to(device)
-    drop = torch.rand(B, generator=generator) < cfg.cond_dropout
-    level = torch.rand(B, generator=generator) * cfg.cond_noise
-    condition = model.condition(noise_condition(cond, level, generator), level, drop)
+    device = x0.device
+    rows = x0.shape[0] if rows is None else rows
+    noise = ranks.split(torch.randn((rows, *x0.shape[1:]), generator=generator)).to(device)
+    t = ranks.split(torch.randint(0, TRAIN_TIMESTEPS, (rows,), generator=generator)).to(device)
+    drop = ranks.split(torch.rand(rows, generator=generator) < cfg.cond_dropout)
+    level = ranks.split(torch.rand(rows, generator=generator) * cfg.cond_noise)
+    cond_noise = ranks.split(torch.randn((rows, cond.shape[-1]), generator=generator))
+    condition = model.condition(noise_condition(cond, level, None, cond_noise), level, drop)
     noisy = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t)
     return F.mse_loss(model(noisy, t, condition).float(), target)

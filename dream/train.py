@@ -29,6 +29,7 @@ from dream.decoder import (
 )
 from models import schedules
 from models.checkpoint import restore_training
+from models.distributed import Objective, current
 
 log = logging.getLogger(__name__)
 PROJECT_AFTER = 6  # steps run before checking the time budget (the first one is not timed: warm-up)
@@ -85,17 +86,23 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     losses: list[float] = []
     budget_cut = None
     model.train()
+    # Under torchrun each process trains on its slice of every batch, the noise drawn for the
+    # whole batch (models.distributed): N processes take the step one process would.
+    ranks = current()
+    objective = ranks.wrap(Objective(model, diffusion_loss))
     started = time.perf_counter()
     it = 0
-    bar = tqdm(total=total, desc="dream", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="dream", unit="step", disable=not progress or not ranks.main, leave=False)
     while it < total:
-        rows = torch.randint(len(frames), (batch,), generator=generator)
+        whole = torch.randint(len(frames), (batch,), generator=generator)
+        scale = ranks.scale(len(whole))
+        rows = ranks.split(whole)
         lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.1 * cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:
-            loss = diffusion_loss(model, frames[rows.to(frames.device)].to(device), conds[rows.to(device)],
-                                  scheduler, cfg, generator)
+            loss = objective(frames[rows.to(frames.device)].to(device), conds[rows.to(device)],
+                             scheduler, cfg, generator, ranks, len(whole)) * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,7 +127,7 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
                 total = fits
                 bar.total = total
         if it % cfg.log_every == 0 or it == total:
-            losses.append(round(loss.item(), 5))
+            losses.append(round(ranks.mean(loss.detach()).item(), 5))
             log.info("dream step %d/%d: loss %.4f", it, total, losses[-1])
     bar.close()
     _sync(device)

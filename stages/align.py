@@ -19,6 +19,7 @@ from core.paths import Paths
 from models.align.heads import MODALITIES, AlignModel
 from models.align.train import evaluate_alignment, project, train_alignment
 from models.checkpoint import load_checkpoint
+from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     heldout_mask,
@@ -103,7 +104,7 @@ def run(night: Night) -> dict:
     sizes = {"vision_dim": int(v.shape[1]), "audio_dim": int(a.shape[1])}
     resume = resume_state(night, MODEL, {**sizes, "dim": cfg.dim, "hidden": cfg.hidden},
                           ("model", "optimizer", "step", "config"))
-    trained = train_alignment(v[~heldout], a[~heldout], cfg, device, seed=seed, resume=resume.checkpoint)
+    trained = together(train_alignment, v[~heldout], a[~heldout], cfg, device, seed=seed, resume=resume.checkpoint)
     metrics: dict = {"train_loss_curve": [round(h["loss"], 5) for h in trained.history],
                      "logit_scale": trained.history[-1]["logit_scale"], "train_seconds": round(trained.seconds, 2)}
     if heldout.sum() >= 2:

@@ -36,6 +36,7 @@ from models.audio.train import (
 )
 from models.batches import replay_by_day
 from models.checkpoint import load_checkpoint
+from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     distill_metrics,
@@ -162,7 +163,7 @@ def run(night: Night) -> dict:
              len(today), len(eval_features), len(replay), len(result["replay"]["days"]),
              f"continuing from {resume.resumed_from}" if resume.resumed_from else "a fresh model")
 
-    trained = train_cpc(train_features, cfg, device, seed=seed, resume=resume.checkpoint)
+    trained = together(train_cpc, train_features, cfg, device, seed=seed, resume=resume.checkpoint)
     evaluation = evaluate_cpc(trained.model, eval_features, cfg, device, seed=seed)
     evaluated_on = "held-out clips"
     if evaluation is None:

@@ -37,6 +37,7 @@ from models.checkpoint import checkpoint_path
 from models.reconstruct.fragments import degrade
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
+from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     Resume,
@@ -176,7 +177,7 @@ def run(night: Night) -> dict:
 
     config = cfg.model_dump(mode="json")
     resume = resume_decoder(night, int(cond.shape[1]))
-    trained = train_decoder(images, train_cond, cfg, device, resume=resume.checkpoint)
+    trained = together(train_decoder, images, train_cond, cfg, device, resume=resume.checkpoint)
     save_night_checkpoint(night, MODEL, {**trained.state(), "config": config, "cond_dim": int(cond.shape[1]),
                                          "conditioning": CONDITIONING, "input_version": version})
     decoder = trained.dreamer()

@@ -36,6 +36,7 @@ from models.reconstruct.train import (
 )
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
+from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     checkpoint_folder,
@@ -184,8 +185,8 @@ def run(night: Night) -> dict:
     train, measured = train_and_measure(held)
 
     resume = resume_reconstructors(night, int(vectors.shape[1]), cfg)
-    trained = train_reconstructors(bank, fragments[train], targets[train], cfg, device, seed=seed,
-                                   clean=None if clean is None else clean[train], resume=resume.checkpoint)
+    trained = together(train_reconstructors, bank, fragments[train], targets[train], cfg, device, seed=seed,
+                       clean=None if clean is None else clean[train], resume=resume.checkpoint)
     measured_metrics = evaluate(trained.models, bank, fragments[measured], targets[measured], device,
                                 cfg.recall_top_k)
     # Headline first (the night's one-screen summary shows a stage's first scalar figures).

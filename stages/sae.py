@@ -18,6 +18,7 @@ import numpy as np
 from models.checkpoint import load_checkpoint, previous_checkpoint
 from models.sae.identity import decoder_directions, match_latents
 from models.sae.train import encode, evaluate, train_sae
+from pipeline.ranks import together
 from stages import Night, writer_of
 from stages.common import (
     heldout_mask,
@@ -134,7 +135,7 @@ def run(night: Night) -> dict:
                           {"n_inputs": int(vectors.shape[1]), "latents": cfg.latents, "kind": cfg.kind},
                           ("model", "optimizer", "step", "n_inputs", "config"),
                           defaults={"kind": "topk"})  # checkpoints from before kind were all TopK
-    trained = train_sae(vectors[train_rows], cfg, device, seed=seed, resume=resume.checkpoint)
+    trained = together(train_sae, vectors[train_rows], cfg, device, seed=seed, resume=resume.checkpoint)
     activations = encode(trained.model, vectors, device)
     metrics: dict = {
         **evaluate(trained.model, vectors[measured_on], activations, device,

@@ -30,6 +30,7 @@ from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
+from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     distill_metrics,
@@ -104,9 +105,9 @@ def run(night: Night) -> dict:
 
     config = cfg.model_dump(mode="json")
     resume = resume_state(night, MODEL, {k: config[k] for k in ARCH_KEYS}, CHECKPOINT_KEYS)
-    result = train_night(cfg, cache.images[train_rows], replay, date=night.date,
-                         checkpoint_dir=night.paths.checkpoints / MODEL, device=night.device,
-                         resume=resume.checkpoint)
+    result = together(train_night, cfg, cache.images[train_rows], replay, date=night.date,
+                      checkpoint_dir=night.paths.checkpoints / MODEL, device=night.device,
+                      resume=resume.checkpoint)
     vectors = embed_frames(result.target_encoder, cache.images, batch_size=cfg.embed_batch_size,
                            bf16=cfg.bf16)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import AlignConfig
+from models.distributed import Ranks
 
 MODALITIES = ("vision", "audio")
 # open_clip clamps the learnable scale to at most 100 after each optimizer step.
@@ -35,18 +36,25 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.net(x), dim=-1)
 
 
-def clip_loss(vision: torch.Tensor, audio: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of pairs (open_clip ``ClipLoss``, one device).
+def clip_loss(vision: torch.Tensor, audio: torch.Tensor, logit_scale: torch.Tensor,
+              ranks: Ranks = Ranks(), rows: int | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of pairs (open_clip ``ClipLoss``).
 
     Args:
         vision, audio: ``(B, D)`` L2-normalised; row i of each is the same clip.
         logit_scale: the temperature, already exponentiated.
+        ranks: with several processes, ``vision`` and ``audio`` are this process's slice
+            of a batch of ``rows``; its rows are scored against the whole batch
+            (gathered, as open_clip's ``gather_with_grad`` with ``local_loss``).
     Returns:
-        the mean of the vision->audio and audio->vision cross-entropies.
+        the mean of the vision->audio and audio->vision cross-entropies over this
+        process's rows.
     """
-    logits_per_vision = logit_scale * vision @ audio.T  # (B, B)
-    logits_per_audio = logits_per_vision.T
-    labels = torch.arange(vision.shape[0], device=vision.device)
+    rows = vision.shape[0] if rows is None else rows
+    every_vision, every_audio = ranks.gather(vision, rows), ranks.gather(audio, rows)
+    logits_per_vision = logit_scale * vision @ every_audio.T  # (B, B_all)
+    logits_per_audio = logit_scale * audio @ every_vision.T
+    labels = ranks.offset(rows) + torch.arange(vision.shape[0], device=vision.device)
     return (F.cross_entropy(logits_per_vision, labels) + F.cross_entropy(logits_per_audio, labels)) / 2
 
 
@@ -67,8 +75,11 @@ class AlignModel(nn.Module):
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         return self.heads[modality](x)
 
-    def forward(self, vision: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        return clip_loss(self.project(vision, "vision"), self.project(audio, "audio"), self.logit_scale.exp())
+    def forward(self, vision: torch.Tensor, audio: torch.Tensor, ranks: Ranks = Ranks(),
+                rows: int | None = None) -> torch.Tensor:
+        """The loss of a batch of pairs (with several processes, this one's slice of ``rows``)."""
+        return clip_loss(self.project(vision, "vision"), self.project(audio, "audio"), self.logit_scale.exp(),
+                         ranks, rows)
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:

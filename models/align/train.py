@@ -18,6 +18,7 @@ from core.config import AlignConfig
 from models.align.heads import AlignModel
 from models.batches import TrainResult, night_batches
 from models.checkpoint import restore_training
+from models.distributed import current
 from models.retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -77,20 +78,26 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
     total, batches = night_batches(n, cfg, seed, steps)
     history: list[dict] = []
     model.train()
+    # Under torchrun each process scores its slice of every batch against the whole batch
+    # (models.distributed); one process's step, shared.
+    ranks = current()
+    network = ranks.wrap(model)
     started = time.perf_counter()
-    for it in tqdm(range(total), desc="align", unit="step", disable=not progress, leave=False):
-        idx = next(batches).to(device)
+    for it in tqdm(range(total), desc="align", unit="step", disable=not progress or not ranks.main, leave=False):
+        whole = next(batches)
+        scale = ranks.scale(len(whole))
+        idx = ranks.split(whole).to(device)
         lr = get_lr(it, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = model(v[idx], a[idx])
+        loss = network(v[idx], a[idx], ranks, len(whole)) * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         model.clamp_logit_scale()
         global_step += 1
         if it % 10 == 0 or it == total - 1:
-            history.append({"step": global_step, "loss": loss.item(), "lr": lr,
+            history.append({"step": global_step, "loss": ranks.mean(loss.detach()).item(), "lr": lr,
                             "logit_scale": model.logit_scale.exp().item()})
     seconds = time.perf_counter() - started
     log.info("align: %d steps on %d pairs in %.1fs, final loss %.3f, logit scale %.1f", total, n,

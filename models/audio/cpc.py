@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import CpcConfig
+from models.distributed import Ranks
 
 
 class ChannelNorm(nn.Module):
@@ -109,7 +110,8 @@ class CpcOutput:
 
 
 def info_nce(context: torch.Tensor, encoded: torch.Tensor, predictors: nn.ModuleList, *,
-             n_negatives: int, negatives: str, generator: torch.Generator | None = None) -> CpcOutput:
+             n_negatives: int, negatives: str, generator: torch.Generator | None = None,
+             ranks: Ranks = Ranks(), rows: int | None = None) -> CpcOutput:
     """The CPC loss: from c_t, tell z_{t+k} apart from negatives, for k = 1..K.
 
     Args:
@@ -118,11 +120,16 @@ def info_nce(context: torch.Tensor, encoded: torch.Tensor, predictors: nn.Module
         predictors: K modules ``H -> D`` (W_k in the paper).
         n_negatives, negatives: see :func:`negative_indices`.
         generator: for the negatives.
+        ranks: with several processes, ``context`` and ``encoded`` are this process's
+            slice of the batch; negatives are drawn from the whole batch (gathered), as
+            one process would draw them.
+        rows: the whole batch's rows (``B`` in one process).
     Returns:
         a :class:`CpcOutput`. Accuracy at step k is the share of positions where the true
         z_{t+k} scores above every negative (chance: ``1 / (1 + n_negatives)``).
     """
     B, T, D = encoded.shape
+    rows = B if rows is None else rows
     K = len(predictors)
     W = T - K
     if W < 1:
@@ -132,8 +139,10 @@ def info_nce(context: torch.Tensor, encoded: torch.Tensor, predictors: nn.Module
     positives = torch.stack([encoded[:, k:k + W] for k in range(1, K + 1)], dim=1)  # (B, K, W, D)
     # Scores are dot products over D divided by D, as CPC_audio's `.mean(dim=3)`.
     pos = (preds * positives).mean(-1)                                              # (B, K, W)
-    idx = negative_indices(B, T, W, n_negatives, negatives, generator=generator, device=encoded.device)
-    negs = encoded.reshape(B * T, D)[idx]                                           # (B, N, W, D)
+    everyone = ranks.gather(encoded, rows)                                          # (B_all, T, D)
+    idx = negative_indices(rows, T, W, n_negatives, negatives, generator=generator, device=encoded.device)
+    idx = ranks.split(idx)                                                          # this slice's rows
+    negs = everyone.reshape(-1, D)[idx]                                             # (B, N, W, D)
     neg = torch.einsum("bkwd,bnwd->bknw", preds, negs) / D                          # (B, K, N, W)
     logits = torch.cat([pos.unsqueeze(2), neg], dim=2)                              # (B, K, 1+N, W)
     logits = logits.permute(1, 0, 3, 2).reshape(K, B * W, 1 + n_negatives).float()  # (K, B*W, 1+N)
@@ -182,10 +191,12 @@ class CpcModel(nn.Module):
             c, _ = self.context(z.float())
         return z, c
 
-    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> CpcOutput:
+    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None,
+                ranks: Ranks = Ranks(), rows: int | None = None) -> CpcOutput:
+        """The loss of a batch (with several processes, this one's slice of ``rows``)."""
         z, c = self.encode(mel)
         out = info_nce(c, z.float(), self.predictors, n_negatives=self.cfg.n_negatives,
-                       negatives=self.cfg.negatives, generator=generator)
+                       negatives=self.cfg.negatives, generator=generator, ranks=ranks, rows=rows)
         out.pooled = c.mean(dim=1)  # (B, H), as embed
         return out
 

@@ -22,7 +22,13 @@ from tqdm import tqdm
 from core.config import CpcConfig
 from models.audio.cpc import CpcModel, chance_loss
 from models.checkpoint import restore_training
-from models.distill import DistillPredictor, distill_loss, predictor_groups, without_distill_groups
+from models.distill import (
+    DistillPredictor,
+    distill_loss,
+    predictor_groups,
+    without_distill_groups,
+)
+from models.distributed import current
 
 log = logging.getLogger(__name__)
 
@@ -169,30 +175,38 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
              f", distilling last night's model (weight {cfg.distill_weight:g})" if old else "")
 
     model.train()
+    # Under torchrun each process trains on its slice of every batch (models.distributed):
+    # crops and negatives are drawn for the whole batch, so N processes take one process's step.
+    ranks = current()
+    network = ranks.wrap(model)
     history: list[dict] = []
     started = time.perf_counter()
-    bar = tqdm(range(total), desc="cpc", unit="step", disable=not progress, leave=False)
+    bar = tqdm(range(total), desc="cpc", unit="step", disable=not progress or not ranks.main, leave=False)
     for it in bar:
         lr = get_lr(it, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        mel = sampler().to(device, non_blocking=True)
+        whole = sampler()
+        scale = ranks.scale(len(whole))
+        mel = ranks.split(whole).to(device, non_blocking=True)
         with autocast_for(device, cfg):
-            out = model(mel, generator=negatives_gen)
-            loss = out.loss
+            out = network(mel, generator=negatives_gen, ranks=ranks, rows=len(whole))
+            loss = out.loss * scale
             if old is not None:
-                distill = distill_loss(predictor(out.pooled), old.embed(mel))  # (B, H) vs (B, H)
+                distill = distill_loss(predictor(out.pooled), old.embed(mel)) * scale  # (B, H) vs (B, H)
                 loss = loss + cfg.distill_weight * distill
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if predictor is not None:
+            ranks.sync_gradients(predictor)
         torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
         optimizer.step()
         global_step += 1
         if it % cfg.log_every == 0 or it == total - 1:
-            entry = {"step": global_step, "loss": out.loss.item(), "lr": lr,
-                     "accuracy": out.accuracy_per_step.mean().item()}
+            entry = {"step": global_step, "loss": ranks.mean(out.loss.detach() * scale).item(), "lr": lr,
+                     "accuracy": ranks.mean(out.accuracy_per_step.mean()).item()}
             if old is not None:
-                entry["distill"] = distill.item()
+                entry["distill"] = ranks.mean(distill.detach()).item()
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}")
     if torch.device(device).type == "cuda":

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from core.config import ReconstructConfig
 from models import schedules
 from models.batches import night_batches
+from models.distributed import Objective, current
 from models.reconstruct.networks import HopfieldRecall, HopfieldReconstructor, build
 
 log = logging.getLogger(__name__)
@@ -92,20 +93,27 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
     started = time.perf_counter()
     for m in models.values():
         m.train()
-    for it in tqdm(range(total), desc="reconstruct", unit="step", disable=not progress, leave=False):
-        idx = next(batches).to(device)
+    # Under torchrun each process trains on its slice of every batch (models.distributed);
+    # a fragment's loss needs only the stored memories, so N processes take one's step.
+    ranks = current()
+    losses = {v: ranks.wrap(Objective(m, type(m).loss), find_unused=True) for v, m in models.items()}
+    for it in tqdm(range(total), desc="reconstruct", unit="step", disable=not progress or not ranks.main,
+                   leave=False):
+        whole = next(batches)
+        scale = ranks.scale(len(whole))
+        idx = ranks.split(whole).to(device)
         target = target_rows[idx]
         batch = views[idx]
         lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.0)
-        for v, model in models.items():
+        for v in models:
             for group in optimizers[v].param_groups:
                 group["lr"] = lr
-            loss = model.loss(batch, memories, target, None if cleans is None else cleans[idx])
+            loss = losses[v](batch, memories, target, None if cleans is None else cleans[idx]) * scale
             optimizers[v].zero_grad(set_to_none=True)
             loss.backward()
             optimizers[v].step()
             if it % 10 == 0 or it == total - 1:
-                history[v].append(round(loss.item(), 5))
+                history[v].append(round(ranks.mean(loss.detach()).item(), 5))
         global_step += 1
     seconds = time.perf_counter() - started
     for m in models.values():

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.distributed import Ranks
+
 Kind = Literal["topk", "batchtopk", "l1"]
 KINDS: tuple[str, ...] = ("topk", "batchtopk", "l1")
 
@@ -93,11 +95,11 @@ class SparseAutoencoder(nn.Module):
         return torch.zeros_like(flat).scatter(0, indices, values).view_as(pre)
 
     @torch.no_grad()
-    def _update_threshold_(self, latents: torch.Tensor) -> None:
+    def _update_threshold_(self, latents: torch.Tensor, ranks: Ranks) -> None:
         kept = latents[latents > 0]
-        if kept.numel() == 0:
+        smallest = ranks.min(kept.min() if kept.numel() else latents.new_tensor(float("inf")))
+        if not torch.isfinite(smallest):
             return
-        smallest = kept.min()
         if float(self.threshold) == 0:  # the first batch: no estimate to average with yet
             self.threshold.copy_(smallest)
         else:
@@ -130,7 +132,8 @@ class SparseAutoencoder(nn.Module):
     def dead_mask(self) -> torch.Tensor:
         return self.steps_since_fired >= self.dead_steps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, ranks: Ranks = Ranks(),
+                rows: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The losses of a batch; the trainer minimises ``mse + aux_coef * aux + l1_coef * l1``.
 
         In training mode this also counts, per neuron, the steps since it last fired, and
@@ -143,11 +146,19 @@ class SparseAutoencoder(nn.Module):
             decoder norms, over the batch's RMS deviation so its weight does not depend on the
             data's scale; differentiable, 0 unless ``kind`` is l1) and the batch's ``latents``
             (detached).
+
+        With several processes (``ranks``), ``x`` is this process's slice of a batch of
+        ``rows``: the losses are the slice's rows over the whole batch's variance, and the
+        firing counts and the threshold follow the whole batch, so every process keeps the
+        same buffers. (batchtopk's top ``k x B`` is taken within the slice.)
         """
+        rows = len(x) if rows is None else rows
         pre = self.pre_activations(x)
         latents = self._sparsify(pre)
         recons = self.decode(latents)
-        variance = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        # The batch's variance (the data's, a constant of the step), over every slice.
+        centre = ranks.sum(x.sum(0)) / rows
+        variance = (ranks.sum((x - centre).pow(2).sum()) / rows).clamp_min(1e-8)
         mse = (recons - x).pow(2).sum(-1).mean() / variance
         l1 = x.new_zeros(())
         if self.kind == "l1":
@@ -155,10 +166,10 @@ class SparseAutoencoder(nn.Module):
 
         if self.training:
             with torch.no_grad():
-                fired = (latents > 0).any(0)
+                fired = ranks.any((latents > 0).any(0))
                 self.steps_since_fired.add_(1).masked_fill_(fired, 0)
                 if self.kind == "batchtopk":
-                    self._update_threshold_(latents)
+                    self._update_threshold_(latents, ranks)
         aux = x.new_zeros(())
         dead = self.dead_mask()
         if self.aux_k and self.training and bool(dead.any()):
@@ -168,7 +179,7 @@ class SparseAutoencoder(nn.Module):
             residual = (x - recons).detach()
             aux_recons = self.decoder(aux_latents)
             aux = ((aux_recons - residual).pow(2).sum(-1).mean()
-                   / residual.pow(2).sum(-1).mean().clamp_min(1e-8))
+                   / (ranks.sum(residual.pow(2).sum()) / rows).clamp_min(1e-8))
         return mse, {"aux": aux, "l1": l1, "latents": latents.detach()}
 
 

@@ -18,6 +18,7 @@ from core.config import SaeConfig
 from models import schedules
 from models.batches import TrainResult, night_batches
 from models.checkpoint import restore_training
+from models.distributed import current
 from models.sae.autoencoder import SparseAutoencoder, fraction_of_variance_unexplained
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,21 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
     total, batches = night_batches(n, cfg, seed, steps)
     history: list[dict] = []
     model.train()
+    # Under torchrun each process trains on its slice of every batch (models.distributed).
+    # The losses divide by the whole batch's variance, so N processes take one process's
+    # step (batchtopk aside: its top k x B is per slice).
+    ranks = current()
+    network = ranks.wrap(model, find_unused=cfg.aux_k > 0)  # AuxK's path is idle while no neuron is dead
     started = time.perf_counter()
-    for it in tqdm(range(total), desc="sae", unit="step", disable=not progress, leave=False):
-        idx = next(batches).to(device)
+    for it in tqdm(range(total), desc="sae", unit="step", disable=not progress or not ranks.main, leave=False):
+        whole = next(batches)
+        scale = ranks.scale(len(whole))
+        idx = ranks.split(whole).to(device)
         lr = schedules.warmup_cosine(it, total, cfg.warmup_steps, 0.0, cfg.lr, 0.1 * cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        mse, parts = model(x[idx])
-        loss = mse + cfg.aux_coef * parts["aux"] + cfg.l1_coef * parts["l1"]
+        mse, parts = network(x[idx], ranks, len(whole))
+        loss = (mse + cfg.aux_coef * parts["aux"] + cfg.l1_coef * parts["l1"]) * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.remove_parallel_decoder_grad_()
@@ -73,9 +81,10 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
         model.normalise_decoder_()
         global_step += 1
         if it % 10 == 0 or it == total - 1:
-            history.append({"step": global_step, "mse": mse.item(), "aux": float(parts["aux"].detach()),
-                            "l1": float(parts["l1"].detach()),
-                            "l0": float((parts["latents"] > 0).sum(1).float().mean()),
+            history.append({"step": global_step, "mse": ranks.mean(mse.detach()).item(),
+                            "aux": ranks.mean(parts["aux"].detach()).item(),
+                            "l1": ranks.mean(parts["l1"].detach()).item(),
+                            "l0": ranks.mean((parts["latents"] > 0).sum(1).float().mean()).item(),
                             "dead": float(model.dead_mask().float().mean()), "lr": lr})
     seconds = time.perf_counter() - started
     model.eval()

@@ -28,10 +28,11 @@ from core.config import JepaConfig
 from models import schedules
 from models.checkpoint import CheckpointError, save_checkpoint
 from models.distill import predictor_groups, without_distill_groups
+from models.distributed import current
 from models.ema import EMA
 from models.vision.frames import BatchGatherer, normalise, random_resized_crop
 from models.vision.jepa import JEPA
-from models.vision.masks import MultiBlockMaskCollator
+from models.vision.masks import MaskBatch, MultiBlockMaskCollator
 from models.vision.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class JepaTrainer:
     def __init__(self, cfg: JepaConfig, device: str):
         self.cfg = cfg
         self.device = torch.device(device)
+        # Under torchrun each process trains on its slice of every batch (models.distributed).
+        self.ranks = current()
         torch.manual_seed(cfg.seed)
         self.model = JEPA(cfg).to(self.device)
         self.ema = EMA(self.model.target_encoder)
@@ -80,9 +83,13 @@ class JepaTrainer:
         on_cuda = self.device.type == "cuda"
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and cfg.bf16
                          else contextlib.nullcontext())
-        # Context and target sizes change from step to step; after the first change dynamo
-        # recompiles once with dynamic token counts instead of once per shape.
-        self.loss_fn = torch.compile(self.model) if on_cuda and cfg.compile else self.model
+        self.compile = on_cuda and cfg.compile
+        # The model, under DDP when several processes train together (wrapped at the first
+        # step, after a distillation predictor may have joined it). Context and target sizes
+        # change from step to step; after the first change dynamo recompiles once with
+        # dynamic token counts instead of once per shape.
+        self.network: torch.nn.Module = self.model
+        self.loss_fn = torch.compile(self.model) if self.compile else self.model
         # Why the compiled loss was given up for eager mode tonight, if it was (see _loss).
         self.compile_fallback: str | None = None
 
@@ -155,18 +162,26 @@ class JepaTrainer:
         generator = _generator(cfg.seed, self.global_step)
         images = random_resized_crop(normalise(batch), cfg.crop_scale, generator)
         masks = self.masks(batch.shape[0], self.global_step)
+        # Crops and masks are drawn for the whole batch, then each process keeps its slice:
+        # N processes take the very step one process would.
+        images = self.ranks.split(images)
+        masks = MaskBatch(self.ranks.split(masks.context), self.ranks.split(masks.targets, dim=1))
         if self.device.type == "cuda":
             masks = masks.pin_memory()
         masks = masks.to(self.device, non_blocking=True)
 
-        loss, distill = self._loss(images, masks)
+        if self.ranks.distributed and self.network is self.model:
+            self.network = self.ranks.wrap(self.model)
+            self.loss_fn = torch.compile(self.network) if self.compile else self.network
+        loss, distill = self._loss(images, masks, self.ranks.scale(batch.shape[0]))
+        loss, distill = self.ranks.mean(loss), self.ranks.mean(distill)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.encoder, momentum)
         self.global_step += 1
         return loss.detach(), distill.detach()
 
-    def _loss(self, images: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, images: torch.Tensor, masks, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of ``jepa + distill_weight * distill``; a compiler failure
         falls back to eager mode for the night.
 
@@ -176,24 +191,26 @@ class JepaTrainer:
         comes before ``optimizer.step``, so redoing the step eagerly changes nothing else.
         """
         try:
-            return self._backward(self.loss_fn, images, masks)
+            return self._backward(self.loss_fn, images, masks, scale)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # any compiler error: eager mode is the same maths
-            if self.loss_fn is self.model:
+            if self.loss_fn is self.network:
                 raise
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             self.compile_fallback = f"step {self.global_step}: {type(exc).__name__}: {first_line}"
             log.warning("jepa: torch.compile failed at step %d (%s: %s); continuing in eager mode",
                         self.global_step, type(exc).__name__, first_line)
-            self.loss_fn = self.model
+            self.loss_fn = self.network
             self.optimizer.zero_grad(set_to_none=True)
-            return self._backward(self.model, images, masks)
+            return self._backward(self.loss_fn, images, masks, scale)
 
-    def _backward(self, loss_fn, images: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    def _backward(self, loss_fn, images: torch.Tensor, masks, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast:
             loss, distill = loss_fn(images, masks.context, masks.targets)
         # Weighted here, outside the network: the compiled graph does not depend on the weight.
+        # ``scale`` weighs this process's slice by its size (models.distributed.Ranks.scale).
+        loss, distill = loss * scale, distill * scale
         (loss + self.cfg.distill_weight * distill).backward()
         return loss, distill
 
@@ -259,7 +276,7 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
     started = time.perf_counter()
     warm_time = started
     trainer.model.train()
-    for i in tqdm(range(steps), desc="jepa", unit="step", disable=not progress, leave=False):
+    for i in tqdm(range(steps), desc="jepa", unit="step", disable=not progress or not trainer.ranks.main, leave=False):
         rows = torch.randint(len(today), (n_today,), generator=_generator(cfg.seed + 1, trainer.global_step))
         batch = today.gather(rows)
         if n_replay:
@@ -280,13 +297,14 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
     timed_steps = steps - warm
     ips = timed_steps * cfg.batch_size / (ended - warm_time) if timed_steps > 0 else 0.0
 
-    path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date))
+    # One writer: every rank holds the same weights.
+    path = save_checkpoint(checkpoint_dir, date, trainer.state_dict(date)) if trainer.ranks.main else ""
     target = trainer.model.target_encoder.eval()
     return TrainResult(target, [float(v) for v in losses.cpu()],
                        [float(v) for v in distill_losses.cpu()] if trainer.distilling else None,
                        steps, trainer.global_step, str(path),
                        ended - started, ips,
-                       compiled=trainer.loss_fn is not trainer.model,
+                       compiled=trainer.loss_fn is not trainer.network,
                        compile_fallback=trainer.compile_fallback)
 
 

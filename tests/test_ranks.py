@@ -1,0 +1,143 @@
+"""Every trainer under torchrun: two gloo processes on the CPU take the steps one process takes.
+
+Each process keeps its slice of every batch (crops, masks, negatives and noise are drawn for
+the whole batch) and DDP averages the gradients, so the two runs differ only in the order
+of floating-point sums. The tolerance stated here, 1e-4 on every logged loss, is about 400
+times the largest difference measured (2.4e-7, CPC and the alignment).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_media, run_cli
+
+from models.checkpoint import load_checkpoint
+from models.distributed import Ranks
+from pipeline.ranks import LAUNCHED, torchrun_command
+
+TRAINERS = "jepa,cpc,align,sae,reconstruct,dream"
+TOLERANCE = 1e-4
+DATE = "2026-01-15"
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _trained(folder: Path, processes: int) -> dict:
+    folder.mkdir(parents=True)
+    out = folder / "out.json"
+    worker = [str(REPO / "tests" / "rank_workers.py"), TRAINERS, str(out)]
+    if processes == 1:
+        command, env = [sys.executable, *worker], _env()
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={processes}", *worker]
+        env = {**_env(), LAUNCHED: "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ranks")
+    return root, _trained(root / "one", 1), _trained(root / "two", 2)
+
+
+@pytest.mark.parametrize("trainer", TRAINERS.split(","))
+def test_two_processes_follow_one_process_loss_curve(runs, trainer):
+    _, one, two = runs
+    assert (one["world"], two["world"]) == (1, 2)
+    a, b = one["losses"][trainer], two["losses"][trainer]
+    assert len(a) == len(b) >= 3
+    assert max(abs(x - y) for x, y in zip(a, b)) <= TOLERANCE, (a, b)
+    assert a[0] != a[-1]  # it trained: the curve moved
+
+
+def test_two_processes_write_one_checkpoint_with_one_process_weights(runs):
+    root, _, _ = runs
+    one = load_checkpoint(root / "one" / "jepa" / f"{DATE}.pt", ("model", "ema"))
+    two_files = sorted(p.name for p in (root / "two" / "jepa").glob("*.pt"))
+    assert two_files == [f"{DATE}.pt"]  # rank 0 alone wrote it, once
+    two = load_checkpoint(root / "two" / "jepa" / f"{DATE}.pt", ("model", "ema"))
+    for name, weight in one["model"]["encoder"].items():
+        assert torch.allclose(weight, two["model"]["encoder"][name], atol=1e-5), name
+    assert not list((root / "two").glob(".ranks-*"))  # the spilled inputs are gone
+
+
+def test_a_batch_splits_into_slices_whose_weights_make_the_whole_mean():
+    batch = torch.arange(15.0)
+    slices = [Ranks(r, 4).split(batch) for r in range(4)]
+    assert torch.equal(torch.cat(slices), batch)
+    assert [len(s) for s in slices] == Ranks(0, 4).sizes(15) == [4, 4, 4, 3]
+    # The mean of each slice's scaled mean (what DDP's averaging yields) is the whole mean.
+    scaled = [s.mean() * Ranks(r, 4).scale(15) for r, s in enumerate(slices)]
+    assert float(sum(scaled) / 4) == pytest.approx(float(batch.mean()))
+    assert [Ranks(r, 4).offset(15) for r in range(4)] == [0, 4, 8, 12]
+    with pytest.raises(ValueError, match="cannot be shared"):
+        Ranks(0, 4).split(torch.arange(3))
+
+
+def test_one_process_helpers_return_their_input():
+    one = Ranks()
+    x = torch.randn(5, 3)
+    assert one.split(x) is x and one.gather(x, 5) is x and one.mean(x) is x and one.scale(5) == 1.0
+
+
+def test_torchrun_command_runs_this_sleep_py_without_gpus():
+    from cli.main import _without_gpus
+
+    argv = _without_gpus(["run", "--date", DATE, "--gpus", "2", "--root", "r", "--gpus=3"])
+    assert argv == ["run", "--date", DATE, "--root", "r"]
+    command = torchrun_command(2, argv)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc-per-node=2" in command
+    assert command[command.index("--nproc-per-node=2") + 1] == str(REPO / "sleep.py")
+
+
+def test_gpus_below_one_is_a_usage_error(tmp_path):
+    (tmp_path / "data" / "raw" / DATE).mkdir(parents=True)
+    done = run_cli("--date", DATE, "--root", str(tmp_path), "--gpus", "0", "--device", "cpu")
+    assert done.returncode == 2 and "--gpus 0" in done.stderr
+
+
+def _stage_results(root: Path) -> dict:
+    with sqlite3.connect(root / "memory" / "episodic.sqlite") as db:
+        return {stage: json.loads(result or "{}")
+                for stage, result in db.execute("select stage, result from stage_runs")}
+
+
+def test_a_night_on_two_gloo_processes_trains_as_one_process_does(tmp_path):
+    """``sleep.py --date D --gpus 2 --device cpu``: every training stage of the night under
+    torchrun; each stage's figures equal a one-process night's on the same recordings."""
+    stages = "ingest,vision,audio,align,sae"
+    media = [make_media(tmp_path / "media" / "a.mp4", seconds=9),
+             make_media(tmp_path / "media" / "b.mp4", seconds=9, video="smptebars=size=160x120:rate=10",
+                        audio="sine=frequency=880:sample_rate=44100")]
+    roots = {}
+    for processes in (1, 2):
+        root = tmp_path / f"root{processes}"
+        raw = root / "data" / "raw" / DATE
+        raw.mkdir(parents=True)
+        for path in media:  # the very same files: two encodes of one lavfi source may differ
+            shutil.copy2(path, raw / path.name)
+        done = run_cli("--date", DATE, "--root", str(root), "--config", str(REPO / "configs" / "tiny.yaml"),
+                       "--only", stages, "--device", "cpu", "--gpus", str(processes), env=_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        roots[processes] = root
+    one, two = _stage_results(roots[1]), _stage_results(roots[2])
+    for stage in stages.split(",")[1:]:
+        a, b = one[stage].get("metrics", one[stage]), two[stage].get("metrics", two[stage])
+        for key, value in a.items():
+            if isinstance(value, float) and "second" not in key:
+                assert b[key] == pytest.approx(value, abs=1e-3, rel=1e-3), (stage, key)
+    assert [p.name for p in (roots[2] / "checkpoints" / "jepa").glob("*.pt")] == [f"{DATE}.pt"]
+    assert not list(roots[2].glob(".ranks-*"))
