@@ -160,7 +160,7 @@ def _without_gpus(argv: list[str]) -> list[str]:
 
 def cmd_run(args) -> int:
     from core.signals import GracefulStop
-    from pipeline import ranks
+    from models import together
     from pipeline.runner import run_night
 
     date = parse_date(args.date)
@@ -168,23 +168,23 @@ def cmd_run(args) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     if args.gpus < 1:
         raise UsageError(f"--gpus {args.gpus}: give 1 or more")
-    if args.gpus > 1 and not ranks.launched():
+    if args.gpus > 1 and not together.launched():
         return _launch(args, cfg)
-    if ranks.launched():
+    if together.launched():
         from core.device import resolve_device
         from models.distributed import group_ranks
 
-        ranks.join(resolve_device(args.device or cfg.runtime.device), Path(args.root))
+        together.join(resolve_device(args.device or cfg.runtime.device), Path(args.root))
         if not group_ranks().main:  # trains with rank 0 when it asks; the rest of the night is rank 0's
-            ranks.follow()
-            ranks.release()
+            together.follow()
+            together.release()
             return 0
     try:
         with GracefulStop() as stop:  # SIGTERM (systemctl stop): end after the current stage
             outcome = run_night(date, cfg, Paths.at(args.root), only=only, force=args.force,
                                 device=args.device, should_stop=stop.requested)
     finally:
-        ranks.release()
+        together.release()
     _print_outcome(outcome)
     return 0 if outcome.ok else 1
 
@@ -194,7 +194,7 @@ def _launch(args, cfg) -> int:
     import subprocess
 
     from core.device import resolve_device
-    from pipeline import ranks
+    from models import together
 
     device = resolve_device(args.device or cfg.runtime.device)
     if device == "cuda":
@@ -202,9 +202,9 @@ def _launch(args, cfg) -> int:
 
         if torch.cuda.device_count() < args.gpus:
             raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    command = ranks.torchrun_command(args.gpus, _without_gpus(args.argv))
+    command = together.torchrun_command(args.gpus, _without_gpus(args.argv))
     log.info("training on %d processes (%s): %s", args.gpus, device, " ".join(command))
-    return subprocess.call(command, env=ranks.torchrun_env())
+    return subprocess.call(command, env=together.torchrun_env())
 
 
 def cmd_status(args) -> int:

@@ -1,7 +1,7 @@
 """Data parallel training for the trainers: which share of a batch this process trains on,
 the DDP wrapper, and the mean of a value over processes.
 
-Under ``torchrun`` (``sleep.py --date D --gpus N``; :mod:`pipeline.ranks`) every process
+Under ``torchrun`` (``sleep.py --date D --gpus N``; :mod:`models.together`) every process
 runs the same trainer on the same inputs. Each draws the same *global* batch (rows,
 crops, masks and noise are functions of the step), keeps its own slice of it, and DDP
 averages the gradients, so with slices of equal size a step of N processes is the step of
@@ -163,7 +163,7 @@ _together: ContextVar[Ranks | None] = ContextVar("together", default=None)
 
 @contextlib.contextmanager
 def training_together(ranks: Ranks):
-    """Within this block :func:`current` is ``ranks`` (:mod:`pipeline.ranks` opens it around
+    """Within this block :func:`current` is ``ranks`` (:mod:`models.together` opens it around
     the one trainer call every process makes together)."""
     token = _together.set(ranks)
     try:

@@ -19,7 +19,7 @@ from core.paths import Paths
 from models.align.heads import MODALITIES, AlignModel
 from models.align.train import evaluate_alignment, project, train_alignment
 from models.checkpoint import load_checkpoint
-from pipeline.ranks import together
+from models.together import together
 from stages import Night
 from stages.common import (
     heldout_mask,

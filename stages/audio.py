@@ -36,7 +36,7 @@ from models.audio.train import (
 )
 from models.batches import replay_by_day
 from models.checkpoint import load_checkpoint
-from pipeline.ranks import together
+from models.together import together
 from stages import Night
 from stages.common import (
     distill_metrics,

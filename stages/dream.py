@@ -35,9 +35,9 @@ from dream.decoder import ARCH_KEYS, CONDITIONING, OLD_CONDITIONING, DreamDecode
 from dream.train import train_decoder
 from models.checkpoint import checkpoint_path
 from models.reconstruct.fragments import degrade
+from models.together import together
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
-from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     Resume,

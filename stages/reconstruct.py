@@ -34,9 +34,9 @@ from models.reconstruct.train import (
     evaluate,
     train_reconstructors,
 )
+from models.together import together
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames
-from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     checkpoint_folder,

@@ -18,7 +18,7 @@ import numpy as np
 from models.checkpoint import load_checkpoint, previous_checkpoint
 from models.sae.identity import decoder_directions, match_latents
 from models.sae.train import encode, evaluate, train_sae
-from pipeline.ranks import together
+from models.together import together
 from stages import Night, writer_of
 from stages.common import (
     heldout_mask,

@@ -26,11 +26,11 @@ from core.errors import UsageError
 from core.paths import Paths
 from memory.media import day_frames
 from models import health
+from models.together import together
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
-from pipeline.ranks import together
 from stages import Night
 from stages.common import (
     distill_metrics,

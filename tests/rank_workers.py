@@ -4,8 +4,8 @@
     SLEEP_RANKS_NIGHT=1 python -m torch.distributed.run --standalone --nproc-per-node 2 \\
         tests/rank_workers.py jepa,cpc OUT.json                   # two, over gloo
 
-Rank 0 calls the trainer through :func:`pipeline.ranks.together` exactly as a night's stage
-does; the other ranks :func:`pipeline.ranks.follow`. Rank 0 writes each trainer's loss curve
+Rank 0 calls the trainer through :func:`models.together.together` exactly as a night's stage
+does; the other ranks :func:`models.together.follow`. Rank 0 writes each trainer's loss curve
 to ``OUT.json`` (and the JEPA checkpoint beside it), for ``tests/test_ranks.py`` to compare.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from core.config import CONFIG_DIR, load_config  # noqa: E402
 from models.distributed import group_ranks  # noqa: E402
-from pipeline import ranks  # noqa: E402
+from models.together import follow, join, launched, release, together  # noqa: E402
 
 DATE = dt.date(2026, 1, 15)
 
@@ -37,7 +37,7 @@ def jepa(out: Path) -> list[float]:
     from models.vision.train import train_night
 
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.jepa.model_copy(update={"steps": 8, "warmup_steps": 2})
-    result = ranks.together(train_night, cfg, _frames(40, cfg.img_size), _frames(12, cfg.img_size), date=DATE,
+    result = together(train_night, cfg, _frames(40, cfg.img_size), _frames(12, cfg.img_size), date=DATE,
                             checkpoint_dir=out.parent / "jepa", device="cpu", progress=False)
     return result.losses
 
@@ -52,7 +52,7 @@ def cpc(out: Path) -> list[float]:
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.cpc.model_copy(update={"log_every": 1})
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(cfg.n_mels, 200, generator=g).half() for _ in range(6)]
-    result = ranks.together(train_cpc, features, cfg, "cpu", seed=3, steps=8, progress=False)
+    result = together(train_cpc, features, cfg, "cpu", seed=3, steps=8, progress=False)
     return [entry["loss"] for entry in result.history]
 
 
@@ -61,7 +61,7 @@ def align(out: Path) -> list[float]:
 
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.align.model_copy(update={"batch_size": 15})
     vision, audio = _vectors(45, 24, 1), _vectors(45, 16, 2)
-    result = ranks.together(train_alignment, vision, audio, cfg, "cpu", seed=3, steps=21, progress=False)
+    result = together(train_alignment, vision, audio, cfg, "cpu", seed=3, steps=21, progress=False)
     return [entry["loss"] for entry in result.history]
 
 
@@ -69,7 +69,7 @@ def sae(out: Path) -> list[float]:
     from models.sae.train import train_sae
 
     cfg = load_config(CONFIG_DIR / "tiny.yaml").models.sae
-    result = ranks.together(train_sae, _vectors(200, 24, 4), cfg, "cpu", seed=3, steps=21, progress=False)
+    result = together(train_sae, _vectors(200, 24, 4), cfg, "cpu", seed=3, steps=21, progress=False)
     return [entry["mse"] for entry in result.history]
 
 
@@ -80,7 +80,7 @@ def reconstruct(out: Path) -> list[float]:
     bank = _vectors(12, 24, 5)
     targets = np.arange(60) % 12
     fragments = bank[targets] + 0.5 * _vectors(60, 24, 6)
-    result = ranks.together(train_reconstructors, bank, fragments, targets, cfg, "cpu", seed=3, steps=21,
+    result = together(train_reconstructors, bank, fragments, targets, cfg, "cpu", seed=3, steps=21,
                             progress=False)
     return [loss for variant in sorted(result.history) for loss in result.history[variant]]
 
@@ -89,7 +89,7 @@ def dream(out: Path) -> list[float]:
     from dream.train import train_decoder
 
     cfg = load_config(CONFIG_DIR / "tiny.yaml").dream.model_copy(update={"log_every": 1, "max_minutes": None})
-    result = ranks.together(train_decoder, _frames(20, cfg.image_size), _vectors(20, 24, 7), cfg, "cpu", steps=6,
+    result = together(train_decoder, _frames(20, cfg.image_size), _vectors(20, 24, 7), cfg, "cpu", steps=6,
                             progress=False)
     return result.losses
 
@@ -100,17 +100,17 @@ TRAINERS = {"jepa": jepa, "cpc": cpc, "align": align, "sae": sae, "reconstruct":
 def main() -> int:
     names, out = sys.argv[1].split(","), Path(sys.argv[2])
     torch.set_num_threads(1)
-    if ranks.launched():
-        ranks.join("cpu", out.parent)
+    if launched():
+        join("cpu", out.parent)
         if not group_ranks().main:
-            ranks.follow()
-            ranks.release()
+            follow()
+            release()
             return 0
     try:
         curves = {name: [float(v) for v in np.asarray(TRAINERS[name](out), dtype=np.float64)] for name in names}
         out.write_text(json.dumps({"losses": curves, "world": group_ranks().world}))
     finally:
-        ranks.release()
+        release()
     return 0
 
 

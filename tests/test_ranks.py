@@ -21,7 +21,7 @@ from conftest import REPO, make_media, run_cli
 
 from models.checkpoint import load_checkpoint
 from models.distributed import Ranks
-from pipeline.ranks import LAUNCHED, torchrun_command
+from models.together import LAUNCHED, torchrun_command
 
 TRAINERS = "jepa,cpc,align,sae,reconstruct,dream"
 TOLERANCE = 1e-4
