@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo stages already done")
     run.add_argument("--device", choices=["cpu", "cuda"],
                      help="where models train (default: runtime.device in the config)")
-    run.add_argument("--gpus", type=int, default=1, metavar="N",
+    run.add_argument("--gpus", type=int, metavar="N",
                      help="train on N processes under torchrun, one GPU each, with DistributedDataParallel "
-                          "(with --device cpu: N CPU processes over gloo); the rest of the night runs once")
+                          "(with --device cpu: N CPU processes over gloo); the rest of the night runs once "
+                          "(default: runtime.gpus in the config)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="every night so far, each stage's state and time",
@@ -166,10 +168,11 @@ def cmd_run(args) -> int:
     date = parse_date(args.date)
     cfg = load_config(args.config, args.overrides)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    if args.gpus < 1:
-        raise UsageError(f"--gpus {args.gpus}: give 1 or more")
-    if args.gpus > 1 and not together.launched():
-        return _launch(args, cfg)
+    gpus = cfg.runtime.gpus if args.gpus is None else args.gpus
+    if gpus < 1:
+        raise UsageError(f"--gpus {gpus}: give 1 or more")
+    if gpus > 1 and not together.launched():
+        return _launch(args, cfg, gpus)
     if together.launched():
         from core.device import resolve_device
         from models.distributed import group_ranks
@@ -189,10 +192,9 @@ def cmd_run(args) -> int:
     return 0 if outcome.ok else 1
 
 
-def _launch(args, cfg) -> int:
-    """Run this same command again under torchrun on ``--gpus`` processes; its exit code."""
-    import subprocess
-
+def _launch(args, cfg, gpus: int) -> int:
+    """Become torchrun running this same command on ``gpus`` processes (exec: a SIGTERM to
+    this process reaches torchrun, which passes it to every rank)."""
     from core.device import resolve_device
     from models import together
 
@@ -200,11 +202,14 @@ def _launch(args, cfg) -> int:
     if device == "cuda":
         import torch
 
-        if torch.cuda.device_count() < args.gpus:
-            raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    command = together.torchrun_command(args.gpus, _without_gpus(args.argv))
-    log.info("training on %d processes (%s): %s", args.gpus, device, " ".join(command))
-    return subprocess.call(command, env=together.torchrun_env())
+        if torch.cuda.device_count() < gpus:
+            raise UsageError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    # The ranks find together.LAUNCHED in their environment and do not start torchrun again.
+    command = together.torchrun_command(gpus, _without_gpus(args.argv))
+    log.info("training on %d processes (%s): %s", gpus, device, " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, together.torchrun_env())
 
 
 def cmd_status(args) -> int:

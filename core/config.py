@@ -38,6 +38,8 @@ class _Section(BaseModel):
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    gpus: int = Field(1, ge=1, description="training processes, one GPU each, under torchrun with DDP "
+                      "(on the CPU: gloo processes); `sleep.py run --gpus N` overrides")
 
 
 class IngestConfig(_Section):

@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -79,8 +80,29 @@ def join(device: str, root: Path) -> None:
     tdist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=WAIT)
     if group_ranks().main:
         root.mkdir(parents=True, exist_ok=True)
-        _spill.folder = Path(tempfile.mkdtemp(prefix=".ranks-", dir=root))
+        _sweep_spills(root)
+        _spill.folder = Path(tempfile.mkdtemp(prefix=f".ranks-{os.getpid()}-", dir=root))
     log.info("rank %d of %d joined (%s)", group_ranks().rank, group_ranks().world, device)
+
+
+def _sweep_spills(root: Path) -> None:
+    """Remove the spill folders of killed nights (their rank 0 no longer runs): they hold a
+    copy of a day's frames."""
+    for folder in root.glob(".ranks-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s left by a killed night", folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def together(function: Callable, *args, **kwargs) -> Any:
@@ -108,7 +130,14 @@ def together(function: Callable, *args, **kwargs) -> Any:
 
 
 def follow() -> None:
-    """Rank > 0: run every call rank 0 hands out, until it says the night is over."""
+    """Rank > 0: run every call rank 0 hands out, until it says the night is over.
+
+    SIGTERM (``systemctl stop``, the daemon's stop) reaches every rank; rank 0 ends the
+    night after the stage in progress and then releases the others, so a follower waits
+    for that rather than leave rank 0 in a collective with a dead peer. If rank 0 dies,
+    torchrun kills the followers.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         message: list = [None]
         tdist.broadcast_object_list(message, src=0)

@@ -34,6 +34,7 @@ from core.paths import Paths
 from core.signals import GracefulStop
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
+from pipeline.launch import run_night_on_processes
 from pipeline.runner import NightOutcome, run_night
 from stages import STAGES, Stage
 
@@ -238,8 +239,12 @@ class Daemon:
                 run.stopped = True
                 break
             try:
-                outcome = run_night(date, self.cfg, self.paths, device=self.device,
-                                    stages=self.stages, should_stop=self.stop_requested)
+                if self.cfg.runtime.gpus > 1:  # training on several processes: a torchrun child per night
+                    outcome = run_night_on_processes(date, self.cfg, self.paths, processes=self.cfg.runtime.gpus,
+                                                     device=self.device, should_stop=self.stop_requested)
+                else:
+                    outcome = run_night(date, self.cfg, self.paths, device=self.device,
+                                        stages=self.stages, should_stop=self.stop_requested)
             except LockHeld as exc:
                 # The night lock is per root: no later night can run either.
                 log.warning("%s; trying again at the next run", exc)

@@ -141,3 +141,33 @@ def test_a_night_on_two_gloo_processes_trains_as_one_process_does(tmp_path):
                 assert b[key] == pytest.approx(value, abs=1e-3, rel=1e-3), (stage, key)
     assert [p.name for p in (roots[2] / "checkpoints" / "jepa").glob("*.pt")] == [f"{DATE}.pt"]
     assert not list(roots[2].glob(".ranks-*"))
+
+
+@pytest.mark.slow
+def test_the_daemon_runs_a_night_on_two_processes_and_a_stop_ends_it_after_a_stage(tmp_path, tiny_cfg):
+    """``runtime.gpus: 2``: the daemon's night is a torchrun child; SIGTERM from a stop ends it
+    after the stage in progress (the followers wait for rank 0), and the rerun completes it."""
+    import datetime as dt
+
+    from core.paths import Paths
+    from pipeline.launch import run_night_on_processes
+
+    raw = tmp_path / "data" / "raw" / DATE
+    make_media(raw / "a.mp4", seconds=9)
+    cfg = tiny_cfg.model_copy(update={"runtime": tiny_cfg.runtime.model_copy(update={"gpus": 2})})
+    paths, date = Paths.at(tmp_path), dt.date.fromisoformat(DATE)
+
+    def stop_once_ingested() -> bool:
+        if not paths.database.exists():
+            return False
+        with sqlite3.connect(paths.database) as db:
+            return bool(db.execute("select 1 from stage_runs where stage = 'ingest' and status = 'done'").fetchone())
+
+    stopped = run_night_on_processes(date, cfg, paths, processes=2, device="cpu", should_stop=stop_once_ingested)
+    assert stopped.stopped_early and stopped.states["ingest"] == "done"
+    assert stopped.states.get("retention") is None  # it ended before the last stage
+    assert not list(tmp_path.glob(".night-config-*"))
+    finished = run_night_on_processes(date, cfg, paths, processes=2, device="cpu")
+    assert not list(tmp_path.glob(".ranks-*"))
+    assert finished.ok and finished.states.get("vision") == "done", finished.errors
+    assert finished.report_path and Path(finished.report_path).is_file()
