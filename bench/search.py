@@ -1,6 +1,12 @@
-"""Top-10 search latency and recall over synthetic memories of 100k, 1M and 10M vectors.
+"""Top-10 search latency and recall over synthetic memories of 100k, 1M, 10M and 21M vectors.
 
     python bench/search.py --sizes 100000,1000000,10000000 --queries 100
+    python bench/search.py --sizes 21000000 --datasets clustered --days 365 \
+        --methods exact,ivfpq,ivfpq-cold,ivf --queries 100
+
+21M is a year of frames (about 58k a day). Its vectors (10.8 GB as float16) are written
+to the memory map chunk by chunk and never held in RAM as float32; every method reads them
+from the map.
 
 For each size and dataset it writes float16 256-d vectors to a temporary memory-mapped
 ``.npy`` (as the store keeps them), computes exact top-10 for the queries as ground truth,
@@ -11,7 +17,16 @@ then times single queries (median of ``--queries``) for:
 - ``faiss-flat``: ``IndexFlatIP`` (exact, float32 copy in RAM),
 - ``faiss-ivf``: IVF, float16 storage, ``nprobe`` tuned on separate queries to recall@10 >= 0.97
   (the store's floor 0.95 plus its tuning margin),
+- ``faiss-ivfpq``: IVF-PQ (128-byte codes for 256-d) whose candidates are re-ranked exactly
+  from the memory map, ``nprobe`` and re-rank factor tuned the same way: the store's index
+  for a memory larger than its RAM budget (:mod:`memory.faiss_index`),
+- ``faiss-ivfpq-cold``: the same index, the vectors' file evicted from the page cache before
+  every query, so re-ranking reads its rows from disk (a store larger than RAM),
 - ``faiss-hnsw``: HNSW (float16 storage), ``efSearch`` tuned the same way, small sizes only.
+
+Each row also gives the index's size in RAM (codes, ids and centroids; ``exact`` and the
+memory map need none) and the process's anonymous memory after the build (its heap, the
+page cache not counted).
 
 Datasets: ``clustered`` is shaped like a life's embeddings (thousands of tight clusters of
 near-duplicate moments, clusters grouped into places, uneven cluster sizes); ``isotropic``
@@ -23,11 +38,14 @@ import argparse
 import gc
 import json
 import math
+import mmap
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import faiss
@@ -42,7 +60,9 @@ from memory.faiss_index import (
     build_flat,
     build_hnsw,
     build_ivf,
+    build_ivfpq,
     default_nlist,
+    index_bytes,
     tune,
 )
 
@@ -105,12 +125,17 @@ def make_dataset(kind: str, n: int, folder: Path, seed: int) -> tuple[np.ndarray
             gen.sample(max(200, ARGS.queries), qrng))
 
 
-def time_single(search, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
-    """Median ms of single-query searches, and the ids found ``(Q, k)``."""
+def time_single(search, queries: np.ndarray, k: int, before=None) -> tuple[float, np.ndarray]:
+    """Median ms of single-query searches, and the ids found ``(Q, k)``.
+
+    ``before``, when given, runs untimed ahead of each query (e.g. to evict the page cache).
+    """
     found = np.full((len(queries), k), -1, np.int64)
     times = []
     search(queries[0])  # warm caches (page cache, lazy allocations)
     for qi, q in enumerate(queries):
+        if before is not None:
+            before()
         t = time.perf_counter()
         ids = search(q)
         times.append((time.perf_counter() - t) * 1000)
@@ -130,19 +155,44 @@ def numpy_topk(vectors: np.ndarray, q: np.ndarray, k: int, chunk: int = 65_536) 
     return best_i
 
 
+def rss_anon_gib() -> float:
+    """Anonymous resident memory (heap, indexes); memory-mapped file pages are not counted."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def evict(vectors: np.memmap, path: Path) -> None:
+    """Drop the vectors' file from this process's mapping and from the page cache."""
+    vectors._mmap.madvise(mmap.MADV_DONTNEED)  # unmapped pages can be evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
     rows: list[dict] = []
     t0 = time.perf_counter()
     vectors, queries, tune_queries = make_dataset(kind, n, folder, ARGS.seed)
-    blocks = [Block(0, vectors)]
+    # One block per night's shard, as the store searches them (views of the one map).
+    bounds = np.linspace(0, n, ARGS.days + 1).astype(np.int64)
+    blocks = [Block(int(a), vectors[a:b]) for a, b in pairwise(bounds) if b > a]
     _, truth = exact_topk_batch(blocks, queries, k)
     _, tune_truth = exact_topk_batch(blocks, tune_queries, k)
-    log(f"{kind} {n}: data + ground truth in {time.perf_counter() - t0:.0f}s")
+    log(f"{kind} {n}: data + ground truth in {time.perf_counter() - t0:.0f}s, "
+        f"RssAnon {rss_anon_gib():.2f} GiB")
 
-    def record(method: str, ms: float, found: np.ndarray, note: str = "", build_s: float | None = None):
+    def record(method: str, ms: float, found: np.ndarray, note: str = "",
+               build_s: float | None = None, index_gib: float | None = None):
         row = {"size": n, "dataset": kind, "method": method, "median_ms": round(ms, 2),
                "recall@10": round(recall_at_k(found, truth), 4), "note": note,
-               "build_s": None if build_s is None else round(build_s, 1)}
+               "build_s": None if build_s is None else round(build_s, 1),
+               "index_gib": None if index_gib is None else round(index_gib, 2),
+               "rss_anon_gib": round(rss_anon_gib(), 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -157,21 +207,42 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
         flat = build_flat(blocks)
         build_s = time.perf_counter() - t
         ms, found = time_single(lambda q: flat.search(q[None], k)[1][0], queries, k)
-        record("faiss-flat", ms, found, f"{exact_ms / ms:.2f}x exact", build_s)
+        record("faiss-flat", ms, found, f"{exact_ms / ms:.2f}x exact", build_s,
+               index_bytes("flat", n, DIM) / 2**30)
         del flat
         gc.collect()
-    if "ivf" not in METHODS:
-        return _finish(rows, folder, kind, n)
-    t = time.perf_counter()
-    ivf = build_ivf(blocks, nlist=default_nlist(n), seed=ARGS.seed)
-    ok = tune(ivf, tune_queries, tune_truth, k=k, min_recall=0.95 + TUNE_MARGIN)
-    build_s = time.perf_counter() - t
-    ms, found = time_single(lambda q: ivf.search(q[None], k)[1][0], queries, k)
-    record("faiss-ivf", ms, found,
-           f"nlist {ivf.index.nlist}, nprobe {ivf.param}{'' if ok else ' (floor not reached)'}, "
-           f"{exact_ms / ms:.1f}x exact", build_s)
-    del ivf
-    gc.collect()
+    if METHODS & {"ivfpq", "ivfpq-cold"}:
+        t = time.perf_counter()
+        pq = build_ivfpq(blocks, nlist=default_nlist(n), seed=ARGS.seed)
+        ok = tune(pq, tune_queries, tune_truth, k=k, min_recall=0.95 + TUNE_MARGIN)
+        build_s = time.perf_counter() - t
+        label = (f"nlist {pq.index.nlist}, {pq.index.code_size} B codes, nprobe {pq.param}, "
+                 f"re-rank {pq.rerank_factor * k}{'' if ok else ' (floor not reached)'}")
+        pq_gib = index_bytes("ivfpq", n, DIM) / 2**30
+        if "ivfpq" in METHODS:
+            ms, found = time_single(lambda q: pq.search(q[None], k)[1][0], queries, k)
+            record("faiss-ivfpq", ms, found, f"{label}, {exact_ms / ms:.1f}x exact", build_s,
+                   pq_gib)
+        if "ivfpq-cold" in METHODS:
+            path = folder / f"{kind}-{n}.npy"
+            ms, found = time_single(lambda q: pq.search(q[None], k)[1][0], queries, k,
+                                    before=lambda: evict(vectors, path))
+            record("faiss-ivfpq-cold", ms, found,
+                   f"{label}, file evicted before each query, {exact_ms / ms:.1f}x exact",
+                   build_s, pq_gib)
+        del pq
+        gc.collect()
+    if "ivf" in METHODS:
+        t = time.perf_counter()
+        ivf = build_ivf(blocks, nlist=default_nlist(n), seed=ARGS.seed)
+        ok = tune(ivf, tune_queries, tune_truth, k=k, min_recall=0.95 + TUNE_MARGIN)
+        build_s = time.perf_counter() - t
+        ms, found = time_single(lambda q: ivf.search(q[None], k)[1][0], queries, k)
+        record("faiss-ivf", ms, found,
+               f"nlist {ivf.index.nlist}, nprobe {ivf.param}{'' if ok else ' (floor not reached)'}, "
+               f"{exact_ms / ms:.1f}x exact", build_s, index_bytes("ivf", n, DIM) / 2**30)
+        del ivf
+        gc.collect()
     if n <= ARGS.hnsw_max and "hnsw" in METHODS:
         t = time.perf_counter()
         hnsw = build_hnsw(blocks)
@@ -180,7 +251,7 @@ def run_one(n: int, kind: str, folder: Path, k: int) -> list[dict]:
         ms, found = time_single(lambda q: hnsw.search(q[None], k)[1][0], queries, k)
         record("faiss-hnsw", ms, found,
                f"M 32, efSearch {hnsw.param}{'' if ok else ' (floor not reached)'}, "
-               f"{exact_ms / ms:.1f}x exact", build_s)
+               f"{exact_ms / ms:.1f}x exact", build_s, index_bytes("hnsw", n, DIM) / 2**30)
         del hnsw
         gc.collect()
     return _finish(rows, folder, kind, n)
@@ -197,12 +268,13 @@ def log(message: str) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| size | dataset | method | median ms | recall@10 | build s | note |",
-             "|---:|---|---|---:|---:|---:|---|"]
+    lines = ["| size | dataset | method | median ms | recall@10 | build s | index GiB | note |",
+             "|---:|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         build = "" if r["build_s"] is None else f"{r['build_s']:.1f}"
+        index = "" if r["index_gib"] is None else f"{r['index_gib']:.2f}"
         lines.append(f"| {r['size']:,} | {r['dataset']} | {r['method']} | {r['median_ms']:.2f} | "
-                     f"{r['recall@10']:.3f} | {build} | {r['note']} |")
+                     f"{r['recall@10']:.3f} | {build} | {index} | {r['note']} |")
     return "\n".join(lines)
 
 
@@ -218,7 +290,11 @@ def parse_args(argv=None):
     p.add_argument("--flat-max-gb", type=float, default=11.0,
                    help="skip FAISS flat when its float32 copy needs more GiB than this")
     p.add_argument("--methods", default="exact,numpy,flat,ivf,hnsw",
-                   help="which to run (exact always runs: it is the baseline)")
+                   help="which to run, of numpy,flat,ivf,ivfpq,ivfpq-cold,hnsw "
+                        "(exact always runs: it is the baseline)")
+    p.add_argument("--days", type=int, default=1,
+                   help="split the vectors into this many shards, as nights write them "
+                        "(365: a year)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None, help="folder for the temporary vectors (default: system temp)")
     p.add_argument("--json-out", default=None, help="also write the rows as JSON here")

@@ -96,11 +96,21 @@ class SearchConfig(_Section):
     # Exact results by default, as the memory issue asks. BENCHMARKS.md: `auto` answers a
     # 10M-row query in 0.24 ms at recall@10 0.994 where flat takes 377 ms (and holds a
     # float32 copy in RAM); `exact` (no FAISS) beat flat at every size measured.
-    index: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field(
-        "flat", description="exact: never FAISS; flat: exact IndexFlatIP; ivf/hnsw: approximate; "
-                            "auto: ivf, falling back to exact where recall would drop")
+    index: Literal["auto", "exact", "flat", "ivf", "ivfpq", "hnsw"] = Field(
+        "flat", description="exact: never FAISS; flat: exact IndexFlatIP; ivf/ivfpq/hnsw: "
+                            "approximate (ivfpq: compressed codes re-ranked from the shards); "
+                            "auto: ivf, or ivfpq above index_ram_gb, falling back to exact "
+                            "where recall would drop")
     faiss_threshold: int = Field(200_000, ge=0, description="rows from which FAISS is used")
     min_recall: float = Field(0.95, gt=0, le=1, description="recall@10 an approximate index must keep")
+    # 8 GiB: IVF (float16) up to ~16M 256-d vectors, a float32 flat copy up to ~8M; a year of
+    # frames (~21M) then gets IVF-PQ, 2.7 GiB, on a 24 GB machine that also keeps the shards
+    # (10.8 GB) in its page cache.
+    index_ram_gb: float = Field(
+        8.0, gt=0, le=4096,
+        description="GiB of RAM one search index may take; above it auto builds ivfpq instead "
+                    "of ivf, and flat (or an index that misses min_recall) searches exactly "
+                    "over the shards instead of holding a float32 copy")
 
 
 class MemoryConfig(_Section):

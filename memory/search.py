@@ -9,23 +9,26 @@ Which engine runs (``memory.search`` in the config):
 - below ``faiss_threshold`` rows, or when the filters leave fewer rows than that: exact
   search over the memory-mapped shards (:mod:`memory.exact`);
 - above it, the configured FAISS index over all of the version's shards (``flat``: exact
-  ``IndexFlatIP``; ``ivf``/``hnsw``: approximate, tuned when built so recall@10 stays >=
-  ``min_recall``, else flat; ``auto``: IVF where that holds cheaply, else the exact path),
-  with filters as an ID bitmap. ``exact`` never uses FAISS.
+  ``IndexFlatIP``; ``ivf``/``ivfpq``/``hnsw``: approximate, tuned when built so recall@10
+  stays >= ``min_recall``, else flat; ``auto``: IVF where that holds cheaply, else the
+  exact path), with filters as an ID bitmap. ``exact`` never uses FAISS.
   Indexes are cached in the process (and approximate ones on disk under
-  ``memory/index/``) keyed by the version's shard files, so a new night rebuilds them.
+  ``memory/index/``) keyed by the version's shard files, so a new night rebuilds them;
+- no index larger than ``index_ram_gb`` is built (a year of frames is ~21M vectors): there
+  ``auto`` builds IVF-PQ (codes in RAM, re-ranked from the shards) instead of IVF, and
+  ``flat``, or an approximate index that missed the floor, searches exactly over the
+  memory maps instead of holding a float32 copy.
 
 Every candidate is finally looked up in the database; one whose row has gone (a day
 forgotten meanwhile) is dropped and the next one taken.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import hashlib
 import json
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ class SearchOptions:
     index: str = "auto"
     faiss_threshold: int = 200_000
     min_recall: float = 0.95
+    index_ram_gb: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,24 @@ def _fires(paths: Paths, shard: Shard, dims: Collection[int], mask: np.ndarray |
     return fires if mask is None else fires & mask
 
 
-def _index_kind(options) -> str:
-    # auto: IVF where it keeps recall@10 >= min_recall without scanning most of the memory,
-    # else the exact path (bench: faster than FAISS flat at every size measured).
-    return "ivf" if options.index == "auto" else options.index
+def _fits(kind: str, rows: int, dim: int, options) -> bool:
+    from memory.faiss_index import index_bytes
+
+    return index_bytes(kind, rows, dim) <= options.index_ram_gb * 2**30
+
+
+def _index_kind(options, rows: int, dim: int) -> str:
+    """The FAISS index to build over ``rows`` vectors of ``dim``, or :data:`EXACT`."""
+    if options.index == "auto":
+        # IVF where it keeps recall@10 >= min_recall without scanning most of the memory,
+        # else the exact path (bench: faster than FAISS flat at every size measured); IVF-PQ
+        # where IVF's float16 copy of every vector would not fit in the RAM budget.
+        return "ivf" if _fits("ivf", rows, dim, options) else "ivfpq"
+    if options.index == "flat" and not _fits("flat", rows, dim, options):
+        log.debug("a float32 copy of %d vectors exceeds memory.search.index_ram_gb; "
+                  "searching exactly over the shards", rows)
+        return EXACT  # the same results, from the memory maps
+    return options.index
 
 
 def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], blocks: list[Block],
@@ -161,27 +179,32 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
 
         meta = json.loads(meta_file.read_text())
         built = faiss_index.TunedIndex(faiss.read_index(str(file)), meta["kind"], meta["param"],
-                                       meta["recall"])
+                                       meta["recall"], meta.get("rerank_factor"), rows=blocks)
     elif kind != "flat" and meta_file.exists():
         return EXACT  # measured before: this memory is searched exactly
     if built is None:
         log.info("building a %s index over %d %s vectors", kind, sum(s.rows for s in shards),
                  space.name)
+        # A flat fallback only where its float32 copy fits; else the exact path, same results.
+        fallback_flat = options.index != "auto" and _fits(
+            "flat", faiss_index.total_rows(blocks), space.dim, options)
         built = faiss_index.build_index(blocks, kind, min_recall=options.min_recall,
-                                        fallback_flat=options.index != "auto")
+                                        fallback_flat=fallback_flat)
         if built is None or built.kind != "flat":
             import faiss
 
-            from core.atomic import atomic_write_bytes, atomic_write_text
+            from core.atomic import atomic_file, atomic_write_text
 
             private_folder(paths, folder)
             for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
                 old.unlink(missing_ok=True)
             if built is not None:
-                atomic_write_bytes(file, faiss.serialize_index(built.index).tobytes())
+                with atomic_file(file) as fh:  # streamed: no second copy of the index in RAM
+                    faiss.write_index(built.index, faiss.PyCallbackIOWriter(fh.write))
             atomic_write_text(meta_file, json.dumps(
                 {"kind": built.kind if built else EXACT, "param": built and built.param,
-                 "recall": built and built.recall}))
+                 "recall": built and built.recall,
+                 "rerank_factor": built and built.rerank_factor}))
         built = built or EXACT
     _INDEXES.clear()  # one index per process is plenty; they are large
     _INDEXES[key] = built
@@ -215,8 +238,9 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
     for shard in all_shards:
         all_blocks.append(Block(pos, open_shard(paths, shard)))
         pos += shard.rows
-    built = _faiss_index(paths, space, all_shards, all_blocks, _index_kind(options),
-                         options)
+    kind = _index_kind(options, total_rows, space.dim)
+    built = EXACT if kind == EXACT else _faiss_index(paths, space, all_shards, all_blocks, kind,
+                                                     options)
     if built == EXACT:
         return _candidates(paths, session, space, all_shards, shards, masks, query, fetch,
                            SearchOptions(index="exact"))
@@ -229,7 +253,7 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
                 m = chosen[shard.path]
                 allowed[block.offset:block.offset + shard.rows] = True if m is None else m
     param = built.param
-    if allowed is not None and built.kind == "ivf":
+    if allowed is not None and built.kind in ("ivf", "ivfpq"):
         # Fewer allowed rows per list: probe proportionally more lists to keep recall.
         built.param = min(built.index.nlist, math.ceil(param * total_rows / allowed_rows))
     try:
