@@ -100,6 +100,8 @@ def open_database(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _on_connect)
     Base.metadata.create_all(engine)
+    with engine.begin() as connection:  # create_all adds no index to a table made before it existed
+        connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_shard_rows_frame ON shard_rows (frame_id)")
     _rename_clip_spaces(engine, path)
     for suffix in ("", "-wal", "-shm"):
         candidate = Path(f"{path}{suffix}")

@@ -92,3 +92,19 @@ def test_a_new_name_already_taken_leaves_the_old_space_as_it_is(root, engines):
     engine.dispose()
     engine = engines(paths)  # must not fail on the unique (name, version)
     assert _space_rows(engine) == [("clip", OLD), ("openclip", NEW)]
+
+
+def test_a_frame_is_deleted_through_an_index_also_in_a_memory_made_before_it(tmp_path):
+    """Deleting a frame nulls its shard rows' frame_id; without an index SQLite scans every
+    shard row for each frame (a year: 49M rows, seconds a frame)."""
+    import sqlite3
+
+    path = tmp_path / "memory" / "episodic.sqlite"
+    open_database(path).dispose()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX ix_shard_rows_frame")  # as a memory from before the index
+    open_database(path).dispose()
+    with sqlite3.connect(path) as db:
+        plan = " ".join(str(row) for row in db.execute(
+            "EXPLAIN QUERY PLAN UPDATE shard_rows SET frame_id = NULL WHERE frame_id = 7"))
+    assert "ix_shard_rows_frame" in plan
