@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -174,7 +174,9 @@ def run(night: Night) -> dict:
         footage = sum((inspections[f.path].info.duration_s or 0.0) for f, _ in plan.extract)
         with tqdm(total=round(footage, 1), desc=f"ingest: {len(jobs)} files", unit="s",
                   disable=not sys.stderr.isatty()) as bar:
-            for done, future in enumerate(as_completed(jobs), 1):
+            # Stored in the day's file order, not as workers finish: clip ids, and so the
+            # order of a night's training batches, are the same on every run of the day.
+            for done, future in enumerate(jobs, 1):
                 inspection, path, replaces = jobs[future]
                 try:
                     result = future.result()

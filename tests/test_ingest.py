@@ -364,3 +364,18 @@ def test_clip_files_are_stream_copies_covering_each_clip(tmp_path):
     assert len(clips) == 4 and all(video_paths)
     on_disk = sorted(p.relative_to(root).as_posix() for p in Paths.at(root).clips(DATE).rglob("*.mp4"))
     assert on_disk == sorted(set(video_paths))  # every file is some clip's, none is left over
+
+
+def test_clips_are_numbered_in_the_day_file_order_whichever_worker_finishes_first(tmp_path):
+    """The first file is the long one, so its worker finishes last; its clips still come
+    first: clip ids, and the order of the night's training batches, repeat run after run."""
+    raw = Paths.at(tmp_path).raw(DATE)
+    make_media(raw / "a_long.mp4", seconds=15)
+    make_media(raw / "b_short.mp4", seconds=3, video="smptebars=size=160x120:rate=10")
+    ingest(tmp_path)
+    engine = open_database(Paths.at(tmp_path).database)
+    with make_sessionmaker(engine)() as s:
+        order = [path for path, in s.execute(select(Source.path).join(Clip, Clip.source_id == Source.id)
+                                             .order_by(Clip.id))]
+    engine.dispose()
+    assert order == sorted(order) and order[0].endswith("a_long.mp4") and order[-1].endswith("b_short.mp4")
