@@ -56,3 +56,14 @@ def lock_holder(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` running (one of another user's counts as running)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

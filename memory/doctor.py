@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -28,7 +27,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.atomic import TMP_MARK
-from core.lock import NightLock
+from core.lock import NightLock, pid_alive
 from core.paths import Paths
 from memory import journal_care
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
@@ -46,16 +45,6 @@ _TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")
 # may change rows between chunks.
 _CHUNK = 50_000
 _IN = 500  # ids in one ``IN (...)`` of a repair
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Report:
@@ -177,7 +166,7 @@ def _unknown_files(paths: Paths, folder, unknown_in: Callable[[str, list[str]], 
     for rel in unknown_files(paths.root, str(folder.relative_to(paths.root)), picked):
         match = _TMP_PID.search(rel.rpartition("/")[2])
         if match:
-            if _pid_alive(int(match.group(1))):
+            if pid_alive(int(match.group(1))):
                 continue  # a writer is working on it right now
             report.notes.append(f"{rel}: temporary file of an interrupted write")
             if report.repair:

@@ -86,11 +86,7 @@ class Ranks:
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a (detached) tensor over the processes; the value itself in one."""
-        if not self.distributed:
-            return value
-        total = value.detach().clone()
-        torch.distributed.all_reduce(total)
-        return total / self.world
+        return self.sum(value) / self.world if self.distributed else value
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """The sum of a (detached) tensor over the processes: statistics of the whole batch

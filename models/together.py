@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from core.lock import pid_alive
 from models.distributed import group_ranks, training_together
 
 log = logging.getLogger(__name__)
@@ -90,19 +91,9 @@ def _sweep_spills(root: Path) -> None:
     copy of a day's frames."""
     for folder in root.glob(".ranks-*-*"):
         pid = folder.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             log.info("removed %s left by a killed night", folder)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def together(function: Callable, *args, **kwargs) -> Any:
