@@ -36,17 +36,19 @@ def forget(root: Root, date: Day) -> dict:
     return memory.forget_day(paths_of(root), date_of(date, "date"))
 
 
-def doctor(root: Root, *, repair: bool = False) -> dict:
+def doctor(root: Root, *, repair: bool = False, workers: int | None = None) -> dict:
     """Check every shard against its database rows and every file the database names.
 
     Args:
         root: the folder holding ``memory/`` (or its :class:`~core.paths.Paths`).
         repair: make database and files agree (drop rows whose files are gone, delete files
             no row knows, compact shards).
+        workers: processes that share the scans; default one a core for a large memory
+            (see :func:`memory.doctor.doctor`). The report does not depend on it.
     Returns:
         ``{"problems": [...], "repaired": [...], "notes": [...], "ok": bool}``; ``ok`` is
         false while problems remain; notes (leftovers of interrupted writes) are harmless.
     Raises:
         LockHeld: a night is running (its half-written files would look like problems).
     """
-    return memory.doctor(paths_of(root), repair=repair)
+    return memory.doctor(paths_of(root), repair=repair, workers=workers)

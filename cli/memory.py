@@ -77,6 +77,9 @@ def add_memory_commands(sub, add_common) -> None:
     doctor.add_argument("--repair", action="store_true",
                         help="make database and files agree (drop rows whose files are gone, "
                              "delete files no row knows, compact shards)")
+    doctor.add_argument("--workers", type=int, metavar="N",
+                        help="processes that share the scans of files and rows (default: one a "
+                             "core, up to 8, for a memory of a million files or more; else 1)")
     doctor.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_common(doctor, config=False)
     doctor.set_defaults(func=cmd_doctor)
@@ -157,7 +160,9 @@ def cmd_forget(args) -> int:
 def cmd_doctor(args) -> int:
     from api import doctor
 
-    result = doctor(args.root, repair=args.repair)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give 1 or more")
+    result = doctor(args.root, repair=args.repair, workers=args.workers)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -11,39 +11,39 @@ compacted.
 
 A year of memory names tens of millions of files: rows are read in chunks of plain tuples
 and compared with one listing per folder (:mod:`memory.listing`), not a ``stat`` per file,
-so time grows with the files and memory stays flat (``bench/doctor.py`` measures both).
+so time grows with the files and memory stays flat; a large memory's scans (:mod:`memory.scan`)
+are shared by a process a core (``bench/doctor.py`` measures both).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from operator import itemgetter
+from concurrent.futures import Executor
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.atomic import TMP_MARK
 from core.lock import NightLock, pid_alive
 from core.paths import Paths
-from memory import journal_care
+from memory import journal_care, scan
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow
-from memory.listing import Listings, unknown_files
+from memory.listing import unknown_files
 from memory.maps import SpaceMapRow
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.shards import read_rows, shard_problem
 from memory.store import EmbeddingRow, write_embeddings
 
 log = logging.getLogger(__name__)
-_TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")
-# Rows read at a time: memory stays flat however many clips the memory holds, and a repair
-# may change rows between chunks.
-_CHUNK = 50_000
+# Rows read at a time: memory stays flat however many clips the memory holds.
+_CHUNK = scan.CHUNK
+# Below this many files named, the scans run in this process (see :func:`default_workers`).
+_PARALLEL_FROM = 1_000_000
 _IN = 500  # ids in one ``IN (...)`` of a repair
 
 
@@ -61,16 +61,15 @@ class _Report:
             self.repaired.append(f"{text}: {fix}")
         return self.repair
 
-    def as_dict(self) -> dict:
-        return {"problems": self.problems, "repaired": self.repaired, "notes": self.notes,
+    def as_dict(self, workers: int = 1) -> dict:
+        return {"problems": self.problems, "repaired": self.repaired, "notes": self.notes, "workers": workers,
                 "ok": not self.problems or (self.repair and len(self.repaired) == len(self.problems))}
 
 
-def _check_shards(session: Session, paths: Paths, report: _Report) -> list[int]:
-    """Shard files against shard rows; returns the ids of shards that need compacting."""
-    counts = {sid: (n, lo, hi) for sid, n, lo, hi in session.execute(
-        select(ShardRow.shard_id, func.count(), func.min(ShardRow.row), func.max(ShardRow.row))
-        .group_by(ShardRow.shard_id))}
+def _check_shards(session: Session, paths: Paths, report: _Report,
+                  counts: dict[int, tuple[int, int, int]]) -> list[int]:
+    """Shard files against shard rows (``counts``: :func:`memory.scan.shard_row_counts` of
+    every shard); returns the ids of shards that need compacting."""
     compact = []
     for shard in session.scalars(select(Shard).order_by(Shard.id)):
         what = f"shard {shard.path} ({shard.date})"
@@ -117,12 +116,12 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
                          vectors=read_rows(paths, shard, [r.row for r in kept]))
 
 
-def _check_stray_files(session: Session, paths: Paths, report: _Report, kept: _Kept) -> None:
+def _check_stray_files(session: Session, paths: Paths, report: _Report, scans: _Scans) -> None:
     shard_paths = set(session.scalars(select(Shard.path))) | journal_care.known_paths(session)
-    _unknown_files(paths, paths.embeddings, _named_in(shard_paths), "shard file", report)
-    _unknown_files(paths, paths.memory / "keep", kept.unknown_in, "kept file", report, kept.named)
+    _report_unknown(paths, _walk_unknown(paths, paths.embeddings, _named_in(shard_paths)), "shard file", report)
+    _report_unknown(paths, scans.unknown_kept_files(), "kept file", report, scans.kept_elsewhere)
     map_paths = set(session.scalars(select(SpaceMapRow.path)))
-    _unknown_files(paths, paths.memory / "maps", _named_in(map_paths), "map file", report)
+    _report_unknown(paths, _walk_unknown(paths, paths.memory / "maps", _named_in(map_paths)), "map file", report)
     _stale_indexes(session, paths, report)
 
 
@@ -145,28 +144,34 @@ def _stale_indexes(session: Session, paths: Paths, report: _Report) -> None:
             shutil.rmtree(version_dir, ignore_errors=True)
 
 
-def _unknown_files(paths: Paths, folder, unknown_in: Callable[[str, list[str]], set[str]], what: str,
-                   report: _Report, named_elsewhere: Callable[[set[str]], set[str]] | None = None) -> None:
-    """Files under ``folder`` that no row names are problems (deleted on repair).
-
-    Args:
-        unknown_in: given a folder (relative to the root) and the names of its files, the
-            names no row names.
-        named_elsewhere: of those, the paths some row names all the same (asked once, of
-            them all: ``unknown_in`` may look only at the rows of its folder).
-    """
+def _walk_unknown(paths: Paths, folder, unknown_in: Callable[[str, list[str]], set[str]]) -> list[str]:
+    """Files under ``folder`` that ``unknown_in`` (given a folder relative to the root and the
+    names of its files, the names no row names) picks, and temporary files of writes."""
     if not folder.is_dir():
-        return
+        return []
 
     def picked(parent: str, names: list[str]) -> set[str]:
         # Temporary files first, known or not, as a writer leaves them.
-        return unknown_in(parent, names) | {n for n in names if TMP_MARK in n and _TMP_PID.search(n)}
+        return unknown_in(parent, names) | {n for n in names if scan.temporary_pid(n) is not None}
 
+    return list(unknown_files(paths.root, str(folder.relative_to(paths.root)), picked))
+
+
+def _report_unknown(paths: Paths, found: list[str], what: str, report: _Report,
+                    named_elsewhere: Callable[[set[str]], set[str]] | None = None) -> None:
+    """Files no row names are problems (deleted on repair); temporary files of a write whose
+    process is gone are notes (deleted on repair), of a live one left alone.
+
+    Args:
+        found: the candidates, relative to the root.
+        named_elsewhere: of those, the paths some row names all the same (asked once, of
+            them all: the scan that found them may have looked only at the rows of their folder).
+    """
     unknown = []
-    for rel in unknown_files(paths.root, str(folder.relative_to(paths.root)), picked):
-        match = _TMP_PID.search(rel.rpartition("/")[2])
-        if match:
-            if pid_alive(int(match.group(1))):
+    for rel in found:
+        pid = scan.temporary_pid(rel.rpartition("/")[2])
+        if pid is not None:
+            if pid_alive(pid):
                 continue  # a writer is working on it right now
             report.notes.append(f"{rel}: temporary file of an interrupted write")
             if report.repair:
@@ -181,10 +186,10 @@ def _unknown_files(paths: Paths, folder, unknown_in: Callable[[str, list[str]], 
             (paths.root / rel).unlink(missing_ok=True)
 
 
-def _cursor(session: Session):
-    """A DB-API cursor in the session's transaction: plain tuples cost half what SQLAlchemy
-    rows do, and a year of memory has tens of millions of rows to read."""
-    return session.connection().connection.driver_connection.cursor()
+def _driver(session: Session):
+    """The DB-API connection under the session's transaction: plain tuples cost half what
+    SQLAlchemy rows do, and a year of memory has tens of millions of rows to read."""
+    return session.connection().connection.driver_connection
 
 
 def _in_parts(ids: list[int]) -> Iterator[list[int]]:
@@ -192,59 +197,82 @@ def _in_parts(ids: list[int]) -> Iterator[list[int]]:
         yield ids[i:i + _IN]
 
 
-class _Kept:
-    """``memory/keep`` against the keepsake rows, a day at a time: one listing of each day's
-    folder and one read of its rows find both the files no row names (the stray-file check,
-    through :meth:`unknown_in`) and the rows whose files are gone (:attr:`missing`, reported
-    by :func:`_check_keepsakes`). Every day's paths at once would be two strings per clip of
-    the whole memory in RAM. The files the stray-file check then deletes are ones no row
-    names, or temporary ones (which no row can name: :func:`memory.keepsakes.write_keep_file`
-    refuses such names), so finding the missing ones first changes nothing."""
+# (check, table, key, column, extra condition): the files rows name, checked for existence.
+_MEDIA = (("frames", "frames", "id", "path", ""),
+          ("audio segments", "audio_segments", "id", "path", ""),
+          ("clip files", "clips", "id", "video_path", ""),
+          ("recordings", "sources", "id", "path", " AND status = 'ok'"))
 
-    def __init__(self, session: Session, paths: Paths):
-        self._cursor = _cursor(session)
-        self._on_disk = Listings(paths.root)
-        self._base = str((paths.memory / "keep").relative_to(paths.root))
-        self._checked: set[str] = set()
-        self.missing: list[tuple[int, int, str]] = []  # (clip id, 0 keyframe | 1 snippet, path)
 
-    def unknown_in(self, folder: str, names: list[str]) -> set[str]:
-        """Of ``names`` in ``folder``, those no row of the folder's day names."""
-        parent, _, date = folder.rpartition("/")
-        if parent != self._base:
-            return set(names)  # not a day's folder: only :meth:`named` can know them
-        present = set(map(f"{folder}/".__add__, names))
-        unknown = present - self._check_day(date, present)
-        return {rel.rpartition("/")[2] for rel in unknown}
+class _Scans:
+    """Every read-only scan of the memory (:mod:`memory.scan`), submitted at once to ``pool``
+    so its workers share them while this process checks the rest; results are read back in
+    a fixed order, so the report is the same whatever the number of workers."""
 
-    def check_the_rest(self) -> None:
-        """The rows of days whose folder the walk did not meet (a missing folder)."""
-        date = ""
-        while (date := self._cursor.execute("SELECT min(date) FROM keepsakes WHERE date > ?", (date,))
-               .fetchone()[0]) is not None:
-            if date not in self._checked:
-                self._check_day(date, frozenset())
+    def __init__(self, pool: Executor, session: Session, paths: Paths, workers: int):
+        root, database = str(paths.root), str(paths.database)
+        connection = _driver(session)
+        parts = 4 * workers  # several tasks a worker: an even finish
+        self._session = session
+        self._shard_counts = [pool.submit(scan.shard_row_counts, database, *span)
+                              for span in scan.id_ranges(connection, "shards", "id", parts)]
+        self._media = {check: [pool.submit(scan.missing_files, root, database, table, key, column, where, *span)
+                               for span in scan.id_ranges(connection, table, key, parts)]
+                       for check, table, key, column, where in _MEDIA}
+        # memory/keep/{date}/: each folder, and each day with rows but no folder (all missing).
+        keep = paths.memory / "keep"
+        self._keep_base = str(keep.relative_to(paths.root))
+        self._keep_top: list[tuple[str, bool]] = []
+        if keep.is_dir():
+            with os.scandir(keep) as entries:
+                self._keep_top = sorted((e.name, e.is_dir() and not e.is_symlink()) for e in entries)
+        dates = {name for name, is_dir in self._keep_top if is_dir}
+        dates.update(d for (d,) in connection.execute("SELECT DISTINCT date FROM keepsakes"))
+        ordered = sorted(dates)
+        per = max(1, -(-len(ordered) // parts))
+        self._kept = [(batch, pool.submit(scan.kept_days, root, database, self._keep_base, batch))
+                      for batch in scan.batched(ordered, per)]
+        self._kept_results: dict[str, tuple[list[str], list[tuple]]] | None = None
 
-    def _check_day(self, date: str, present: set[str] | frozenset[str]) -> set[str]:
-        """Record the rows of ``date`` whose files are not in ``present`` nor on disk; return
-        every path the rows name."""
-        self._checked.add(date)
-        rows = self._cursor.execute("SELECT clip_id, keyframe, snippet FROM keepsakes WHERE date = ?",
-                                    (date,)).fetchall()
-        wanted = set(map(itemgetter(1), rows))
-        wanted.update(map(itemgetter(2), rows))
-        wanted.discard(None)
-        wanted.discard("")
-        gone = self._on_disk.missing(wanted - present)  # files of another folder, or really gone
-        if gone:
-            self.missing += [(clip_id, column, files[column]) for clip_id, *files in rows
-                             for column in (0, 1) if files[column] in gone]
-        return wanted
+    def shard_counts(self) -> dict[int, tuple[int, int, int]]:
+        counts: dict[int, tuple[int, int, int]] = {}
+        for future in self._shard_counts:
+            counts.update(future.result())
+        return counts
 
-    def named(self, candidates: set[str]) -> set[str]:
-        """Those of ``candidates`` that some row names (a row of another day): one pass over every row."""
+    def missing_media(self, check: str) -> Iterator[list[tuple[int, str]]]:
+        """``(id, path)`` of the rows of ``check`` whose file is gone, a task's at a time, in id order."""
+        for future in self._media[check]:
+            yield future.result()
+
+    def _kept_days(self) -> dict[str, tuple[list[str], list[tuple]]]:
+        if self._kept_results is None:
+            self._kept_results = {}
+            for batch, future in self._kept:
+                self._kept_results.update(zip(batch, future.result()))
+        return self._kept_results
+
+    def unknown_kept_files(self) -> list[str]:
+        """Files under ``memory/keep`` no keepsake of their day names, and temporary files, in
+        ``sorted(rglob)`` order (a file right in ``memory/keep`` belongs to no day)."""
+        days = self._kept_days()
+        found: list[str] = []
+        for name, is_dir in self._keep_top:
+            if is_dir:
+                found += days[name][0]
+            else:
+                found.append(f"{self._keep_base}/{name}")
+        return found
+
+    def missing_kept_files(self) -> list[tuple[int, int, str]]:
+        """``(clip id, 0 keyframe | 1 snippet, path)`` of keepsakes whose file is gone, by clip."""
+        return sorted(m for _, missing in self._kept_days().values() for m in missing)
+
+    def kept_elsewhere(self, candidates: set[str]) -> set[str]:
+        """Those of ``candidates`` that some keepsake names (a row of another day): one pass over every row."""
+        cursor = _driver(self._session).cursor()
         found, last = set(), -1
-        while rows := self._cursor.execute(
+        while rows := cursor.execute(
                 f"SELECT clip_id, keyframe, snippet FROM keepsakes WHERE clip_id > ? ORDER BY clip_id LIMIT {_CHUNK}",
                 (last,)).fetchall():
             found.update(p for _, keyframe, snippet in rows for p in (keyframe, snippet) if p in candidates)
@@ -252,13 +280,12 @@ class _Kept:
         return found
 
 
-def _check_keepsakes(session: Session, report: _Report, kept: _Kept) -> None:
+def _check_keepsakes(session: Session, report: _Report, scans: _Scans) -> None:
     """Every file a keepsake names exists; on repair a missing one is cleared from its row,
     and a row left with nothing is dropped (the clip's footage, if still there, is kept
     again by rerunning that night's ``keep`` stage)."""
-    kept.check_the_rest()
     cleared: tuple[list[int], list[int]] = ([], [])
-    for clip_id, column, path in sorted(kept.missing):
+    for clip_id, column, path in scans.missing_kept_files():
         if report.problem(f"keepsake {path}: file missing", f"cleared it from clip {clip_id}'s keepsake"):
             cleared[column].append(clip_id)
     if not report.repair:
@@ -270,44 +297,25 @@ def _check_keepsakes(session: Session, report: _Report, kept: _Kept) -> None:
                                               func.coalesce(KeepsakeRow.snippet, "") == ""))
 
 
-def _missing_files(session: Session, on_disk: Listings, table: str, key: str, column: str,
-                   where: str = "") -> Iterator[list[tuple[int, str]]]:
-    """Per chunk of rows of ``table`` (in ``key`` order), ``(key, path)`` of those whose file
-    ``column`` names is gone."""
-    cursor = _cursor(session)
-    sql = (f"SELECT {key}, {column} FROM {table} WHERE {key} > ? AND {column} IS NOT NULL AND {column} != ''"
-           f"{where} ORDER BY {key} LIMIT {_CHUNK}")
-    last = -(2 ** 63)
-    while rows := cursor.execute(sql, (last,)).fetchall():
-        last = rows[-1][0]
-        missing = on_disk.missing(map(itemgetter(1), rows))
-        yield [(row_id, path) for row_id, path in rows if path in missing] if missing else []
-
-
-def _check_media(session: Session, paths: Paths, report: _Report, timed) -> None:
-    on_disk = Listings(paths.root)
-
-    def missing(table, key, column, where="") -> Iterator[list[tuple[int, str]]]:
-        return _missing_files(session, on_disk, table, key, column, where)
-
+def _check_media(session: Session, report: _Report, scans: _Scans, timed) -> None:
     with timed("frames"):
-        for gone in missing("frames", "id", "path"):
+        for gone in scans.missing_media("frames"):
             ids = [i for i, path in gone if report.problem(f"frame {path}: file missing", "dropped its row")]
             for part in _in_parts(ids):
                 session.execute(update(ShardRow).where(ShardRow.frame_id.in_(part)).values(frame_id=None))
                 session.execute(delete(Frame).where(Frame.id.in_(part)))
     with timed("audio segments"):
-        for gone in missing("audio_segments", "id", "path"):
+        for gone in scans.missing_media("audio segments"):
             ids = [i for i, path in gone if report.problem(f"audio {path}: file missing", "dropped its row")]
             for part in _in_parts(ids):
                 session.execute(delete(AudioSegment).where(AudioSegment.id.in_(part)))
     with timed("clip files"):
-        for gone in missing("clips", "id", "video_path"):
+        for gone in scans.missing_media("clip files"):
             ids = [i for i, path in gone if report.problem(f"clip {path}: file missing", "cleared its path")]
             for part in _in_parts(ids):
                 session.execute(update(Clip).where(Clip.id.in_(part)).values(video_path=None))
     with timed("recordings"):
-        for gone in missing("sources", "id", "path", " AND status = 'ok'"):
+        for gone in scans.missing_media("recordings"):
             ids = [i for i, path in gone if report.problem(f"recording {path}: file missing",
                                                            "marked the source removed")]
             for part in _in_parts(ids):
@@ -315,7 +323,23 @@ def _check_media(session: Session, paths: Paths, report: _Report, timed) -> None
                     status="removed", reason="file missing (sleep.py doctor --repair)"))
 
 
-def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None) -> dict:
+def default_workers(files: int) -> int:
+    """Processes for a memory that names about ``files`` files: one for a small memory (a
+    worker's start, about a second of imports, is most of its check), else a core each, up to 8."""
+    if files < _PARALLEL_FROM:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _named_files(session: Session) -> int:
+    """About how many files the memory's rows name (ids are dense enough to count by)."""
+    connection = _driver(session)
+    return sum(connection.execute(f"SELECT coalesce(max(id), 0) - coalesce(min(id), 0) FROM {table}").fetchone()[0]
+               for table in ("frames", "audio_segments", "clips"))
+
+
+def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
+           workers: int | None = None) -> dict:
     """Check (and with ``repair``, fix) the memory under ``paths.root``.
 
     Args:
@@ -323,10 +347,14 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None) -
         repair: make the database and the files agree.
         timings: if given, filled with the seconds each check took (``{"shards": 1.2,
             "stray files": 30.1, "frames": 0.4, ...}``; the kept files are checked with the
-            stray files).
+            stray files). With workers the scans run side by side, so a check's figure is
+            how long this process waited for it.
+        workers: processes that share the scans of the files and rows; default: one for a
+            memory of under :data:`_PARALLEL_FROM` files, else one a core (at most 8). The
+            report is the same whatever the number.
     Returns:
-        ``{"problems": [...], "repaired": [...], "notes": [...], "ok": bool}``; notes are
-        harmless (temporary files of interrupted writes) and are not problems.
+        ``{"problems": [...], "repaired": [...], "notes": [...], "workers": int, "ok": bool}``;
+        notes are harmless (temporary files of interrupted writes) and are not problems.
     Raises:
         LockHeld: a night is running (its half-written files would look like problems).
     """
@@ -346,16 +374,19 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None) -
         engine = open_database(paths.database)
         try:
             with Session(engine) as session:
-                with timed("shards"):
-                    compact = _check_shards(session, paths, report)
-                with timed("journal"):
-                    compact_journal = journal_care.check(session, paths, report)
-                kept = _Kept(session, paths)
-                with timed("stray files"):
-                    _check_stray_files(session, paths, report, kept)
-                _check_media(session, paths, report, timed)
-                with timed("keepsakes"):
-                    _check_keepsakes(session, report, kept)
+                if workers is None:
+                    workers = default_workers(_named_files(session))
+                with scan.executor(workers) as pool:
+                    scans = _Scans(pool, session, paths, workers)
+                    with timed("shards"):
+                        compact = _check_shards(session, paths, report, scans.shard_counts())
+                    with timed("journal"):
+                        compact_journal = journal_care.check(session, paths, report)
+                    with timed("stray files"):
+                        _check_stray_files(session, paths, report, scans)
+                    _check_media(session, report, scans, timed)
+                    with timed("keepsakes"):
+                        _check_keepsakes(session, report, scans)
                 if repair:
                     session.commit()
             if repair:
@@ -364,9 +395,9 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None) -
                     journal_care.compact(engine, paths, compact_journal)
         finally:
             engine.dispose()
-    log.debug("doctor: %s", ", ".join(f"{name} {s:.2f} s" for name, s in seconds.items()))
+    log.debug("doctor (%d workers): %s", workers, ", ".join(f"{name} {s:.2f} s" for name, s in seconds.items()))
     if timings is not None:
         timings.update(seconds)
     for line in report.problems:
         log.debug("doctor: %s", line)
-    return report.as_dict()
+    return report.as_dict(workers)

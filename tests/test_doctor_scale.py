@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ def test_a_built_store_is_clean(store):
     assert report["problems"] == [] and report["ok"]
 
 
-def test_deleted_and_unknown_files_are_found_in_order(store):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_deleted_and_unknown_files_are_found_in_order(store, workers):
+    """The same report whether the scans run here or in worker processes (forced on this small store)."""
     paths, built = store
     old_day, media_day = built["dates"][0], built["file_dates"][-1]
     keyframe = sorted(paths.keep(old_day).glob("*.jpg"))[3]
@@ -48,13 +51,28 @@ def test_deleted_and_unknown_files_are_found_in_order(store):
     stray_shard = next(paths.embeddings.rglob("*.npy")).with_name(f"{old_day}-feedfeedfeed.npy")
     stray_shard.write_bytes(b"x")
     shard, kept, frame, keyframe = (p.relative_to(paths.root) for p in (stray_shard, stray, frame, keyframe))
-    assert doctor(paths)["problems"] == [
+    # A day's folder may hold a folder, and memory/keep a file of no day: both are unknown.
+    (paths.keep(old_day) / "odd").mkdir()
+    (paths.keep(old_day) / "odd" / "x.jpg").write_bytes(b"x")
+    (paths.memory / "keep" / "loose.jpg").write_bytes(b"x")
+    # A keepsake day whose folder is gone: its files are missing.
+    gone_day = built["dates"][1]
+    gone_files = sorted(p.relative_to(paths.root).as_posix() for p in paths.keep(gone_day).iterdir())
+    shutil.rmtree(paths.keep(gone_day))
+    report = doctor(paths, workers=workers)
+    assert report["workers"] == workers
+    problems = report["problems"]
+    gone = [line for line in problems if line.startswith(f"keepsake memory/keep/{gone_day}/")]
+    assert sorted(line.split()[1].rstrip(":") for line in gone) == gone_files
+    assert [line for line in problems if line not in gone] == [
         f"{shard}: shard file no database row knows",
         f"{kept}: kept file no database row knows",
+        f"memory/keep/{old_day}/odd/x.jpg: kept file no database row knows",
+        "memory/keep/loose.jpg: kept file no database row knows",
         f"frame {frame}: file missing",
         f"keepsake {keyframe}: file missing",
     ]
-    assert doctor(paths, repair=True)["ok"]
+    assert doctor(paths, repair=True, workers=workers)["ok"]
     assert not stray.exists() and not stray_shard.exists() and doctor(paths)["problems"] == []
 
 

@@ -1,0 +1,168 @@
+"""The doctor's read-only scans of a year of memory, split so that worker processes share them.
+
+Each scan is a plain function of the root, the database's path and one slice of the memory
+(a range of row ids, or some days), returning only what it found wrong, so
+:func:`memory.doctor.doctor` can hand the slices to a process pool and still report and
+repair in one order, alone. A year of memory names about 49 million files; a scan costs a
+couple of microseconds a file in Python (a listing entry, a row read, a set operation), so
+on one core the whole check takes well over a minute and on N cores a N-th of it
+(``bench/doctor.py`` measures both).
+
+The scans only read: each opens its own connection (``PRAGMA query_only``) while the
+doctor holds the night's lock, so nothing writes under them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from multiprocessing import get_all_start_methods, get_context
+from operator import itemgetter
+from pathlib import Path
+
+from core.atomic import TMP_MARK
+from memory.listing import Listings, unknown_files
+
+# Rows read at a time: memory stays flat however many clips the memory holds.
+CHUNK = 50_000
+# Rows (or files) of one task: small enough that every worker gets several (an even finish),
+# big enough that starting a task costs nothing beside it.
+TASK_ROWS = 400_000
+_TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")
+
+
+def connect(database: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection of the scan's own (a process cannot share its parent's)."""
+    connection = sqlite3.connect(database, timeout=30)
+    connection.execute("PRAGMA query_only = 1")
+    return connection
+
+
+def id_ranges(connection: sqlite3.Connection, table: str, key: str, parts: int) -> list[tuple[int, int]]:
+    """``(after, upto]`` ranges of ``key`` that split ``table``'s rows into about ``parts`` parts
+    of at most :data:`TASK_ROWS` (ids are dense enough: rows are inserted a night at a time)."""
+    low, high, rows = connection.execute(f"SELECT min({key}), max({key}), count(*) FROM {table}").fetchone()
+    if not rows:
+        return []
+    parts = max(parts, -(-rows // TASK_ROWS))
+    span = -(-(high - low + 1) // parts)
+    return [(start - 1, min(start - 1 + span, high)) for start in range(low, high + 1, span)]
+
+
+def shard_row_counts(database: str, after: int, upto: int) -> dict[int, tuple[int, int, int]]:
+    """``{shard id: (rows, lowest row, highest row)}`` of the shards with ``after < id <= upto``."""
+    with connect(database) as connection:
+        return {sid: (n, lo, hi) for sid, n, lo, hi in connection.execute(
+            "SELECT shard_id, count(*), min(row), max(row) FROM shard_rows WHERE shard_id > ? AND shard_id <= ? "
+            "GROUP BY shard_id", (after, upto))}
+
+
+def missing_files(root: str, database: str, table: str, key: str, column: str, where: str,
+                  after: int, upto: int) -> list[tuple[int, str]]:
+    """``(key, path)`` of the rows of ``table`` with ``after < key <= upto`` whose file (named in
+    ``column``, relative to ``root``) does not exist, in ``key`` order."""
+    on_disk = Listings(Path(root))
+    sql = (f"SELECT {key}, {column} FROM {table} WHERE {key} > ? AND {key} <= ? AND {column} IS NOT NULL "
+           f"AND {column} != ''{where} ORDER BY {key} LIMIT {CHUNK}")
+    found: list[tuple[int, str]] = []
+    with connect(database) as connection:
+        while rows := connection.execute(sql, (after, upto)).fetchall():
+            after = rows[-1][0]
+            missing = on_disk.missing(map(itemgetter(1), rows))
+            if missing:
+                found += [(row_id, path) for row_id, path in rows if path in missing]
+    return found
+
+
+def kept_days(root: str, database: str, base: str, dates: list[str]) -> list[tuple[list[str], list[tuple]]]:
+    """``memory/keep`` against the keepsake rows, a day at a time: for each of ``dates``,
+    ``(unknown, missing)``.
+
+    One listing of the day's folder (``{base}/{date}``) and one read of its rows find both:
+
+    - ``unknown``: files under the folder that no row of the day names, and temporary files
+      of writes (named or not), relative to the root, in ``sorted(rglob)`` order; the doctor
+      asks of these whether a row of another day names them;
+    - ``missing``: ``(clip id, 0 keyframe | 1 snippet, path)`` of the day's rows whose file
+      is gone.
+
+    Every day's paths at once would be two strings per clip of the whole memory in RAM.
+    """
+    on_disk = Listings(Path(root))
+    results = []
+    with connect(database) as connection:
+        for date in dates:
+            folder = f"{base}/{date}"
+            rows = connection.execute("SELECT clip_id, keyframe, snippet FROM keepsakes WHERE date = ?",
+                                      (date,)).fetchall()
+            wanted = set(map(itemgetter(1), rows))
+            wanted.update(map(itemgetter(2), rows))
+            wanted.discard(None)
+            wanted.discard("")
+            present: set[str] = set()
+
+            def unknown_in(parent: str, names: list[str], folder=folder, wanted=wanted, present=present) -> set[str]:
+                if parent != folder:
+                    return set(names)  # a folder inside the day's: no row names its files
+                listed = set(map(f"{folder}/".__add__, names))
+                present.update(listed)
+                listed.difference_update(wanted)
+                return {rel.rpartition("/")[2] for rel in listed} | {
+                    name for name in names if TMP_MARK in name and _is_temporary(name)}
+
+            unknown = list(unknown_files(Path(root), folder, unknown_in))
+            gone = on_disk.missing(wanted - present)  # files of another folder, or really gone
+            missing = [(clip_id, column, files[column]) for clip_id, *files in rows
+                       for column in (0, 1) if files[column] in gone] if gone else []
+            results.append((unknown, missing))
+    return results
+
+
+def _is_temporary(name: str) -> bool:
+    return TMP_MARK in name and _TMP_PID.search(name) is not None
+
+
+def temporary_pid(name: str) -> int | None:
+    """The pid of the writer whose temporary file ``name`` is, or ``None``."""
+    match = _TMP_PID.search(name)
+    return int(match.group(1)) if match else None
+
+
+class _Inline(Executor):
+    """Runs each task at once, in this process: the pool of one worker, without the process."""
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed to whoever asks for the result, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+def executor(workers: int) -> Executor:
+    """Where the scans run: ``workers`` processes, or this process for one.
+
+    Forked when this process has a single thread (the command line): a fork starts at once,
+    where a spawned worker spends most of a second importing. A process with threads (the
+    web page's server) spawns them, since a fork copies locks other threads may hold. The
+    workers never touch the connections a fork copies: each opens its own, and a worker
+    leaves through ``os._exit``, so no copied object is finalized."""
+    if workers <= 1:
+        return _Inline()
+    method = "fork" if threading.active_count() == 1 and "fork" in get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method))
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
