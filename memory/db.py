@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from core.filesystems import refuse_network_filesystem
 from core.paths import make_private_dir
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def open_database(path: Path) -> Engine:
     # Imported for their side effect of registering tables on Base.metadata.
     from memory import catalog, episodes, journal, ledger, maps, neurons, schema
 
+    refuse_network_filesystem(path.parent)  # before anything is created there
     make_private_dir(path.parent)
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _on_connect)
