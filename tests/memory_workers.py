@@ -89,3 +89,88 @@ def big_writer(root: str, clip_id: int, rows: int) -> None:
     write_embeddings(engine, paths, space="vision", model_version="big@1",
                      date="2026-01-20", rows=[EmbeddingRow(clip_id, "vision")] * rows,
                      vectors=vectors)
+
+
+def replace_vectors(version: int, n: int) -> np.ndarray:
+    """The vectors of the ``version``-th write of the replaced day: every clip's own direction."""
+    return np.random.default_rng(1000 + version).standard_normal((n, 32)).astype(np.float32)
+
+
+def _stored(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as a shard holds them (unit rows rounded to float16), in float32."""
+    from memory.shards import DTYPE, normalise
+
+    return normalise(vectors).astype(DTYPE).astype(np.float32)
+
+
+def replace_reader(root: str, day: str, model_version: str, clip_ids: list[int], index: str,
+                   ready_flag: str, done_flag: str, written, loops, out_queue) -> None:
+    """Search one day in a loop while another process replaces its shard; report what was wrong.
+
+    Every answer must be all ``len(clip_ids)`` clips, scored as exactly one of the day's
+    writes so far scores them (never a mix, never a part), with the query's own clip first
+    when the query came from the version answering. ``written`` is the last version the
+    writer committed. The shard mapped at the start is held open and read on every loop,
+    after its file has been replaced and deleted.
+    """
+    try:
+        engine, paths = _setup(root)
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        from memory.catalog import Shard
+        from memory.search import SearchOptions, search
+        from memory.shards import open_shard
+
+        options = SearchOptions(index=index, faiss_threshold=1 if index != "exact" else 200_000)
+        n = len(clip_ids)
+        stored: list[np.ndarray] = []
+        with Session(engine) as session:
+            first = session.scalars(select(Shard).where(Shard.date == day)).one()
+        held = open_shard(paths, first)
+        held_copy = np.array(held)
+        Path(ready_flag).touch()
+        rng = np.random.default_rng(7)
+        errors: list[str] = []
+        answered_by: set[int] = set()
+        while True:
+            finished = os.path.exists(done_flag)
+            latest = written.value
+            # Half the queries from the newest version, so that its own clip must come first.
+            version = latest if rng.random() < 0.5 else int(rng.integers(latest + 1))
+            clip = int(rng.integers(n))
+            query = replace_vectors(version, n)[clip]
+            unit = query / np.linalg.norm(query)
+            try:
+                hits = search(engine, paths, space="vision", query=query, topk=n,
+                              model_version=model_version, options=options)
+                # The writer may have committed one more version than it has said yet.
+                while len(stored) <= written.value + 1:
+                    stored.append(_stored(replace_vectors(len(stored), n)))
+                got = {h.clip_id: h.score for h in hits}
+                if len(hits) != n or set(got) != set(clip_ids):
+                    errors.append(f"{len(hits)} hits of {n} clips ({len(set(got))} distinct)")
+                else:
+                    scores = np.array([got[c] for c in clip_ids])
+                    matches = [v for v, vectors in enumerate(stored)
+                               if np.abs(vectors @ unit - scores).max() < 1e-4]
+                    if len(matches) != 1:
+                        errors.append(f"scores match {len(matches)} of the versions written, not one")
+                    else:
+                        answered_by.add(matches[0])
+                        if matches[0] == version and hits[0].clip_id != clip_ids[clip]:
+                            errors.append(f"the nearest to clip {clip_ids[clip]}'s own vector "
+                                          f"is clip {hits[0].clip_id}")
+                if not np.array_equal(np.asarray(held), held_copy):
+                    errors.append("the held shard's memory map changed")
+            except Exception:  # noqa: BLE001 - every failure is the test's finding
+                errors.append(traceback.format_exc())
+            with loops.get_lock():
+                loops.value += 1
+            if finished:
+                break
+        out_queue.put({"errors": errors[:5], "n_errors": len(errors), "loops": loops.value,
+                       "answered_by": sorted(answered_by)})
+    except Exception:  # noqa: BLE001 - reported to the test, which fails on it
+        out_queue.put({"errors": [traceback.format_exc()], "n_errors": 1, "loops": 0,
+                       "answered_by": []})
