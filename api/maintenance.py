@@ -36,13 +36,15 @@ def forget(root: Root, date: Day) -> dict:
     return memory.forget_day(paths_of(root), date_of(date, "date"))
 
 
-def doctor(root: Root, *, repair: bool = False, workers: int | None = None) -> dict:
+def doctor(root: Root, *, repair: bool = False, workers: int | None = None, read_data: bool = False) -> dict:
     """Check every shard against its database rows and every file the database names.
 
     Args:
         root: the folder holding ``memory/`` (or its :class:`~core.paths.Paths`).
         repair: make database and files agree (drop rows whose files are gone, delete files
             no row knows, compact shards).
+        read_data: read every shard against its checksums (by default each is read once,
+            the first time a doctor meets it).
         workers: processes that share the scans; default one a core for a large memory
             (see :func:`memory.doctor.doctor`). The report does not depend on it.
     Returns:
@@ -51,4 +53,4 @@ def doctor(root: Root, *, repair: bool = False, workers: int | None = None) -> d
     Raises:
         LockHeld: a night is running (its half-written files would look like problems).
     """
-    return memory.doctor(paths_of(root), repair=repair, workers=workers)
+    return memory.doctor(paths_of(root), repair=repair, workers=workers, read_data=read_data)

@@ -71,12 +71,16 @@ def add_memory_commands(sub, add_common) -> None:
     forget.set_defaults(func=cmd_forget)
 
     doctor = sub.add_parser("doctor", help="check that the database, shards and files agree",
-                            description="Check every shard against its database rows and every "
-                                        "file the database names; --repair fixes what does not "
-                                        "match. Exit 1 when problems remain.")
+                            description="Check every shard against its database rows and checksums "
+                                        "and every file the database names; --repair fixes what "
+                                        "does not match (a damaged shard goes to memory/quarantine/). "
+                                        "Exit 1 when problems remain.")
     doctor.add_argument("--repair", action="store_true",
                         help="make database and files agree (drop rows whose files are gone, "
                              "delete files no row knows, compact shards)")
+    doctor.add_argument("--read-data", action="store_true",
+                        help="read every shard whole against its checksums (by default each is "
+                             "read once, the first time a doctor meets it)")
     doctor.add_argument("--workers", type=int, metavar="N",
                         help="processes that share the scans of files and rows (default: one a "
                              "core, up to 8, for a memory of a million files or more; else 1)")
@@ -162,7 +166,7 @@ def cmd_doctor(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give 1 or more")
-    result = doctor(args.root, repair=args.repair, workers=args.workers)
+    result = doctor(args.root, repair=args.repair, workers=args.workers, read_data=args.read_data)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.filesystems import refuse_network_filesystem
@@ -104,12 +105,29 @@ def open_database(path: Path) -> Engine:
     Base.metadata.create_all(engine)
     with engine.begin() as connection:  # create_all adds no index to a table made before it existed
         connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_shard_rows_frame ON shard_rows (frame_id)")
+        _add_missing_columns(connection)
     _rename_clip_spaces(engine, path)
     for suffix in ("", "-wal", "-shm"):
         candidate = Path(f"{path}{suffix}")
         if candidate.exists():
             os.chmod(candidate, 0o600)
     return engine
+
+
+# Columns added to tables after their first release: ``create_all`` adds none to a table that
+# exists, so an older memory gets them here, NULL for the rows it already holds.
+_LATER_COLUMNS = (("shards", "block_sums", "BLOB"), ("shards", "verified_at", "DATETIME"))
+
+
+def _add_missing_columns(connection) -> None:
+    for table, column, kind in _LATER_COLUMNS:
+        have = {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except OperationalError as exc:  # another process opening it added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

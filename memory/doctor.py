@@ -1,13 +1,16 @@
 """``sleep.py doctor``: does the database agree with the shards and files on disk?
 
-Checks that every complete shard's file exists with the shape the database records, that
-every shard row has its vector and every vector its row, that no shard file, kept file
+Checks that every complete shard's file exists with the shape the database records and
+matches the block checksums recorded when it was written (each shard is read whole once, the
+first time a doctor meets it; every one with ``--read-data``), that every shard row has its vector and every vector its row, that no shard file, kept file
 (``memory/keep``) or map file (``memory/maps``) lies on disk unknown to the database, nor a
 cached search index (``memory/index``) of a version the database no longer holds, and that the frames, audio, clips,
 keepsakes and raw recordings the database names exist. ``--repair`` makes them agree,
 always toward what is really there: rows whose file is gone are dropped (a keepsake loses
 just the missing file), files no row knows are deleted, shards with missing rows are
-compacted.
+compacted, and a damaged shard's file is moved to ``memory/quarantine/`` (its row dropped:
+rerunning that night's stage writes it again). Searches leave a damaged shard out even
+before the doctor runs (:mod:`memory.search`).
 
 A year of memory names tens of millions of files: rows are read in chunks of plain tuples
 and compared with one listing per folder (:mod:`memory.listing`), not a ``stat`` per file,
@@ -17,6 +20,7 @@ are shared by a process a core (``bench/doctor.py`` measures both).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import shutil
@@ -29,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from core.lock import NightLock, pid_alive
 from core.paths import Paths
-from memory import journal_care, scan
+from memory import integrity, journal_care, scan
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow
@@ -66,11 +70,12 @@ class _Report:
                 "ok": not self.problems or (self.repair and len(self.repaired) == len(self.problems))}
 
 
-def _check_shards(session: Session, paths: Paths, report: _Report,
-                  counts: dict[int, tuple[int, int, int]]) -> list[int]:
-    """Shard files against shard rows (``counts``: :func:`memory.scan.shard_row_counts` of
-    every shard); returns the ids of shards that need compacting."""
-    compact = []
+def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans) -> list[int]:
+    """Shard files against shard rows and, for those read this time, their contents against
+    their block checksums; returns the ids of shards that need compacting."""
+    counts = scans.shard_counts()
+    damage = scans.shard_damage()
+    compact, unsummed = [], []
     for shard in session.scalars(select(Shard).order_by(Shard.id)):
         what = f"shard {shard.path} ({shard.date})"
         if not shard.complete:
@@ -78,13 +83,17 @@ def _check_shards(session: Session, paths: Paths, report: _Report,
                 session.execute(delete(Shard).where(Shard.id == shard.id))
                 (paths.root / shard.path).unlink(missing_ok=True)
             continue
-        found = shard_problem(paths, shard)
+        found = shard_problem(paths, shard) or damage.get(shard.id)
         if found is not None:
-            if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})",
-                              "removed it; rerun that night's embedding stage"):
+            file = paths.root / shard.path
+            fix = (f"moved the file to {_QUARANTINE}/ and removed its row" if file.exists()
+                   else "removed its row") + "; rerun that night's embedding stage"
+            if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})", fix):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
-                (paths.root / shard.path).unlink(missing_ok=True)
+                _quarantine(paths, shard.path)
             continue
+        if shard.block_sums is None:
+            unsummed.append(shard)
         n, lo, hi = counts.get(shard.id, (0, None, None))
         if hi is not None and (lo < 0 or hi >= shard.rows) and report.problem(
                 f"{what}: database rows point past its {shard.rows} vectors", "dropped those rows"):
@@ -95,7 +104,31 @@ def _check_shards(session: Session, paths: Paths, report: _Report,
         if n < shard.rows and report.problem(f"{what}: {shard.rows - n} vectors have no database row "
                                              f"(their clips were deleted)", "rewrote the shard without them"):
             compact.append(shard.id)
+    if unsummed:
+        report.notes.append(f"{len(unsummed)} shard(s) were written before checksums were kept"
+                            + (": recorded theirs now" if report.repair else ": `doctor --repair` records theirs"))
+        if report.repair:
+            for shard in unsummed:
+                shard.block_sums = integrity.file_sums(paths.root / shard.path)
     return compact
+
+
+# Where a damaged shard's file goes: kept (nothing is lost, and a copy may be recovered from
+# it), out of the embeddings folder, so no search or stray-file check meets it again.
+_QUARANTINE = "memory/quarantine"
+
+
+def _quarantine(paths: Paths, rel: str) -> None:
+    """Move ``rel`` (relative to the root) under :data:`_QUARANTINE`, keeping its path; a file
+    already there of the same name is kept too, beside it."""
+    source = paths.root / rel
+    if not source.exists():
+        return
+    target = paths.root / _QUARANTINE / rel
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if target.exists():
+        target = target.with_name(f"{target.name}.{int(time.time())}")
+    os.replace(source, target)
 
 
 def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
@@ -197,6 +230,23 @@ def _in_parts(ids: list[int]) -> Iterator[list[int]]:
         yield ids[i:i + _IN]
 
 
+# Bytes of shards read against their checksums in one task (a year holds 47 GB of shards).
+_READ_BYTES = 256 << 20
+
+
+def _by_size(rows: list[tuple[int, int]], size: int) -> Iterator[list[int]]:
+    """The ids of ``(id, values)`` rows in batches of about ``size`` bytes of float16."""
+    batch, held = [], 0
+    for shard_id, values in rows:
+        batch.append(shard_id)
+        held += 2 * values
+        if held >= size:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
 # (check, table, key, column, extra condition): the files rows name, checked for existence.
 _MEDIA = (("frames", "frames", "id", "path", ""),
           ("audio segments", "audio_segments", "id", "path", ""),
@@ -209,11 +259,18 @@ class _Scans:
     so its workers share them while this process checks the rest; results are read back in
     a fixed order, so the report is the same whatever the number of workers."""
 
-    def __init__(self, pool: Executor, session: Session, paths: Paths, workers: int):
+    def __init__(self, pool: Executor, session: Session, paths: Paths, workers: int, read_data: bool):
         root, database = str(paths.root), str(paths.database)
         connection = _driver(session)
         parts = 4 * workers  # several tasks a worker: an even finish
         self._session = session
+        # Shards whose whole file is read against its checksums: each once (new ones since the
+        # last doctor), or all of them with ``read_data``; in tasks of about _READ_BYTES.
+        to_read = connection.execute(
+            "SELECT id, rows * dim FROM shards WHERE complete AND block_sums IS NOT NULL"
+            + ("" if read_data else " AND verified_at IS NULL") + " ORDER BY id").fetchall()
+        self._damage = [pool.submit(scan.damaged_shards, root, database, ids)
+                        for ids in _by_size(to_read, _READ_BYTES)]
         self._shard_counts = [pool.submit(scan.shard_row_counts, database, *span)
                               for span in scan.id_ranges(connection, "shards", "id", parts)]
         self._media = {check: [pool.submit(scan.missing_files, root, database, table, key, column, where, *span)
@@ -233,6 +290,19 @@ class _Scans:
         self._kept = [(batch, pool.submit(scan.kept_days, root, database, self._keep_base, batch))
                       for batch in scan.batched(ordered, per)]
         self._kept_results: dict[str, tuple[list[str], list[tuple]]] | None = None
+
+    def shard_damage(self) -> dict[int, str]:
+        """``{shard id: what is wrong}`` of the shards read that failed their checksums; the
+        ids of those that passed are :attr:`verified` afterwards."""
+        damage: dict[int, str] = {}
+        self.verified: list[int] = []
+        for future in self._damage:
+            for shard_id, found in future.result():
+                if found is None:
+                    self.verified.append(shard_id)
+                else:
+                    damage[shard_id] = found
+        return damage
 
     def shard_counts(self) -> dict[int, tuple[int, int, int]]:
         counts: dict[int, tuple[int, int, int]] = {}
@@ -338,8 +408,17 @@ def _named_files(session: Session) -> int:
                for table in ("frames", "audio_segments", "clips"))
 
 
+def _stamp_verified(engine, shard_ids: list[int]) -> None:
+    """Record that these shards' files matched their checksums now: the next doctor reads
+    only newer ones (a bookkeeping write, made without ``--repair`` too)."""
+    now = dt.datetime.now()
+    with Session(engine) as session, session.begin():
+        for part in _in_parts(shard_ids):
+            session.execute(update(Shard).where(Shard.id.in_(part)).values(verified_at=now))
+
+
 def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
-           workers: int | None = None) -> dict:
+           workers: int | None = None, read_data: bool = False) -> dict:
     """Check (and with ``repair``, fix) the memory under ``paths.root``.
 
     Args:
@@ -349,6 +428,8 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
             "stray files": 30.1, "frames": 0.4, ...}``; the kept files are checked with the
             stray files). With workers the scans run side by side, so a check's figure is
             how long this process waited for it.
+        read_data: read every shard against its checksums, not only those no doctor has
+            read before (each night's new ones).
         workers: processes that share the scans of the files and rows; default: one for a
             memory of under :data:`_PARALLEL_FROM` files, else one a core (at most 8). The
             report is the same whatever the number.
@@ -377,9 +458,9 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                 if workers is None:
                     workers = default_workers(_named_files(session))
                 with scan.executor(workers) as pool:
-                    scans = _Scans(pool, session, paths, workers)
+                    scans = _Scans(pool, session, paths, workers, read_data)
                     with timed("shards"):
-                        compact = _check_shards(session, paths, report, scans.shard_counts())
+                        compact = _check_shards(session, paths, report, scans)
                     with timed("journal"):
                         compact_journal = journal_care.check(session, paths, report)
                     with timed("stray files"):
@@ -389,6 +470,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         _check_keepsakes(session, report, scans)
                 if repair:
                     session.commit()
+            _stamp_verified(engine, scans.verified)
             if repair:
                 with timed("compaction"):
                     _compact(engine, paths, compact)

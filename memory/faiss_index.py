@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -60,6 +60,9 @@ class TunedIndex:
         recall: recall@10 measured when tuned; ``None`` for flat (exact).
         rerank_factor: ivfpq only: ``rerank_factor x k`` candidates are re-scored exactly.
         rows: ivfpq only: the blocks the index was built over (memory maps), read to re-rank.
+        check_rows: ivfpq only: called with the global ids of the rows a re-ranking is about
+            to read, before it reads them (the search checks their blocks' checksums there);
+            it raises to refuse them.
     """
 
     index: faiss.Index
@@ -68,6 +71,7 @@ class TunedIndex:
     recall: float | None = None
     rerank_factor: int | None = None
     rows: Sequence[Block] | None = field(default=None, repr=False)
+    check_rows: Callable[[np.ndarray], None] | None = field(default=None, repr=False)
     _keep: list = field(default_factory=list, repr=False)
 
     @property
@@ -114,6 +118,8 @@ class TunedIndex:
         """
         valid = candidates >= 0
         which_query = np.nonzero(valid)[0]
+        if self.check_rows is not None:
+            self.check_rows(candidates[valid])
         # (V, D): only these rows are read, from disk where the memory is larger than RAM.
         rows = gather_rows(self.rows, candidates[valid], prefetch=True)
         scores = np.full(candidates.shape, -np.inf, np.float32)

@@ -235,7 +235,7 @@ def write_entry_vectors(engine: Engine, paths: Paths, *, space: str, model_versi
     unit = shards.normalise(vectors)
     if len(entry_ids) != len(unit) or len(unit) == 0:
         raise ValueError(f"{len(entry_ids)} entries for {len(unit)} vectors (need at least one)")
-    final = shards.write_shard(paths, space=space, model_version=model_version, date=date, unit=unit)
+    final = shards.write_shard(paths, space=space, model_version=model_version, date=date, unit=unit).path
     rel = str(final.relative_to(paths.root))
     old_path = None
     try:

@@ -24,6 +24,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from core.atomic import TMP_MARK
+from memory import integrity
 from memory.listing import Listings, unknown_files
 
 # Rows read at a time: memory stays flat however many clips the memory holds.
@@ -58,6 +59,24 @@ def shard_row_counts(database: str, after: int, upto: int) -> dict[int, tuple[in
         return {sid: (n, lo, hi) for sid, n, lo, hi in connection.execute(
             "SELECT shard_id, count(*), min(row), max(row) FROM shard_rows WHERE shard_id > ? AND shard_id <= ? "
             "GROUP BY shard_id", (after, upto))}
+
+
+def damaged_shards(root: str, database: str, shard_ids: list[int]) -> list[tuple[int, str | None]]:
+    """``(shard id, what is wrong or None)`` of each of ``shard_ids``, its whole file read
+    against its block checksums (:func:`memory.integrity.damage`); a missing file is the
+    header check's to report, so it reads ``None`` here."""
+    found = []
+    with connect(database) as connection:
+        for shard_id in shard_ids:
+            row = connection.execute("SELECT path, block_sums FROM shards WHERE id = ?", (shard_id,)).fetchone()
+            if row is None or row[1] is None:
+                continue
+            try:
+                damage = integrity.damage(Path(root) / row[0], row[1])
+                found.append((shard_id, damage and f"damaged: {damage}"))
+            except FileNotFoundError:
+                found.append((shard_id, None))
+    return found
 
 
 def missing_files(root: str, database: str, table: str, key: str, column: str, where: str,

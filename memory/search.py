@@ -21,6 +21,10 @@ Which engine runs (``memory.search`` in the config):
 
 Every candidate is finally looked up in the database; one whose row has gone (a day
 forgotten meanwhile) is dropped and the next one taken.
+
+A damaged shard (missing, cut short, or a block that fails its checksum: see
+:mod:`memory.shards`) is left out of the search with a warning naming it and what is wrong,
+never ranked: the rest of the memory still answers, and ``sleep.py doctor`` quarantines it.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ from memory.catalog import (
 from memory.exact import Block, exact_topk
 from memory.media import middle_frames
 from memory.schema import Clip, Frame, Source
-from memory.shards import open_shard, private_folder, read_rows
+from memory.shards import ShardError, check_rows, open_shard, private_folder, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ class Hit:
 # so a path identifies its content for good.
 _ROW_META: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _INDEXES: dict[tuple, object] = {}
+# Shards found damaged in this process, by path: what is wrong (warned about once).
+DAMAGED: dict[str, str] = {}
 # What the index cache holds for a memory where ``auto`` found no approximate index worth
 # using (e.g. isotropic vectors: IVF must probe every list): the exact path is faster.
 EXACT = "exact"
@@ -183,6 +189,9 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
     elif kind != "flat" and meta_file.exists():
         return EXACT  # measured before: this memory is searched exactly
     if built is None:
+        for shard in shards:  # a build reads every row: check every block first
+            if shard.path not in DAMAGED:
+                open_shard(paths, shard)
         log.info("building a %s index over %d %s vectors", kind, sum(s.rows for s in shards),
                  space.name)
         # A flat fallback only where its float32 copy fits; else the exact path, same results.
@@ -221,13 +230,15 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
     blocks = []
     start = 0
     for shard, mask in zip(shards, masks):
-        blocks.append(Block(start, open_shard(paths, shard), mask))
+        blocks.append(Block(start, open_shard(paths, shard, check=False), mask))
         start += shard.rows
     allowed_rows = sum(int(m.sum()) if m is not None else s.rows for s, m in zip(shards, masks))
     total_rows = sum(s.rows for s in all_shards)
     use_faiss = (options.index != "exact" and total_rows >= options.faiss_threshold
                  and allowed_rows >= options.faiss_threshold)
     if not use_faiss:
+        for shard in shards:  # every row is read: check every block (once per process)
+            open_shard(paths, shard)
         scores, ids = exact_topk(blocks, query, fetch)
         located = [_locate(shards, blocks, int(i)) for i in ids]
         return [(float(s), sh, r) for s, (sh, r) in zip(scores, located)]
@@ -236,7 +247,7 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
     # index serves every date range; the date range and the filters become a bitmap.
     all_blocks, pos = [], 0
     for shard in all_shards:
-        all_blocks.append(Block(pos, open_shard(paths, shard)))
+        all_blocks.append(Block(pos, _rows_of(paths, shard)))
         pos += shard.rows
     kind = _index_kind(options, total_rows, space.dim)
     built = EXACT if kind == EXACT else _faiss_index(paths, space, all_shards, all_blocks, kind,
@@ -253,6 +264,7 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
                 m = chosen[shard.path]
                 allowed[block.offset:block.offset + shard.rows] = True if m is None else m
     param = built.param
+    built.check_rows = _checker(paths, all_shards, all_blocks)
     if allowed is not None and built.kind in ("ivf", "ivfpq"):
         # Fewer allowed rows per list: probe proportionally more lists to keep recall.
         built.param = min(built.index.nlist, math.ceil(param * total_rows / allowed_rows))
@@ -266,6 +278,27 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
             shard, row = _locate(all_shards, all_blocks, int(i))
             out.append((float(s), shard, row))
     return out
+
+
+def _rows_of(paths: Paths, shard: Shard) -> np.ndarray:
+    """A shard's memory map for the FAISS path, its blocks checked as rows are read
+    (:func:`_checker`); for a damaged shard, zeros that no search returns (its rows are left
+    out of ``allowed``), so one damaged night neither stops the search nor rebuilds the index."""
+    if shard.path in DAMAGED:
+        return np.zeros((shard.rows, shard.dim), np.float16)  # untouched pages: no memory
+    return open_shard(paths, shard, check=False)
+
+
+def _checker(paths: Paths, shards: list[Shard], blocks: list[Block]):
+    """For :attr:`memory.faiss_index.TunedIndex.check_rows`: checks the blocks of the rows
+    (global ids) a re-ranking is about to read."""
+    def check(ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        for shard, block in zip(shards, blocks):
+            mine = ids[(ids >= block.offset) & (ids < block.offset + shard.rows)]
+            if len(mine):
+                check_rows(paths, shard, mine - block.offset)
+    return check
 
 
 def _locate(shards: list[Shard], blocks: list[Block], gid: int) -> tuple[Shard, int]:
@@ -351,7 +384,9 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
     if model_version is None or topk <= 0:
         return []
     exclude = set(exclude_clip_ids)
-    for attempt in range(3):
+    attempt = 0
+    while attempt < 3:
+        attempt += 1
         with Session(engine) as session:
             sp = session.scalars(select(EmbeddingSpace).where(
                 EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version)).first()
@@ -362,7 +397,8 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                                  f"({model_version}) has {sp.dim}")
             all_shards = complete_shards(session, sp.id)
             shards = [s for s in all_shards if (not date_from or s.date >= date_from)
-                      and (not date_to or s.date <= date_to) and s.date not in skip_dates]
+                      and (not date_to or s.date <= date_to) and s.date not in skip_dates
+                      and s.path not in DAMAGED]
             if not shards:
                 return []
             try:
@@ -377,12 +413,35 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                     if len(hits) >= topk or len(cands) < fetch:
                         return hits[:topk]
                     fetch *= 2  # rows vanished under us: look further down the list
+            except ShardError as exc:
+                _damaged(exc.path, exc.reason)
+                attempt -= 1  # not a race: the same list without it
             except FileNotFoundError as exc:
-                # A shard was replaced or forgotten between reading the list and the file.
+                # A shard replaced or forgotten between reading the list and the file; one
+                # whose row still names it after that is gone for good.
                 log.debug("shard went away (%s); reading the list again", exc)
-                if attempt == 2:
-                    raise
+                if attempt == 3:
+                    gone = _missing_shards(session, paths, shards)
+                    if not gone:
+                        raise
+                    for path in gone:
+                        _damaged(path, "file missing")
+                    attempt = 2
     return []
+
+
+def _damaged(path: str, reason: str) -> None:
+    """Leave ``path`` out of this process's searches, saying so once."""
+    if path not in DAMAGED:
+        log.warning("shard %s is %s: its memories are left out of searches; run `sleep.py doctor`", path,
+                    reason if reason.startswith("damaged") else f"damaged ({reason})")
+    DAMAGED[path] = reason
+
+
+def _missing_shards(session: Session, paths: Paths, shards: list[Shard]) -> list[str]:
+    """Of ``shards``, those whose row still stands but whose file is gone."""
+    standing = set(session.scalars(select(Shard.path).where(Shard.id.in_([s.id for s in shards]))))
+    return [s.path for s in shards if s.path in standing and not (paths.root / s.path).exists()]
 
 
 def clip_vector(engine: Engine, paths: Paths, space: str, clip_id: int,

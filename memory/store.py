@@ -99,8 +99,8 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
         raise ValueError(f"modality {odd[0]!r}: expected one of {MODALITIES}")
     dim = unit.shape[1]
 
-    final = shards.write_shard(paths, space=space, model_version=model_version, date=date,
-                               unit=unit)
+    final, sums = shards.write_shard(paths, space=space, model_version=model_version, date=date,
+                                     unit=unit)
     rel = str(final.relative_to(paths.root))
 
     old_path: str | None = None
@@ -121,7 +121,7 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
                 # The database cascades to the old shard's rows.
                 session.execute(delete(Shard).where(Shard.id == old.id))
             shard = Shard(space_id=sp.id, date=date, path=rel, rows=len(unit), dim=dim,
-                          complete=True)
+                          complete=True, block_sums=sums)
             session.add(shard)
             session.flush()
             session.execute(insert(ShardRow), [

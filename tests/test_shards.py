@@ -22,8 +22,9 @@ def paths(root):
 def _write(paths: Paths, vectors: np.ndarray) -> Shard:
     """Write ``vectors`` as a shard; return the catalog row the store would record."""
     unit = shards.normalise(vectors)
-    final = shards.write_shard(paths, space="vision", model_version="m@1", date=DATE, unit=unit)
-    return Shard(path=str(final.relative_to(paths.root)), rows=unit.shape[0], dim=unit.shape[1])
+    final, sums = shards.write_shard(paths, space="vision", model_version="m@1", date=DATE, unit=unit)
+    return Shard(path=str(final.relative_to(paths.root)), rows=unit.shape[0], dim=unit.shape[1],
+                 block_sums=sums)
 
 
 def test_a_written_shard_opens_as_written(paths):

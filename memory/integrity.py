@@ -1,0 +1,103 @@
+"""Checksums of stored files, a 1 MiB block at a time: a flipped byte is found where it is read.
+
+Each block of a file gets a 16-byte BLAKE2b digest, written beside the file's catalog row
+(:class:`memory.catalog.Shard` ``block_sums``) while the file is written, so the sums are of
+what the program meant to store. Blocks, not one digest a file, because a search of a
+year-sized memory reads a few hundred scattered rows: it checks the blocks those rows lie in
+(a few MiB), where one digest would make it read every file whole. A search that reads a
+whole shard anyway (the exact path) checks all its blocks once per process.
+
+Checksums are for damage (a bad disk, a torn copy, a stray write), not for an attacker: the
+encryption at rest is what keeps the memory private and authentic.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+BLOCK = 1 << 20
+DIGEST = 16  # bytes a block
+
+
+def _digest(data) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST).digest()
+
+
+class SummingWriter:
+    """A binary file wrapper that sums what passes through it, a block at a time.
+
+    ``np.save(SummingWriter(fh), array)`` writes the file and its sums in one pass.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._pending = bytearray()
+        self._sums = bytearray()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._fh.write(view)
+        start = 0
+        if self._pending:
+            take = min(BLOCK - len(self._pending), len(view))
+            self._pending += view[:take]
+            start = take
+            if len(self._pending) == BLOCK:
+                self._sums += _digest(self._pending)
+                self._pending.clear()
+        while len(view) - start >= BLOCK:
+            self._sums += _digest(view[start:start + BLOCK])
+            start += BLOCK
+        self._pending += view[start:]
+        return len(view)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def sums(self) -> bytes:
+        """The digests of every block written so far (the last one short), in order."""
+        tail = _digest(self._pending) if self._pending else b""
+        return bytes(self._sums) + tail
+
+
+def blocks_of(sums: bytes) -> int:
+    return len(sums) // DIGEST
+
+
+def file_sums(path: Path) -> bytes:
+    """The block digests of ``path`` as it is on disk."""
+    out = bytearray()
+    with open(path, "rb", buffering=0) as fh:
+        while block := fh.read(BLOCK):
+            out += _digest(block)
+    return bytes(out)
+
+
+def damage(path: Path, sums: bytes, blocks: Iterable[int] | None = None) -> str | None:
+    """What is wrong with ``path`` against its recorded ``sums``, or ``None``.
+
+    Args:
+        blocks: check only these block numbers (the rows a search reads); every block when
+            ``None``, and then also that the file has no more and no fewer blocks.
+    Returns:
+        e.g. ``"block 3 of 12 (bytes 3145728-4194303) does not match its checksum"``, or
+        ``"is 12 blocks long, 14 recorded"``.
+    Raises:
+        FileNotFoundError: the file is gone.
+    """
+    count = blocks_of(sums)
+    size = os.path.getsize(path)
+    if -(-size // BLOCK) != count:
+        return f"is {size:,} bytes ({-(-size // BLOCK)} blocks), its checksums cover {count} blocks"
+    wanted = range(count) if blocks is None else sorted(set(blocks))
+    with open(path, "rb", buffering=0) as fh:
+        for number in wanted:
+            if not 0 <= number < count:
+                continue
+            fh.seek(number * BLOCK)
+            if _digest(fh.read(BLOCK)) != sums[number * DIGEST:(number + 1) * DIGEST]:
+                end = min(size, (number + 1) * BLOCK) - 1
+                return f"block {number + 1} of {count} (bytes {number * BLOCK}-{end}) does not match its checksum"
+    return None
