@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.paths import Paths
+from memory import integrity
 from memory.db import open_database
 from memory.shards import DTYPE, private_folder, shard_folder
 
@@ -118,9 +119,32 @@ class _Files:
         self._folders.clear()
 
 
+_ZERO_SUMS: dict[int, bytes] = {}
+
+
+def _zero_sum(length: int) -> bytes:
+    if length not in _ZERO_SUMS:
+        _ZERO_SUMS[length] = hashlib.blake2b(bytes(length), digest_size=integrity.DIGEST).digest()
+    return _ZERO_SUMS[length]
+
+
+def _sparse_sums(path: Path) -> bytes:
+    """The block sums of a sparse shard (a header, then zeros) without reading its zeros."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(min(size, integrity.BLOCK))
+    blocks = -(-size // integrity.BLOCK)
+    sums = hashlib.blake2b(head, digest_size=integrity.DIGEST).digest()
+    if blocks > 1:
+        tail = size - (blocks - 1) * integrity.BLOCK
+        sums += _zero_sum(integrity.BLOCK) * (blocks - 2) + _zero_sum(tail)
+    return sums
+
+
 def _write_shard(paths: Paths, space: str, version: str, date: str, rows: int, dim: int,
-                 real: bool, rng: np.random.Generator) -> str:
-    """A shard file as :func:`memory.shards.write_shard` names it; sparse unless ``real``."""
+                 real: bool, rng: np.random.Generator) -> tuple[str, bytes]:
+    """A shard file as :func:`memory.shards.write_shard` names it, and its block sums; sparse
+    unless ``real``."""
     folder = private_folder(paths, shard_folder(paths, space, version))
     path = folder / f"{date}-{uuid.uuid4().hex[:12]}.npy"
     if real:
@@ -132,7 +156,8 @@ def _write_shard(paths: Paths, space: str, version: str, date: str, rows: int, d
                 fh, {"descr": DTYPE.str, "fortran_order": False, "shape": (rows, dim)})
             fh.truncate(fh.tell() + rows * dim * DTYPE.itemsize)
     os.chmod(path, 0o600)
-    return str(path.relative_to(paths.root))
+    sums = integrity.file_sums(path) if real else _sparse_sums(path)
+    return str(path.relative_to(paths.root)), sums
 
 
 def _clips_per_day(clips: int, days: int) -> list[int]:
@@ -307,9 +332,10 @@ def _insert_vectors(insert, paths: Paths, ids: dict, space_ids: dict, date: str,
             rows = [(c, None, "vision") for c in clip_ids] + [(c, None, "audio") for c in clip_ids]
         ids["shard"] += 1
         shard_id = ids["shard"]
-        path = _write_shard(paths, space, f"{model}@{last}", date, len(rows), dim, real, rng)
-        insert("shards", "id, space_id, date, path, rows, dim, complete, created_at",
-               [(shard_id, space_ids[space], date, path, len(rows), dim, 1, now)])
+        path, sums = _write_shard(paths, space, f"{model}@{last}", date, len(rows), dim, real, rng)
+        # Read against their sums by the doctor of the night they were written (each once).
+        insert("shards", "id, space_id, date, path, rows, dim, complete, created_at, block_sums, verified_at",
+               [(shard_id, space_ids[space], date, path, len(rows), dim, 1, now, sums, now)])
         insert("shard_rows", 'shard_id, "row", clip_id, frame_id, modality',
                [(shard_id, i, c, f, m) for i, (c, f, m) in enumerate(rows)])
         if date != last:

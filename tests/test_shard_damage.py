@@ -77,8 +77,8 @@ def test_a_flipped_byte_is_left_out_of_search_named_by_doctor_and_quarantined(me
 
     problems = doctor(paths)["problems"]
     last = (paths.root / damaged.path).stat().st_size - 1
-    assert problems == [f"shard {damaged.path} ({DAYS[1]}): file damaged: block 1 of 1 (bytes 0-{last}) "
-                        "does not match its checksum, database says (40, 32)"]
+    assert problems == [(f"shard {damaged.path} ({DAYS[1]}): file damaged: block 1 of 1 (bytes 0-{last}) "
+                         "does not match its checksum, database says (40, 32)")]
     report = doctor(paths, repair=True)
     assert report["ok"] and "memory/quarantine" in report["repaired"][0]
     assert not (paths.root / damaged.path).exists()
