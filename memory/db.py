@@ -96,7 +96,7 @@ def _rename_clip_spaces(engine: Engine, path: Path) -> None:
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
-    from memory import catalog, episodes, journal, ledger, maps, neurons, schema
+    from memory import catalog, checkpoints, episodes, journal, ledger, maps, neurons, schema
 
     refuse_network_filesystem(path.parent)  # before anything is created there
     make_private_dir(path.parent)

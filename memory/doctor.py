@@ -2,7 +2,8 @@
 
 Checks that every complete shard's file exists with the shape the database records and
 matches the block checksums recorded when it was written (each shard is read whole once, the
-first time a doctor meets it; every one with ``--read-data``), that every shard row has its vector and every vector its row, that no shard file, kept file
+first time a doctor meets it; every one with ``--read-data``; the model checkpoints likewise,
+:mod:`memory.checkpoints`), that every shard row has its vector and every vector its row, that no shard file, kept file
 (``memory/keep``) or map file (``memory/maps``) lies on disk unknown to the database, nor a
 cached search index (``memory/index``) of a version the database no longer holds, and that the frames, audio, clips,
 keepsakes and raw recordings the database names exist. ``--repair`` makes them agree,
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from core.lock import NightLock, pid_alive
 from core.paths import Paths
-from memory import integrity, journal_care, scan
+from memory import checkpoints, integrity, journal_care, scan
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
 from memory.keepsakes import KeepsakeRow
@@ -86,11 +87,11 @@ def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans
         found = shard_problem(paths, shard) or damage.get(shard.id)
         if found is not None:
             file = paths.root / shard.path
-            fix = (f"moved the file to {_QUARANTINE}/ and removed its row" if file.exists()
+            fix = (f"moved the file to {integrity.QUARANTINE}/ and removed its row" if file.exists()
                    else "removed its row") + "; rerun that night's embedding stage"
             if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})", fix):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
-                _quarantine(paths, shard.path)
+                integrity.quarantine(paths, shard.path)
             continue
         if shard.block_sums is None:
             unsummed.append(shard)
@@ -113,22 +114,6 @@ def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans
     return compact
 
 
-# Where a damaged shard's file goes: kept (nothing is lost, and a copy may be recovered from
-# it), out of the embeddings folder, so no search or stray-file check meets it again.
-_QUARANTINE = "memory/quarantine"
-
-
-def _quarantine(paths: Paths, rel: str) -> None:
-    """Move ``rel`` (relative to the root) under :data:`_QUARANTINE`, keeping its path; a file
-    already there of the same name is kept too, beside it."""
-    source = paths.root / rel
-    if not source.exists():
-        return
-    target = paths.root / _QUARANTINE / rel
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if target.exists():
-        target = target.with_name(f"{target.name}.{int(time.time())}")
-    os.replace(source, target)
 
 
 def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
@@ -408,13 +393,14 @@ def _named_files(session: Session) -> int:
                for table in ("frames", "audio_segments", "clips"))
 
 
-def _stamp_verified(engine, shard_ids: list[int]) -> None:
-    """Record that these shards' files matched their checksums now: the next doctor reads
-    only newer ones (a bookkeeping write, made without ``--repair`` too)."""
+def _stamp_verified(engine, shard_ids: list[int], checkpoint_paths: list[str]) -> None:
+    """Record that these shards' and checkpoints' files matched their checksums now: the next
+    doctor reads only newer ones (a bookkeeping write, made without ``--repair`` too)."""
     now = dt.datetime.now()
     with Session(engine) as session, session.begin():
         for part in _in_parts(shard_ids):
             session.execute(update(Shard).where(Shard.id.in_(part)).values(verified_at=now))
+        checkpoints.stamp_verified(session, checkpoint_paths)
 
 
 def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
@@ -463,6 +449,8 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         compact = _check_shards(session, paths, report, scans)
                     with timed("journal"):
                         compact_journal = journal_care.check(session, paths, report)
+                    with timed("checkpoints"):
+                        checkpoints_read = checkpoints.check(session, paths, report, read_data=read_data)
                     with timed("stray files"):
                         _check_stray_files(session, paths, report, scans)
                     _check_media(session, report, scans, timed)
@@ -470,7 +458,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         _check_keepsakes(session, report, scans)
                 if repair:
                     session.commit()
-            _stamp_verified(engine, scans.verified)
+            _stamp_verified(engine, scans.verified, checkpoints_read)
             if repair:
                 with timed("compaction"):
                     _compact(engine, paths, compact)

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.paths import Paths
+
 BLOCK = 1 << 20
 DIGEST = 16  # bytes a block
+# Where a damaged file goes (relative to the root), under its own relative path: kept, since
+# nothing is lost and a copy may be recovered from it, and out of the folders that searches,
+# nights and the stray-file checks read.
+QUARANTINE = "memory/quarantine"
 
 
 def _digest(data) -> bytes:
@@ -101,3 +108,18 @@ def damage(path: Path, sums: bytes, blocks: Iterable[int] | None = None) -> str 
                 end = min(size, (number + 1) * BLOCK) - 1
                 return f"block {number + 1} of {count} (bytes {number * BLOCK}-{end}) does not match its checksum"
     return None
+
+
+def quarantine(paths: Paths, rel: str) -> Path | None:
+    """Move ``rel`` (relative to the root) under :data:`QUARANTINE`, keeping its path (a file
+    already there of that name stays too, beside it); returns where it went, ``None`` if
+    there was no file."""
+    source = paths.root / rel
+    if not source.exists():
+        return None
+    target = paths.root / QUARANTINE / rel
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if target.exists():
+        target = target.with_name(f"{target.name}.{time.time_ns()}")
+    os.replace(source, target)
+    return target

@@ -15,6 +15,7 @@ from core.lock import NightLock
 from core.logs import night_log
 from core.paths import Paths
 from memory import ledger
+from memory.checkpoints import record_checkpoints
 from memory.db import make_sessionmaker, open_database
 from stages import STAGES, Night, Stage, config_hash
 
@@ -145,6 +146,9 @@ def _run_stage(stage: Stage, night: Night, session, stages: list[Stage], force: 
         outcome.seconds[stage.name] = seconds
         return
     seconds = time.perf_counter() - started
+    # The checkpoints the stage wrote are in place: their sums go in before the stage counts
+    # as done (a night stopped in between records them at its rerun's first stage end).
+    record_checkpoints(session, night.paths)
     ledger.mark_finished(session, day, stage.name, seconds=seconds, result=result)
     night.results[stage.name] = result
     outcome.states[stage.name] = "done"
