@@ -118,6 +118,10 @@ class MemoryConfig(_Section):
     keep: KeepConfig = Field(default_factory=KeepConfig)
     reembed: ReembedConfig = Field(default_factory=ReembedConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    encryption: bool = Field(False, description="seal the database and every stored file with the master key "
+                             "in memory/key.json (`sleep.py key init`); on/off")
+    key_command: str | None = Field(None, description="command (no shell) that prints the key's passphrase, "
+                                    "for a night without systemd credentials or SLEEP_PASSPHRASE_FILE")
 
 
 class ReportConfig(_Section):

@@ -293,3 +293,14 @@ def test_a_change_killed_midway_leaves_one_passphrase_working(key_path, point, w
     change_passphrase(key_path, works, "third", cost=FAST)
     assert unlock(key_path, "third") == master
 
+
+
+def test_config_reads_encryption_on_and_a_key_command(tmp_path):
+    from core.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("memory:\n  encryption: on\n  key_command: pass show sleep\n")
+    memory = load_config(path).memory
+    assert memory.encryption is True and memory.key_command == "pass show sleep"
+    assert load_config(path, ["memory.encryption=off"]).memory.encryption is False
+    assert load_config().memory.encryption is False  # off unless asked for
