@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cli.daemon import add_daemon_command
 from cli.journal import add_journal_command
+from cli.key import add_key_group
 from cli.memory import add_memory_commands
 from cli.dream import add_dream_commands
 from cli.neuron import add_neuron_group
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dream_commands(sub, _add_common)
     add_serve_command(sub, _add_common)
     add_report_command(sub, _add_common)
+    add_key_group(sub, _add_common)
     return parser
 
 
@@ -189,6 +191,8 @@ def cmd_run(args) -> int:
     finally:
         together.release()
     _print_outcome(outcome)
+    if outcome.disk_full:
+        print(f"sleep: error: {outcome.disk_full}", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 

@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from core.diskfull import DISK_FULL_ERRNOS, DiskFull
+
 TMP_MARK = ".tmp-"
 
 
@@ -34,6 +36,10 @@ def atomic_file(final: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
 
     The data is fsynced before the rename and the folder after it, so ``final`` is whole
     or absent even after a power cut. On an exception nothing is left behind.
+
+    Raises:
+        DiskFull: no room for the file (naming ``final``: a write to a file object says
+            no file name of its own).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
@@ -44,9 +50,13 @@ def atomic_file(final: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if (isinstance(exc, OSError) and not isinstance(exc, DiskFull)
+                and exc.errno in DISK_FULL_ERRNOS):
+            named = exc.filename if exc.filename not in (None, str(tmp)) else final
+            raise DiskFull(named, exc.errno) from exc
         raise
     _fsync_dir(final.parent)
 

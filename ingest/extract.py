@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from core.atomic import atomic_dir
 from core.config import IngestConfig
+from core.diskfull import DiskFull, ffmpeg_disk_full
 from ingest.binaries import ffmpeg_path
 from ingest.clips import clip_of, clip_windows, frame_time
 from ingest.command import (
@@ -183,6 +187,24 @@ def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: s
     return Extraction(job.path, duration_s=round(duration, 3), clips=kept, note=note)
 
 
+def _raise_if_disk_full(proc: subprocess.CompletedProcess, tmp: dict[str, Path],
+                        finals: dict[str, Path]) -> None:
+    """Raise :class:`DiskFull` when FFmpeg could not write for want of space.
+
+    Not a bad file: recorded as one, the source would be skipped for good (ingest is done
+    once the night completes), so the night stops instead and its rerun extracts it. FFmpeg
+    says so on stderr (``No space left on device``), or is killed by SIGXFSZ at a file
+    size limit. The error names the output folder FFmpeg named, else the folder above them all.
+    """
+    code = errno.EFBIG if proc.returncode == -signal.SIGXFSZ else ffmpeg_disk_full(proc.stderr)
+    if code is None:
+        return
+    named = [finals[name] for name, folder in tmp.items() if str(folder) in proc.stderr]
+    folder = named[0] if named else Path(os.path.commonpath([str(f) for f in finals.values()]))
+    log.debug("ffmpeg stderr:\n%s", proc.stderr)
+    raise DiskFull(folder, code)
+
+
 def extract_source(job: Job) -> Extraction:
     """Split one source with a single FFmpeg pass; outputs land in their final folders.
 
@@ -191,6 +213,8 @@ def extract_source(job: Job) -> Extraction:
     Returns:
         an :class:`Extraction`; ``reason`` is set (and nothing is left on disk) when
         FFmpeg could not split the file.
+    Raises:
+        DiskFull: FFmpeg found no room for its outputs (nothing is left on disk either).
     """
     started = time.perf_counter()
     info = job.info
@@ -205,6 +229,7 @@ def extract_source(job: Job) -> Extraction:
             cmd = build_command(Path(job.path), info, job.cfg, dirs, ffmpeg_path())
             log.debug("ffmpeg: %s", subprocess.list2cmdline(cmd))
             proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+            _raise_if_disk_full(proc, tmp, finals)
             if proc.returncode != 0:
                 log.debug("ffmpeg stderr for %s:\n%s", job.path, proc.stderr)
                 raise MediaError(describe_ffmpeg_failure(proc.stderr))

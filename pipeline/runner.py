@@ -10,6 +10,7 @@ from typing import Callable
 from core.atomic import sweep_tmp
 from core.config import SleepConfig
 from core.device import resolve_device
+from core.diskfull import disk_full_in
 from core.errors import UsageError
 from core.lock import NightLock
 from core.logs import night_log
@@ -32,10 +33,12 @@ class NightOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     report_path: str | None = None
     stopped_early: bool = False
+    # A write found no room (``core.diskfull``): what and where. The night stopped there.
+    disk_full: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not any(s in ("failed", "blocked") for s in self.states.values())
+        return not self.disk_full and not any(s in ("failed", "blocked") for s in self.states.values())
 
 
 def select_stages(only: list[str] | None, stages: list[Stage]) -> list[Stage]:
@@ -72,10 +75,13 @@ def run_night(
         stages: the stage list (tests pass their own); default :data:`STAGES`.
         should_stop: asked between stages; ``True`` ends the night cleanly (SIGTERM).
     Returns:
-        a :class:`NightOutcome`; the report is written whatever happened.
+        a :class:`NightOutcome`; the report is written whatever happened (if there is room
+        for it). A stage that found the disk full is recorded as failed with a message
+        naming the file, and the night stops there: every later write would fail too.
     Raises:
         UsageError: no recordings folder, unknown stage, unusable device.
         LockHeld: another night runs on this root.
+        DiskFull: no room outside any stage (the database, the log), naming the file.
     """
     stages = STAGES if stages is None else stages
     selected = select_stages(only, stages)
@@ -84,7 +90,19 @@ def run_night(
         raise UsageError(f"no recordings for {date}: {raw} is not a folder")
     device = resolve_device(device or cfg.runtime.device)
     outcome = NightOutcome(date)
+    try:
+        _run_locked(date, cfg, paths, selected, stages, force, device, should_stop, outcome)
+    except Exception as exc:
+        full = disk_full_in(exc, database=paths.database, folder=paths.root)
+        if full is None or full is exc:
+            raise
+        raise full from exc
+    return outcome
 
+
+def _run_locked(date: dt.date, cfg: SleepConfig, paths: Paths, selected: list[Stage],
+                stages: list[Stage], force: bool, device: str, should_stop: Callable[[], bool],
+                outcome: NightOutcome) -> None:
     with NightLock(paths.lock, f"night {date}"), night_log(paths.report(date) / "sleep.log"):
         engine = open_database(paths.database)
         Session = make_sessionmaker(engine)
@@ -103,12 +121,22 @@ def run_night(
                     outcome.stopped_early = True
                     break
                 _run_stage(stage, night, session, stages, force, outcome)
+                if outcome.disk_full:
+                    log.error("the night stops after %s (every later stage would fail the same "
+                              "way): %s", stage.name, outcome.disk_full)
+                    break
         engine.dispose()
 
         from report.build import write_report
 
-        outcome.report_path = str(write_report(date, cfg, paths, stages))
-    return outcome
+        try:
+            outcome.report_path = str(write_report(date, cfg, paths, stages))
+        except Exception as exc:
+            full = disk_full_in(exc, database=paths.database, folder=paths.report(date))
+            if full is None:
+                raise
+            outcome.disk_full = outcome.disk_full or str(full)
+            log.error("no report: %s", full)
 
 
 def _run_stage(stage: Stage, night: Night, session, stages: list[Stage], force: bool,
@@ -138,9 +166,24 @@ def _run_stage(stage: Stage, night: Night, session, stages: list[Stage], force: 
         result = stage.function()(night) or {}
     except Exception as exc:  # a failed stage is recorded; the night goes on with the rest
         seconds = time.perf_counter() - started
-        message = f"{type(exc).__name__}: {exc}"
-        log.exception("%s: failed after %.1fs: %s", stage.name, seconds, message)
-        ledger.mark_finished(session, day, stage.name, seconds=seconds, error=message)
+        full = disk_full_in(exc, database=night.paths.database, folder=night.paths.root)
+        if full is None:
+            message = f"{type(exc).__name__}: {exc}"
+            log.exception("%s: failed after %.1fs: %s", stage.name, seconds, message)
+        else:  # not a bug: one line, the traceback in the night's log only
+            message = outcome.disk_full = str(full)
+            log.error("%s: failed after %.1fs: %s", stage.name, seconds, message)
+            log.debug("%s: the failed write", stage.name, exc_info=exc)
+        try:
+            ledger.mark_finished(session, day, stage.name, seconds=seconds, error=message)
+        except Exception as ledger_exc:
+            # The database is full too: the row stays "running", which the next run
+            # takes as interrupted and redoes, as it would this failure.
+            if full is None or disk_full_in(ledger_exc, database=night.paths.database,
+                                            folder=night.paths.root) is None:
+                raise
+            session.rollback()
+            log.error("%s: its failure could not be recorded: %s", stage.name, ledger_exc)
         outcome.states[stage.name] = "failed"
         outcome.errors[stage.name] = message
         outcome.seconds[stage.name] = seconds

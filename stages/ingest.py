@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.config import IngestConfig
+from core.diskfull import DiskFull
 from ingest.extract import (
     Extraction,
     Inspection,
@@ -180,6 +181,10 @@ def run(night: Night) -> dict:
                 inspection, path, replaces = jobs[future]
                 try:
                     result = future.result()
+                except DiskFull:
+                    # Not the file's fault: the stage fails and its rerun extracts the file.
+                    pool.shutdown(cancel_futures=True)
+                    raise
                 except Exception as exc:  # a crashed worker costs one file, not the night
                     log.exception("ingest: %s: worker failed", path)
                     result = Extraction(inspection.path, reason=f"ingest crashed on this file ({exc})")
