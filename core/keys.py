@@ -26,7 +26,7 @@ import stat
 import subprocess
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -80,6 +80,15 @@ class ScryptCost:
             raise ValueError(f"scrypt n={self.n}: a power of two from 2 to 2**{_MAX_LOG2_N}")
         if not 1 <= self.r <= _MAX_R or not 1 <= self.p <= _MAX_P:
             raise ValueError(f"scrypt r={self.r}, p={self.p}: r 1..{_MAX_R}, p 1..{_MAX_P}")
+
+
+@dataclass(frozen=True)
+class Passphrase:
+    """A passphrase and where it came from; its repr shows the source alone (a log line
+    or a traceback that prints one gives nothing away)."""
+
+    text: str = field(repr=False)
+    source: str
 
 
 def key_file(memory_dir: Path) -> Path:
@@ -331,7 +340,7 @@ def run_key_command(command: str) -> str:
     return passphrase
 
 
-def night_passphrase(key_command: str | None, environ: Mapping[str, str]) -> str | None:
+def night_passphrase(key_command: str | None, environ: Mapping[str, str]) -> Passphrase | None:
     """The passphrase from the first source a job without a terminal has, or ``None``.
 
     In order: systemd credentials (``$CREDENTIALS_DIRECTORY/sleep-passphrase``), the file
@@ -350,12 +359,13 @@ def night_passphrase(key_command: str | None, environ: Mapping[str, str]) -> str
         # systemd makes the folder and file readable by the service alone; no mode check.
         path = Path(credentials) / CREDENTIAL_NAME
         try:
-            return _without_newline(path.read_text(encoding="utf-8"))
+            text = _without_newline(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise MasterKeyError(f"{path}: cannot read the credential ({exc})") from None
+        return Passphrase(text, f"systemd credential {path}")
     named = environ.get(PASSPHRASE_FILE_VARIABLE)
     if named:
-        return read_secret_file(Path(named))
+        return Passphrase(read_secret_file(Path(named)), f"{PASSPHRASE_FILE_VARIABLE} file {named}")
     if key_command:
-        return run_key_command(key_command)
+        return Passphrase(run_key_command(key_command), "memory.key_command")
     return None

@@ -158,7 +158,9 @@ def test_systemd_credentials_come_first(tmp_path):
     _secret_file(credentials / "sleep-passphrase", OLD + "\n", 0o400)
     other = _secret_file(tmp_path / "pass", NEW)
     environ = {"CREDENTIALS_DIRECTORY": str(credentials), "SLEEP_PASSPHRASE_FILE": str(other)}
-    assert night_passphrase("false", environ) == OLD
+    found = night_passphrase("false", environ)
+    assert found.text == OLD and found.source.startswith("systemd credential")
+    assert OLD not in repr(found)
 
 
 def test_credentials_without_ours_fall_through(tmp_path):
@@ -166,12 +168,12 @@ def test_credentials_without_ours_fall_through(tmp_path):
     credentials.mkdir()
     environ = {"CREDENTIALS_DIRECTORY": str(credentials),
                "SLEEP_PASSPHRASE_FILE": str(_secret_file(tmp_path / "pass", NEW))}
-    assert night_passphrase(None, environ) == NEW
+    assert night_passphrase(None, environ).text == NEW
 
 
 def test_passphrase_file_keeps_spaces_and_drops_one_newline(tmp_path):
     path = _secret_file(tmp_path / "pass", "  two words  \n")
-    assert night_passphrase(None, {"SLEEP_PASSPHRASE_FILE": str(path)}) == "  two words  "
+    assert night_passphrase(None, {"SLEEP_PASSPHRASE_FILE": str(path)}).text == "  two words  "
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
@@ -203,13 +205,13 @@ def _script(tmp_path: Path, body: str) -> Path:
 
 def test_key_command_prints_the_passphrase(tmp_path):
     helper = _script(tmp_path, f"printf '%s\\n' '{OLD}'")
-    assert night_passphrase(str(helper), {}) == OLD
+    assert night_passphrase(str(helper), {}).text == OLD
 
 
 def test_key_command_runs_without_a_shell(tmp_path):
     marker = tmp_path / "ran"
     # With a shell, `;` would run touch; without one it is an argument printf prints.
-    assert night_passphrase(f"printf %s 'a b;' touch {marker}", {}) == f"a b;touch{marker}"
+    assert night_passphrase(f"printf %s 'a b;' touch {marker}", {}).text == f"a b;touch{marker}"
     assert not marker.exists()
 
 
@@ -304,3 +306,104 @@ def test_config_reads_encryption_on_and_a_key_command(tmp_path):
     assert memory.encryption is True and memory.key_command == "pass show sleep"
     assert load_config(path, ["memory.encryption=off"]).memory.encryption is False
     assert load_config().memory.encryption is False  # off unless asked for
+
+
+# -- sleep.py key init | change | export (the production scrypt cost: ~0.7 s a derivation) --
+
+def _cli(*argv: str) -> int:
+    from cli.main import main
+
+    return main(list(argv))
+
+
+@pytest.fixture
+def cli_root(tmp_path, monkeypatch) -> Path:
+    """A root, the environment without passphrase sources, stdin no terminal."""
+    for name in ("CREDENTIALS_DIRECTORY", "SLEEP_PASSPHRASE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("cli.key._on_a_terminal", lambda: False)
+    return tmp_path / "root"
+
+
+def test_cli_init_export_and_change(cli_root, tmp_path, monkeypatch, capsys):
+    first = _secret_file(tmp_path / "first", OLD + "\n")
+    second = _secret_file(tmp_path / "second", NEW + "\n")
+    assert _cli("key", "init", "--root", str(cli_root), "--new-passphrase-file", str(first)) == 0
+    path = key_file(cli_root / "memory")
+    master = unlock(path, OLD)
+
+    monkeypatch.setenv("SLEEP_PASSPHRASE_FILE", str(first))  # as the night reads it
+    capsys.readouterr()
+    assert _cli("key", "export", "--root", str(cli_root)) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == master.hex() and OLD not in out.out + out.err
+
+    assert _cli("key", "change", "--root", str(cli_root), "--new-passphrase-file", str(second)) == 0
+    assert unlock(path, NEW) == master
+    out = capsys.readouterr()
+    assert OLD not in out.out + out.err and NEW not in out.out + out.err
+
+
+def test_cli_export_to_a_private_file(cli_root, tmp_path, monkeypatch):
+    master = init_key(key_file(cli_root / "memory"), OLD, cost=FAST)
+    monkeypatch.setenv("SLEEP_PASSPHRASE_FILE", str(_secret_file(tmp_path / "pass", OLD)))
+    backup = tmp_path / "backup.key"
+    assert _cli("key", "export", "--root", str(cli_root), "--output", str(backup)) == 0
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert read_export(backup) == master
+
+
+def test_cli_refuses_init_over_a_key_before_asking(cli_root, capsys):
+    init_key(key_file(cli_root / "memory"), OLD, cost=FAST)
+    assert _cli("key", "init", "--root", str(cli_root)) == 2
+    assert "a key exists already" in capsys.readouterr().err
+
+
+def test_cli_without_a_passphrase_source_or_terminal_says_where_to_put_one(cli_root, capsys):
+    init_key(key_file(cli_root / "memory"), OLD, cost=FAST)
+    assert _cli("key", "export", "--root", str(cli_root)) == 2
+    err = capsys.readouterr().err
+    assert "SLEEP_PASSPHRASE_FILE" in err and "memory.key_command" in err and "terminal" in err
+    assert _cli("key", "init", "--root", str(cli_root / "other")) == 2
+    assert "--new-passphrase-file" in capsys.readouterr().err
+
+
+def test_cli_wrong_passphrase_exits_2_without_showing_it(cli_root, tmp_path, monkeypatch, capsys):
+    path = key_file(cli_root / "memory")
+    init_key(path, OLD, cost=FAST)
+    before = path.read_bytes()
+    monkeypatch.setenv("SLEEP_PASSPHRASE_FILE", str(_secret_file(tmp_path / "pass", "guess")))
+    assert _cli("key", "change", "--root", str(cli_root), "--new-passphrase-file",
+                str(_secret_file(tmp_path / "new", NEW))) == 2
+    err = capsys.readouterr().err
+    assert "wrong passphrase" in err and "guess" not in err and NEW not in err
+    assert path.read_bytes() == before
+
+
+def test_cli_uses_the_key_command_from_the_config(cli_root, tmp_path, capsys):
+    master = init_key(key_file(cli_root / "memory"), OLD, cost=FAST)
+    helper = _script(tmp_path, f"printf '%s' '{OLD}'")
+    assert _cli("key", "export", "--root", str(cli_root), "--set", f"memory.key_command={helper}") == 0
+    assert capsys.readouterr().out.strip() == master.hex()
+
+
+def test_cli_asks_on_a_terminal_twice_for_a_new_passphrase(cli_root, monkeypatch, capsys):
+    monkeypatch.setattr("cli.key._on_a_terminal", lambda: True)
+    typed = iter([OLD, OLD + "x"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(typed))
+    assert _cli("key", "init", "--root", str(cli_root)) == 2
+    assert "differ" in capsys.readouterr().err
+    assert not key_file(cli_root / "memory").exists()
+
+
+def test_no_key_command_takes_a_passphrase_on_the_command_line():
+    from cli.main import build_parser
+
+    key = build_parser()._subparsers._group_actions[0].choices["key"]
+    for name, command in key._subparsers._group_actions[0].choices.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help, f"key {name} {action.option_strings}"
+            assert not any(o.startswith("--passphrase") for o in action.option_strings)
+            if "passphrase" in action.dest:
+                assert action.dest.endswith("_file"), action.dest
