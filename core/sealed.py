@@ -231,46 +231,54 @@ class SealedReader(io.RawIOBase):
         """Plaintext bytes in the file."""
         return self._length
 
-    def _chunk(self, index: int) -> memoryview:
+    def _plain_size(self, index: int) -> int:
+        return self._length - index * self._chunk_size if index == self._chunks - 1 else self._chunk_size
+
+    def _kept(self, index: int) -> memoryview | None:
         if self._cached is not None and self._cached[0] == index:
             return self._cached[1]
+        return self._last if index == self._chunks - 1 else None
+
+    def _decrypt(self, index: int, into: memoryview | None = None) -> memoryview:
+        """Decrypt chunk ``index`` into ``into`` (a buffer of exactly its size: a large read
+        fills its own buffer with no copy), else into a new one kept for the next read."""
         last = index == self._chunks - 1
-        if last and self._last is not None:
-            return self._last
-        plain = (self._length - index * self._chunk_size) if last else self._chunk_size
+        plain = self._plain_size(index)
         self._fh.seek(HEADER_BYTES + index * (self._chunk_size + CHUNK_OVERHEAD))
-        stored = self._fh.read(plain + CHUNK_OVERHEAD)
+        stored = memoryview(self._fh.read(plain + CHUNK_OVERHEAD))  # a view: slices copy nothing
         if len(stored) != plain + CHUNK_OVERHEAD:
-            raise SealedFileError(f"{self._shown}: damaged: cut short at chunk {index}")
+            raise SealedFileError(f"{self._shown}: damaged: cut short at chunk {index + 1}")
         context = _chunk_context(self._header, index, last, self._length, self._name_bytes)
+        target = into if into is not None else memoryview(bytearray(plain))
         try:
-            data = self._aead.decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], context)
+            self._aead.decrypt_into(stored[:NONCE_BYTES], stored[NONCE_BYTES:], context, target)
         except InvalidTag:
+            target[:] = bytes(plain)  # what was deciphered before the tag failed is not to be read
             raise SealedFileError(f"{self._shown}: damaged or sealed with another key "
                                   f"(chunk {index + 1} of {self._chunks} does not authenticate)") from None
         self.chunks_decrypted += 1
-        view = memoryview(data)
-        if last:
-            self._last = view
-        else:
-            self._cached = (index, view)
-        return view
+        if into is None:
+            if last:
+                self._last = target
+            else:
+                self._cached = (index, target)
+        return target
 
-    def _pieces(self, size: int) -> Iterator[memoryview]:
-        """Views of the next ``size`` plaintext bytes (fewer at the end), chunk by chunk."""
-        size = max(0, min(size, self._length - self._position))
-        while size:
-            index, offset = divmod(self._position, self._chunk_size)
-            piece = self._chunk(index)[offset:offset + size]
-            self._position += len(piece)
-            size -= len(piece)
-            yield piece
+    def _chunk(self, index: int) -> memoryview:
+        kept = self._kept(index)
+        return kept if kept is not None else self._decrypt(index)
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
-        if size is None or size < 0:
-            size = self._length - self._position
-        return b"".join(self._pieces(size))
+        available = max(0, self._length - self._position)
+        size = available if size is None or size < 0 else min(size, available)
+        index, offset = divmod(self._position, self._chunk_size)
+        if size and offset + size <= self._plain_size(index):  # within one chunk: one copy
+            self._position += size
+            return bytes(self._chunk(index)[offset:offset + size])
+        out = bytearray(size)
+        self.readinto(out)
+        return bytes(out)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -278,10 +286,19 @@ class SealedReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         self._check_open()
         target = memoryview(buffer).cast("B")
+        size = max(0, min(len(target), self._length - self._position))
         done = 0
-        for piece in self._pieces(len(target)):
-            target[done:done + len(piece)] = piece
-            done += len(piece)
+        while done < size:
+            index, offset = divmod(self._position, self._chunk_size)
+            plain = self._plain_size(index)
+            if offset == 0 and size - done >= plain and self._kept(index) is None:
+                self._decrypt(index, into=target[done:done + plain])
+                step = plain
+            else:
+                step = min(plain - offset, size - done)
+                target[done:done + step] = self._chunk(index)[offset:offset + step]
+            done += step
+            self._position += step
         return done
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:

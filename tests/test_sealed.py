@@ -119,6 +119,20 @@ def test_a_flipped_byte_in_a_chunk_fails_when_that_chunk_is_read():
         reader.read(10)
 
 
+def test_a_chunk_that_fails_leaves_nothing_of_itself_in_the_callers_buffer():
+    """Read straight into the caller's buffer, a chunk whose tag fails is zeroed, not left
+    half-deciphered (unauthenticated plaintext)."""
+    data = bytes(range(256)) * (3 * CHUNK_SIZE // 256)
+    sealed = bytearray(seal_bytes(data, KEY, NAME))
+    sealed[_chunk_at(1) + CHUNK_OVERHEAD + 10] ^= 0x01  # a ciphertext byte of chunk 1
+    reader = SealedReader(io.BytesIO(bytes(sealed)), KEY, NAME)
+    buffer = bytearray(b"\xff" * (2 * CHUNK_SIZE))
+    with pytest.raises(SealedFileError):
+        reader.readinto(buffer)
+    assert buffer[:CHUNK_SIZE] == data[:CHUNK_SIZE]  # chunk 0 is sound
+    assert buffer[CHUNK_SIZE:] == bytes(CHUNK_SIZE)
+
+
 def test_a_truncated_file_fails():
     sealed = seal_bytes(os.urandom(2 * CHUNK_SIZE + 100), KEY, NAME)
     for cut in (len(sealed) - 1, _chunk_at(2), _chunk_at(1) + 10, HEADER_BYTES, 5):
