@@ -45,7 +45,7 @@ def doctor(root: Root, *, repair: bool = False, workers: int | None = None, read
             no row knows, compact shards).
         read_data: read every shard against its checksums (by default each is read once,
             the first time a doctor meets it).
-        workers: processes that share the scans; default one a core for a large memory
+        workers: processes that share the scans; default one more than the cores for a large memory
             (see :func:`memory.doctor.doctor`). The report does not depend on it.
     Returns:
         ``{"problems": [...], "repaired": [...], "notes": [...], "ok": bool}``; ``ok`` is

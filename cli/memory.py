@@ -82,8 +82,8 @@ def add_memory_commands(sub, add_common) -> None:
                         help="read every shard whole against its checksums (by default each is "
                              "read once, the first time a doctor meets it)")
     doctor.add_argument("--workers", type=int, metavar="N",
-                        help="processes that share the scans of files and rows (default: one a "
-                             "core, up to 8, for a memory of a million files or more; else 1)")
+                        help="processes that share the scans of files and rows (default: one more "
+                             "than the cores, up to 8, for a memory of a million files or more; else 1)")
     doctor.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_common(doctor, config=False)
     doctor.set_defaults(func=cmd_doctor)

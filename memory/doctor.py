@@ -269,9 +269,14 @@ class _Scans:
             with os.scandir(keep) as entries:
                 self._keep_top = sorted((e.name, e.is_dir() and not e.is_symlink()) for e in entries)
         dates = {name for name, is_dir in self._keep_top if is_dir}
-        dates.update(d for (d,) in connection.execute("SELECT DISTINCT date FROM keepsakes"))
+        dates.update(_keepsake_dates(connection))
         ordered = sorted(dates)
-        per = max(1, -(-len(ordered) // parts))
+        # Days a task: about TASK_ROWS files each (a 16-hour day keeps 38,400), and at least
+        # ``parts`` tasks, so the last ones do not leave a worker idle. Rows counted by their
+        # ids, as scan.id_ranges does.
+        low, high = connection.execute("SELECT min(clip_id), max(clip_id) FROM keepsakes").fetchone()
+        files = 2 * (high - low + 1) if low is not None else 0
+        per = max(1, min(-(-len(ordered) // parts), len(ordered) * scan.TASK_ROWS // max(1, files)))
         self._kept = [(batch, pool.submit(scan.kept_days, root, database, self._keep_base, batch))
                       for batch in scan.batched(ordered, per)]
         self._kept_results: dict[str, tuple[list[str], list[tuple]]] | None = None
@@ -335,6 +340,14 @@ class _Scans:
         return found
 
 
+def _keepsake_dates(connection) -> list[str]:
+    """The days keepsakes have, one index seek each (``DISTINCT`` would read all 7M a year)."""
+    dates, date = [], ""
+    while (date := connection.execute("SELECT min(date) FROM keepsakes WHERE date > ?", (date,)).fetchone()[0]):
+        dates.append(date)
+    return dates
+
+
 def _check_keepsakes(session: Session, report: _Report, scans: _Scans) -> None:
     """Every file a keepsake names exists; on repair a missing one is cleared from its row,
     and a row left with nothing is dropped (the clip's footage, if still there, is kept
@@ -380,10 +393,13 @@ def _check_media(session: Session, report: _Report, scans: _Scans, timed) -> Non
 
 def default_workers(files: int) -> int:
     """Processes for a memory that names about ``files`` files: one for a small memory (a
-    worker's start, about a second of imports, is most of its check), else a core each, up to 8."""
+    pool's start is most of its check), else one more than the cores, up to 8: a scan waits
+    on the disk a tenth of its time, and the extra worker fills it (a year on 2 cores, warm:
+    45 s with 2 workers, 35-40 s with 3; bench/doctor.py)."""
     if files < _PARALLEL_FROM:
         return 1
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(8, cores + 1))
 
 
 def _named_files(session: Session) -> int:
@@ -417,7 +433,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
         read_data: read every shard against its checksums, not only those no doctor has
             read before (each night's new ones).
         workers: processes that share the scans of the files and rows; default: one for a
-            memory of under :data:`_PARALLEL_FROM` files, else one a core (at most 8). The
+            memory of under :data:`_PARALLEL_FROM` files, else one more than the cores (at most 8). The
             report is the same whatever the number.
     Returns:
         ``{"problems": [...], "repaired": [...], "notes": [...], "workers": int, "ok": bool}``;
