@@ -51,7 +51,15 @@ from memory.catalog import (
 from memory.exact import Block, exact_topk
 from memory.media import middle_frames
 from memory.schema import Clip, Frame, Source
-from memory.shards import ShardError, check_rows, open_shard, private_folder, read_rows
+from memory.shards import (
+    ShardError,
+    check_rows,
+    open_shard,
+    private_folder,
+    read_rows,
+    release_maps,
+    shard_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +396,12 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
     while attempt < 3:
         attempt += 1
         with Session(engine) as session:
+            # One read transaction (a snapshot) for the attempt: the shard list, its rows and
+            # their clips come from one state of the database, never from both sides of a
+            # night replacing a shard, which SQLite gives the replaced shard's id
+            # (tests/test_shard_replace.py). A file deleted after the snapshot began is the
+            # retry's business below.
+            session.connection().exec_driver_sql("BEGIN")
             sp = session.scalars(select(EmbeddingSpace).where(
                 EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version)).first()
             if sp is None:
@@ -396,6 +410,7 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                 raise ValueError(f"query has {len(query)} dimensions; space {space} "
                                  f"({model_version}) has {sp.dim}")
             all_shards = complete_shards(session, sp.id)
+            _release_replaced(paths, sp, all_shards)
             shards = [s for s in all_shards if (not date_from or s.date >= date_from)
                       and (not date_to or s.date <= date_to) and s.date not in skip_dates
                       and s.path not in DAMAGED]
@@ -421,6 +436,7 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                 # whose row still names it after that is gone for good.
                 log.debug("shard went away (%s); reading the list again", exc)
                 if attempt == 3:
+                    session.rollback()  # out of the snapshot: is the row still there now?
                     gone = _missing_shards(session, paths, shards)
                     if not gone:
                         raise
@@ -428,6 +444,18 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                         _damaged(path, "file missing")
                     attempt = 2
     return []
+
+
+def _release_replaced(paths: Paths, space: EmbeddingSpace, shards: list[Shard]) -> None:
+    """Drop this process's maps and row caches of the version's shards that are no longer in
+    its list (replaced by a rerun night, or forgotten): a long-lived reader (``sleep.py
+    serve``) would otherwise hold every deleted file open, its disk space never freed."""
+    current = {s.path for s in shards}
+    folder = shard_folder(paths, space.name, space.model_version)
+    release_maps(folder, {paths.root / p for p in current})
+    prefix = str(folder.relative_to(paths.root)) + "/"
+    for path in [p for p in _ROW_META if p.startswith(prefix) and p not in current]:
+        del _ROW_META[path]
 
 
 def _damaged(path: str, reason: str) -> None:

@@ -137,6 +137,14 @@ def day_files(paths: Paths, date: str) -> list[Path]:
     return sorted(paths.embeddings.glob(f"*/*/{date}-*{SUFFIX}"))
 
 
+def release_maps(folder: Path, keep: set[Path]) -> None:
+    """Close this process's memory maps of files in ``folder`` but those in ``keep``
+    (absolute paths): files replaced or deleted since they were opened."""
+    for key in [k for k in _MAPS if k.parent == folder and k not in keep]:
+        del _MAPS[key]
+        _CHECKED.pop(key, None)
+
+
 def remove_version_files(paths: Paths, space: str, model_version: str) -> int:
     """Delete the folder of one (space, model_version)'s shard files, after its rows are gone.
 
