@@ -124,7 +124,7 @@ _ZERO_SUMS: dict[int, bytes] = {}
 
 def _zero_sum(length: int) -> bytes:
     if length not in _ZERO_SUMS:
-        _ZERO_SUMS[length] = hashlib.blake2b(bytes(length), digest_size=integrity.DIGEST).digest()
+        _ZERO_SUMS[length] = integrity.digest(bytes(length))
     return _ZERO_SUMS[length]
 
 
@@ -134,7 +134,7 @@ def _sparse_sums(path: Path) -> bytes:
     with open(path, "rb") as fh:
         head = fh.read(min(size, integrity.BLOCK))
     blocks = -(-size // integrity.BLOCK)
-    sums = hashlib.blake2b(head, digest_size=integrity.DIGEST).digest()
+    sums = integrity.digest(head)
     if blocks > 1:
         tail = size - (blocks - 1) * integrity.BLOCK
         sums += _zero_sum(integrity.BLOCK) * (blocks - 2) + _zero_sum(tail)

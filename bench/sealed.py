@@ -3,7 +3,7 @@
     python bench/sealed.py [--mib 256] [--repeats 3]
 
 Prints MB/s (10^6 bytes of plaintext a second, best of the repeats, in memory: no disk) for
-sealing and opening a file (whole, into new memory, and streamed through one buffer), and for the baseline every shard write pays today, its BLAKE2b
+sealing and opening a file (whole, into new memory, and streamed through one buffer), and for the baseline every shard write pays today, its SHA-256
 block sums (memory/integrity.py), with the ratio of each to it; then what reading one
 row of a sealed shard costs (a chunk decrypted) against a plain read of that row.
 """
@@ -60,7 +60,7 @@ def main() -> None:
 
     streamed = mb / _best(args.repeats, stream)
     print(f"{args.mib} MiB in memory, best of {args.repeats}")
-    print(f"  baseline: copy + BLAKE2b block sums  {baseline:8.0f} MB/s")
+    print(f"  baseline: copy + SHA-256 block sums  {baseline:8.0f} MB/s")
     print(f"  seal (AES-256-GCM, 1 MiB chunks)     {seal:8.0f} MB/s  ({seal / baseline:.2f}x baseline)")
     print(f"  open, whole into new bytes           {unseal:8.0f} MB/s  ({unseal / baseline:.2f}x baseline)")
     print(f"  open, streamed into a 16 MiB buffer  {streamed:8.0f} MB/s  ({streamed / baseline:.2f}x baseline)")

@@ -54,7 +54,7 @@ class Shard(Base):
     # into place: searches and the doctor read only complete shards.
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=dt.datetime.now)
-    # A BLAKE2b digest of each MiB of the file (memory.integrity), taken as it was written;
+    # A digest of each MiB of the file (memory.integrity), taken as it was written;
     # NULL for a shard written before checksums (``doctor --repair`` records them).
     block_sums: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
     # When ``doctor`` last read the whole file against its sums (each shard once; all of
