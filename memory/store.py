@@ -145,15 +145,26 @@ def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str
         ``(rows, vectors)``: one :class:`EmbeddingRow` per vector and a float32 ``(N, D)``
         array (unit length, as stored); empty when that key holds nothing.
     """
-    with Session(engine) as session:
-        shard = session.scalars(
-            select(Shard).join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
-            .where(EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version,
-                   Shard.date == date, Shard.complete.is_(True))).first()
-        if shard is None:
-            return [], np.zeros((0, 0), np.float32)
-        meta = session.execute(select(ShardRow.row, ShardRow.clip_id, ShardRow.modality, ShardRow.frame_id)
-                               .where(ShardRow.shard_id == shard.id).order_by(ShardRow.row)).all()
-        vectors = shards.read_rows(paths, shard, [r for r, *_ in meta])
-    rows = [EmbeddingRow(clip_id, modality, frame_id) for _, clip_id, modality, frame_id in meta]
-    return rows, vectors
+    attempt = 0
+    while True:
+        attempt += 1
+        with Session(engine) as session:
+            # The shard and its rows from one state of the database (a snapshot), never the
+            # old file's rows paired with a replacing shard's (which gets the same id).
+            session.connection().exec_driver_sql("BEGIN")
+            shard = session.scalars(
+                select(Shard).join(EmbeddingSpace, EmbeddingSpace.id == Shard.space_id)
+                .where(EmbeddingSpace.name == space, EmbeddingSpace.model_version == model_version,
+                       Shard.date == date, Shard.complete.is_(True))).first()
+            if shard is None:
+                return [], np.zeros((0, 0), np.float32)
+            meta = session.execute(select(ShardRow.row, ShardRow.clip_id, ShardRow.modality, ShardRow.frame_id)
+                                   .where(ShardRow.shard_id == shard.id).order_by(ShardRow.row)).all()
+            try:
+                vectors = shards.read_rows(paths, shard, [r for r, *_ in meta])
+            except FileNotFoundError:
+                if attempt == 3:
+                    raise
+                continue  # replaced after the snapshot began: read the new one
+        rows = [EmbeddingRow(clip_id, modality, frame_id) for _, clip_id, modality, frame_id in meta]
+        return rows, vectors

@@ -12,6 +12,7 @@ from core.config import SleepConfig
 from core.device import resolve_device
 from core.diskfull import disk_full_in
 from core.errors import UsageError
+from core.filesystems import refuse_network_filesystem
 from core.lock import NightLock
 from core.logs import night_log
 from core.paths import Paths
@@ -89,6 +90,9 @@ def run_night(
     if not raw.is_dir():
         raise UsageError(f"no recordings for {date}: {raw} is not a folder")
     device = resolve_device(device or cfg.runtime.device)
+    # Before the lock file and the night's log are made there: open_database would refuse
+    # a network filesystem too, but only after those two were written to it.
+    refuse_network_filesystem(paths.memory)
     outcome = NightOutcome(date)
     try:
         _run_locked(date, cfg, paths, selected, stages, force, device, should_stop, outcome)

@@ -112,3 +112,18 @@ def test_open_database_on_this_machine_still_works(root):
     engine = open_database(Paths.at(root).database)
     engine.dispose()
     assert Paths.at(root).database.exists()
+
+
+def test_a_night_on_nfs_writes_nothing_there(fake_mounts, root):
+    """Refused before the lock file and the night's log are made, not only at the database."""
+    import datetime as dt
+
+    from core.config import SleepConfig
+    from pipeline.runner import run_night
+
+    paths = Paths.at(root)
+    paths.raw(dt.date(2026, 1, 15)).mkdir(parents=True)
+    fake_mounts(f"27 1 254:0 / / rw - ext4 /dev/vda rw\n80 27 0:9 / {root} rw - nfs srv:/e rw\n")
+    with pytest.raises(NetworkFilesystemError):
+        run_night(dt.date(2026, 1, 15), SleepConfig(), paths, stages=[], device="cpu")
+    assert sorted(p.name for p in root.iterdir()) == ["data"]  # the recordings alone
