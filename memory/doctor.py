@@ -109,8 +109,10 @@ def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans
         report.notes.append(f"{len(unsummed)} shard(s) were written before checksums were kept"
                             + (": recorded theirs now" if report.repair else ": `doctor --repair` records theirs"))
         if report.repair:
-            for shard in unsummed:
+            now = dt.datetime.now()
+            for shard in unsummed:  # summed from the file as it is: read now, so verified now
                 shard.block_sums = integrity.file_sums(paths.root / shard.path)
+                shard.verified_at = now
     return compact
 
 
