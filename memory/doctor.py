@@ -16,7 +16,7 @@ before the doctor runs (:mod:`memory.search`).
 A year of memory names tens of millions of files: rows are read in chunks of plain tuples
 and compared with one listing per folder (:mod:`memory.listing`), not a ``stat`` per file,
 so time grows with the files and memory stays flat; a large memory's scans (:mod:`memory.scan`)
-are shared by a process a core (``bench/doctor.py`` measures both).
+are shared by a pool of one process more than the cores (``bench/doctor.py`` measures both).
 """
 from __future__ import annotations
 

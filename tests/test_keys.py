@@ -3,6 +3,7 @@ and a `change` killed at each step leaving a passphrase that works."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import stat
 import subprocess
@@ -311,9 +312,19 @@ def test_config_reads_encryption_on_and_a_key_command(tmp_path):
 # -- sleep.py key init | change | export (the production scrypt cost: ~0.7 s a derivation) --
 
 def _cli(*argv: str) -> int:
+    """``sleep.py ARGV`` in this process, the logging set-up it makes undone after: its console
+    handler writes to this test's captured stderr (closed after it), and its DEBUG root level
+    would let later tests' ``caplog`` see records they do not expect."""
     from cli.main import main
 
-    return main(list(argv))
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        return main(list(argv))
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture
