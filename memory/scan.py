@@ -13,6 +13,7 @@ doctor holds the night's lock, so nothing writes under them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -67,7 +68,7 @@ def shard_row_counts(database: str, after: int, upto: int) -> dict[int, tuple[in
     took 3x as long (it reads the rows' values for ``min``/``max`` too).
     """
     found = {}
-    with connect(database) as connection:
+    with contextlib.closing(connect(database)) as connection:
         for (shard_id,) in connection.execute("SELECT id FROM shards WHERE id > ? AND id <= ?", (after, upto)).fetchall():
             n = connection.execute("SELECT count(*) FROM shard_rows WHERE shard_id = ?", (shard_id,)).fetchone()[0]
             if n:
@@ -84,7 +85,7 @@ def damaged_shards(root: str, database: str, shard_ids: list[int]) -> list[tuple
     against its block checksums (:func:`memory.integrity.damage`); a missing file is the
     header check's to report, so it reads ``None`` here."""
     found = []
-    with connect(database) as connection:
+    with contextlib.closing(connect(database)) as connection:
         for shard_id in shard_ids:
             row = connection.execute("SELECT path, block_sums FROM shards WHERE id = ?", (shard_id,)).fetchone()
             if row is None or row[1] is None:
@@ -105,7 +106,7 @@ def missing_files(root: str, database: str, table: str, key: str, column: str, w
     rows = (f"SELECT {key}, {column} FROM {table} WHERE {key} > ? AND {key} <= ? AND {column} IS NOT NULL "
             f"AND {column} != ''{where} ORDER BY {key} LIMIT {CHUNK}")
     found: list[tuple[int, str]] = []
-    with connect(database) as connection:
+    with contextlib.closing(connect(database)) as connection:
         while True:
             last, count, joined = connection.execute(
                 f"SELECT max({key}), count(*), group_concat({column}, {_SEPARATOR_SQL}) FROM ({rows})",
@@ -138,7 +139,7 @@ def kept_days(root: str, database: str, base: str, dates: list[str]) -> list[tup
     """
     on_disk = Listings(Path(root))
     results = []
-    with connect(database) as connection:
+    with contextlib.closing(connect(database)) as connection:
         for date in dates:
             folder = f"{base}/{date}"
             count, joined = connection.execute(
