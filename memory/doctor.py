@@ -71,11 +71,13 @@ class _Report:
                 "ok": not self.problems or (self.repair and len(self.repaired) == len(self.problems))}
 
 
-def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans) -> list[int]:
+def _check_shards(session: Session, paths: Paths, report: _Report,
+                  scans: _Scans) -> tuple[list[int], list[int]]:
     """Shard files against shard rows and, for those read this time, their contents against
-    their block checksums; returns the ids of shards that need compacting."""
+    their block checksums; returns the ids of shards that need compacting, and of those read
+    whole that matched their checksums."""
     counts = scans.shard_counts()
-    damage = scans.shard_damage()
+    damage, verified = scans.shard_damage()
     compact, unsummed = [], []
     for shard in session.scalars(select(Shard).order_by(Shard.id)):
         what = f"shard {shard.path} ({shard.date})"
@@ -113,7 +115,7 @@ def _check_shards(session: Session, paths: Paths, report: _Report, scans: _Scans
             for shard in unsummed:  # summed from the file as it is: read now, so verified now
                 shard.block_sums = integrity.file_sums(paths.root / shard.path)
                 shard.verified_at = now
-    return compact
+    return compact, verified
 
 
 
@@ -283,18 +285,18 @@ class _Scans:
                       for batch in scan.batched(ordered, per)]
         self._kept_results: dict[str, tuple[list[str], list[tuple]]] | None = None
 
-    def shard_damage(self) -> dict[int, str]:
-        """``{shard id: what is wrong}`` of the shards read that failed their checksums; the
-        ids of those that passed are :attr:`verified` afterwards."""
+    def shard_damage(self) -> tuple[dict[int, str], list[int]]:
+        """Of the shards read whole: ``{shard id: what is wrong}`` of those that failed their
+        checksums, and the ids of those that passed."""
         damage: dict[int, str] = {}
-        self.verified: list[int] = []
+        verified: list[int] = []
         for future in self._damage:
             for shard_id, found in future.result():
                 if found is None:
-                    self.verified.append(shard_id)
+                    verified.append(shard_id)
                 else:
                     damage[shard_id] = found
-        return damage
+        return damage, verified
 
     def shard_counts(self) -> dict[int, tuple[int, int, int]]:
         counts: dict[int, tuple[int, int, int]] = {}
@@ -464,7 +466,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                 with scan.executor(workers) as pool:
                     scans = _Scans(pool, session, paths, workers, read_data)
                     with timed("shards"):
-                        compact = _check_shards(session, paths, report, scans)
+                        compact, verified = _check_shards(session, paths, report, scans)
                     with timed("journal"):
                         compact_journal = journal_care.check(session, paths, report)
                     with timed("checkpoints"):
@@ -476,7 +478,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         _check_keepsakes(session, report, scans)
                 if repair:
                     session.commit()
-            _stamp_verified(engine, scans.verified, checkpoints_read)
+            _stamp_verified(engine, verified, checkpoints_read)
             if repair:
                 with timed("compaction"):
                     _compact(engine, paths, compact)

@@ -161,7 +161,7 @@ def kept_days(root: str, database: str, base: str, dates: list[str]) -> list[tup
                 present.update(listed)
                 listed.difference_update(wanted)
                 return {rel.rpartition("/")[2] for rel in listed} | {
-                    name for name in names if TMP_MARK in name and _is_temporary(name)}
+                    name for name in names if TMP_MARK in name and temporary_pid(name) is not None}
 
             unknown = list(unknown_files(Path(root), folder, unknown_in))
             gone = on_disk.missing(wanted - present)  # files of another folder, or really gone
@@ -170,10 +170,6 @@ def kept_days(root: str, database: str, base: str, dates: list[str]) -> list[tup
                 for column in (0, 1) if files[column] in gone] if gone else []
             results.append((unknown, missing))
     return results
-
-
-def _is_temporary(name: str) -> bool:
-    return TMP_MARK in name and _TMP_PID.search(name) is not None
 
 
 def temporary_pid(name: str) -> int | None:
