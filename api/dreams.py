@@ -12,7 +12,7 @@ from local weights (:mod:`dream.unclip`).
 
 Each call writes one folder under ``reports/dreams/``: the dreams as PNGs, each source
 moment's picture, and ``dream.json`` saying what was decoded from what, written at once
-(never half a folder).
+(never half a folder), each file sealed when the memory is.
 """
 from __future__ import annotations
 
@@ -54,11 +54,10 @@ def dream_clips(root: Root, a: int, b: int | None = None, *, mixes: list[float] 
     import torch
     from PIL import Image
 
-    from core.atomic import atomic_dir
     from core.device import resolve_device
     from memory import make_sessionmaker, open_database
     from stages import dream_on_demand as on_demand
-    from stages.dream import slerp
+    from stages.dream import slerp, write_dream_folder
 
     if not 1 <= n <= MAX_DREAMS:
         raise UsageError(f"--n {n}: dream between 1 and {MAX_DREAMS} pictures at a time")
@@ -93,20 +92,21 @@ def dream_clips(root: Root, a: int, b: int | None = None, *, mixes: list[float] 
     name = f"{stamp}-{kind}-{a}" + (f"-{b}" if b is not None else "")
     final = paths.dreams_on_demand / name
     sources, dreams = [], []
-    with atomic_dir(final) as folder:
-        for label, clip_id in zip("ab", clip_ids):
-            entry = {"clip_id": clip_id, "date": dates[clip_id], "picture": None}
-            if pictures[clip_id] is not None:
-                with Image.open(pictures[clip_id]) as image:
-                    image.convert("RGB").save(folder / f"source-{label}.png")
-                entry["picture"] = str((final / f"source-{label}.png").relative_to(paths.root))
-            sources.append(entry)
-        for i, (image, mix) in enumerate(zip(images, mixes)):
-            file = f"{kind}-{i + 1:02d}.png"
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / file)
-            dreams.append({"file": str((final / file).relative_to(paths.root)), "mix": mix if b is not None else None})
-        result = {"folder": str(final.relative_to(paths.root)), "kind": kind, **about, "seed": seed,
-                  "sources": sources, "dreams": dreams}
-        (folder / "dream.json").write_text(json.dumps(result, indent=2))
+    files: dict[str, Image.Image] = {}
+    for label, clip_id in zip("ab", clip_ids):
+        entry = {"clip_id": clip_id, "date": dates[clip_id], "picture": None}
+        if pictures[clip_id] is not None:
+            with paths.vault.open(pictures[clip_id]) as stored, Image.open(stored) as image:
+                files[f"source-{label}.png"] = image.convert("RGB")
+            entry["picture"] = str((final / f"source-{label}.png").relative_to(paths.root))
+        sources.append(entry)
+    for i, (image, mix) in enumerate(zip(images, mixes)):
+        file = f"{kind}-{i + 1:02d}.png"
+        files[file] = Image.fromarray(image.permute(1, 2, 0).numpy())
+        dreams.append({"file": str((final / file).relative_to(paths.root)), "mix": mix if b is not None else None})
+    result = {"folder": str(final.relative_to(paths.root)), "kind": kind, **about, "seed": seed,
+              "sources": sources, "dreams": dreams}
+    # Sealed when the memory is: the pictures are of its moments.
+    write_dream_folder(paths, final, files, {"dream.json": json.dumps(result, indent=2)})
     log.info("%s: %d pictures in %s", kind, len(dreams), final)
     return result

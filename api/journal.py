@@ -16,6 +16,7 @@ from api.args import Day, Root, config_of, date_of, memory_of, paths_of
 from core.config import SleepConfig, parse_clock_time
 from core.device import resolve_device
 from core.errors import ConfigError, UsageError
+from core.vault import unlock
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ def journal_query(root: Root, text: str, *, topk: int = 10, date_from: Day | Non
     Returns:
         up to ``topk`` :class:`JournalHit` (``hit.as_dict()`` is one ``--json`` entry).
     Raises:
-        UsageError: a bad argument, no memory yet, no journal embedded yet, or the text model
-            is not installed.
+        UsageError: a bad argument, no memory yet, no journal embedded yet, the text model
+            is not installed, or a sealed memory's passphrase is missing or wrong.
         ConfigError: the config file is invalid.
     """
     if not isinstance(text, str) or not text.strip():
@@ -74,6 +75,7 @@ def journal_query(root: Root, text: str, *, topk: int = 10, date_from: Day | Non
     if window <= 0:
         raise UsageError(f"window_minutes {window_minutes}: must be positive")
     paths = memory_of(root)
+    unlock(paths.root, cfg.memory)  # a sealed memory: its key, before anything is read
 
     from memory import clips_near, open_database, search_entries
     from stages.journal import SPACE, load_encoder
@@ -119,7 +121,8 @@ def journal_add(root: Root, text: str, *, at: str | dt.time | None = None, date:
     Returns:
         ``{"date", "line", "at", "text", "entry_id", "file", "embedded", "note"}``.
     Raises:
-        UsageError: an empty text, a bad time or date.
+        UsageError: an empty text, a bad time or date; a sealed memory whose passphrase is
+            missing or wrong, or a config that disagrees with the memory on encryption.
     """
     from stages.journal import add_entry
 
@@ -135,6 +138,7 @@ def journal_add(root: Root, text: str, *, at: str | dt.time | None = None, date:
     day = dt.date.today() if date is None else date_of(date, "--date")
     cfg = config_of(config, overrides)
     paths = paths_of(root)
+    unlock(paths.root, cfg.memory)  # a sealed memory: the journal and the database are sealed
     # No night lock: adding a line while a night runs is safe (the file is replaced whole, and
     # the night keeps entries stored after it read the file).
     return add_entry(paths, cfg.journal, text, at, day, resolve_device(cfg.runtime.device))

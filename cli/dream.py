@@ -1,7 +1,12 @@
-"""``sleep.py dream`` and ``sleep.py blend``: thin shells over :func:`api.dreams.dream_clips`."""
+"""``sleep.py dream`` and ``sleep.py blend``: thin shells over :func:`api.dreams.dream_clips`.
+
+With ``memory.encryption: on`` the pictures under ``reports/dreams/`` are sealed like
+everything else under the root; ``--output DIR`` also writes plain copies where the user asks.
+"""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 DREAM_HELP = "dream a moment (or the way from one moment to another) into pictures"
 BLEND_HELP = "blend two moments into one that never happened, as a picture"
@@ -41,7 +46,43 @@ def _common(parser, add_common) -> None:
     parser.add_argument("--seed", type=int, default=0, help="starting noise; the same seed, the same pictures")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: runtime.device in the config")
     parser.add_argument("--json", action="store_true", help="print what was written as JSON")
+    parser.add_argument("--output", metavar="DIR",
+                        help="also write plain (decrypted) copies of the pictures to DIR, mode 0600: with "
+                             "memory.encryption on, those under reports/dreams/ are sealed and no viewer opens "
+                             "them; DIR must then be outside the root")
     add_common(parser)
+
+
+def _output_folder(args) -> Path | None:
+    """``--output DIR``, refused under a sealed root (checked before any dreaming)."""
+    from core.errors import UsageError
+    from core.paths import Paths
+
+    if not args.output:
+        return None
+    folder = Path(args.output).expanduser().absolute()
+    paths = Paths.at(args.root)
+    if paths.vault.sealing and folder.resolve().is_relative_to(paths.root):
+        raise UsageError(f"--output {folder}: under the root of a sealed memory, where nothing is kept in plain; "
+                         "give a folder outside it")
+    return folder
+
+
+def _copy_out(root, result: dict, folder: Path) -> list[str]:
+    """Plain copies of the dreams and their source pictures in ``folder``; their paths."""
+    from core.atomic import atomic_write_bytes
+    from core.paths import Paths
+
+    paths = Paths.at(root)
+    wanted = [d["file"] for d in result["dreams"]] + [s["picture"] for s in result["sources"] if s["picture"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for relative in wanted:
+        # The folder's name keeps two dreams' copies in one DIR apart.
+        copy = folder / f"{Path(result['folder']).name}-{Path(relative).name}"
+        atomic_write_bytes(copy, paths.vault.read_bytes(paths.root / relative))
+        copies.append(str(copy))
+    return copies
 
 
 def _print(result: dict, as_json: bool) -> int:
@@ -55,20 +96,28 @@ def _print(result: dict, as_json: bool) -> int:
         print(f"  {d['file']}" + (f"  (share of B {d['mix']:g})" if d["mix"] is not None else ""))
     for s in result["sources"]:
         print(f"  source clip {s['clip_id']}: {s['picture'] or '(no picture left on disk)'}")
+    if result.get("copies"):
+        print(f"plain copies: {', '.join(result['copies'])}")
     return 0
 
 
 def cmd_dream(args) -> int:
     from api.dreams import dream_clips
 
+    folder = _output_folder(args)
     result = dream_clips(args.root, args.a, args.b, n=args.n, config=args.config, overrides=args.overrides,
                          device=args.device, seed=args.seed)
+    if folder is not None:
+        result["copies"] = _copy_out(args.root, result, folder)
     return _print(result, args.json)
 
 
 def cmd_blend(args) -> int:
     from api.dreams import dream_clips
 
+    folder = _output_folder(args)
     result = dream_clips(args.root, args.a, args.b, mixes=[args.mix], config=args.config,
                          overrides=args.overrides, device=args.device, seed=args.seed)
+    if folder is not None:
+        result["copies"] = _copy_out(args.root, result, folder)
     return _print(result, args.json)

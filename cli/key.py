@@ -54,7 +54,7 @@ def add_key_group(sub, add_common) -> None:
     init.add_argument("--restore", type=Path, metavar="FILE",
                       help="wrap the key `key export` saved in FILE (mode 0600) instead of making a new one")
     add_common(init, config=False)  # needs no passphrase source: the new one is typed or in a file
-    init.set_defaults(func=cmd_init)
+    init.set_defaults(func=cmd_init, manages_key=True)
 
     change = group.add_parser("change", help="give the master key a new passphrase (nothing is re-encrypted)",
                               description="Re-wrap the master key under a new passphrase, in one atomic "
@@ -63,7 +63,7 @@ def add_key_group(sub, add_common) -> None:
                                           "passphrase: the key itself does not change.")
     change.add_argument("--new-passphrase-file", type=Path, metavar="FILE", help=NEW_PASSPHRASE_HELP)
     add_common(change)
-    change.set_defaults(func=cmd_change)
+    change.set_defaults(func=cmd_change, manages_key=True)
 
     export = group.add_parser("export", help="print the master key as hex, for a backup kept apart from the memory",
                               description="Print the raw master key (64 hex digits), or write it to a new "
@@ -73,7 +73,7 @@ def add_key_group(sub, add_common) -> None:
     export.add_argument("--output", type=Path, metavar="FILE",
                         help="write the key to FILE (created with mode 0600; an existing file is refused)")
     add_common(export)
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=cmd_export, manages_key=True)
 
 
 def _on_a_terminal() -> bool:
@@ -102,10 +102,28 @@ def _new_passphrase(args) -> str:
     return first
 
 
+def refuse_plaintext_memory(paths: Paths) -> None:
+    """Refuse a key for a memory that already holds a plaintext database.
+
+    Why: with a key, every reader expects the database sealed; sealing an existing memory
+    in place (database, shards, media, checkpoints) is not built yet, and a key alone would
+    leave it unreadable by the night and still readable by anyone.
+    """
+    database = paths.database
+    if database.exists() and database.stat().st_size:
+        with open(database, "rb") as fh:
+            plain = fh.read(16) == b"SQLite format 3\x00"
+        if plain:
+            raise MasterKeyError(f"{database}: this memory is stored unencrypted already; encrypting an "
+                                 "existing memory is not supported yet: start an encrypted memory in a new "
+                                 "root (sleep.py key init --root NEW) and run its nights there")
+
+
 def cmd_init(args) -> int:
     path = key_file(Paths.at(args.root).memory)
     if path.exists():  # before asking for anything
         raise MasterKeyError(f"{path}: a key exists already; `sleep.py key change` gives it a new passphrase")
+    refuse_plaintext_memory(Paths.at(args.root))
     restored = read_export(args.restore) if args.restore else None
     init_key(path, _new_passphrase(args), master_key=restored)
     print(f"{'restored the' if restored else 'made a new'} master key in {path}")

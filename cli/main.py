@@ -247,6 +247,19 @@ def cmd_demo(args) -> int:
     return 0 if outcome.ok else 1
 
 
+def _unlock_memory(args) -> None:
+    """Unlock a sealed memory once, before the command reads or writes anything: a missing
+    or wrong passphrase, or a config that disagrees with the memory, is one clear error.
+
+    Commands without ``--config`` (and ``sleep.py key``, which handles the key itself) are
+    left to unlock on first use, from the passphrase sources alone."""
+    if getattr(args, "manages_key", False) or not hasattr(args, "config") or not hasattr(args, "root"):
+        return
+    from core.vault import unlock
+
+    unlock(Paths.at(args.root).root, load_config(args.config, args.overrides).memory)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -257,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = _normalise_argv(argv, parser)  # `run --gpus N` starts the same command under torchrun
     configure_console(getattr(args, "verbose", False))
     try:
+        _unlock_memory(args)
         return args.func(args)
     except SleepError as exc:
         print(f"sleep: error: {exc}", file=sys.stderr)

@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from core.sealed import SealedFileError
+from core.vault import Vault, vault_of
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d]: %(message)s"
+# A sealed night log is written out again at most this often while the night runs, so a
+# night killed outright (power cut, the OOM killer) keeps its log up to the last minute.
+SEALED_LOG_EVERY_S = 60.0
 
 
 def configure_console(verbose: bool = False) -> None:
@@ -28,9 +36,17 @@ def configure_console(verbose: bool = False) -> None:
 
 @contextlib.contextmanager
 def night_log(path: Path) -> Iterator[None]:
-    """Append everything logged while the block runs to ``path`` (``reports/{date}/sleep.log``)."""
+    """Append everything logged while the block runs to ``path`` (``reports/{date}/sleep.log``).
+
+    In a sealed memory (``memory.encryption: on``) the log is sealed too: its lines name the
+    recordings and say what was in them. A sealed file cannot be appended to, so the lines
+    are kept in memory and the log is written whole, sealed (what it held before and the new
+    lines), when the block ends, an exception included, and every :data:`SEALED_LOG_EVERY_S`
+    while it runs. A plain memory's log is appended to as it is written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    vault = vault_of(path)
+    handler = _SealedLogHandler(vault, path) if vault.sealing else logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     root = logging.getLogger()
@@ -40,3 +56,68 @@ def night_log(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+class _SealedLogHandler(logging.Handler):
+    """Keeps a night's log lines and writes the log sealed: on :meth:`close`, and at most every
+    :data:`SEALED_LOG_EVERY_S` as records arrive.
+
+    What the log held before (an earlier run of the same night) is read once, through the
+    vault (a plain log from before encryption was turned on is read as it is, and sealed
+    now), and written back ahead of tonight's lines, atomically each time. Records a forked
+    child process logs (a worker) reach the console but not this log: the child's copy of
+    the handler must not write the file over the parent's.
+    """
+
+    def __init__(self, vault: Vault, path: Path) -> None:
+        super().__init__()
+        self.vault, self.path = vault, path
+        self.pid = os.getpid()
+        self.before = self._earlier()
+        self.lines: list[str] = []
+        self.written = time.monotonic()
+        self.unwritten = False
+
+    def _earlier(self) -> bytes:
+        try:
+            return self.vault.read_bytes(self.path)
+        except FileNotFoundError:
+            return b""
+        except SealedFileError as exc:
+            # Writing tonight's log over it would lose it: set it aside (still sealed, under
+            # its own name, which it opens with as name_as) and start a new log.
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+            self.path.rename(aside)
+            return (f"[the log before this point did not open ({exc}); it is kept as {aside.name}, "
+                    f"sealed as {self.path.name}]\n").encode()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self.pid:
+            return
+        try:
+            self.lines.append(self.format(record) + "\n")
+            self.unwritten = True
+            if time.monotonic() - self.written >= SEALED_LOG_EVERY_S:
+                self._write()
+        except Exception:  # noqa: BLE001 (logging's rule: a handler that fails must not fail the caller)
+            self.handleError(record)
+
+    def _write(self) -> None:
+        # Under the handler's lock (emit, close): one writer at a time.
+        self.written = time.monotonic()
+        with self.vault.writer(self.path) as fh:
+            fh.write(self.before)
+            fh.write("".join(self.lines).encode("utf-8"))
+        self.unwritten = False
+
+    def flush(self) -> None:
+        pass  # written in whole files, not line by line
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if os.getpid() == self.pid and (self.unwritten or not self.path.exists()):
+                self._write()
+        finally:
+            self.release()
+            super().close()

@@ -26,6 +26,14 @@ class Paths:
     def at(cls, root: str | os.PathLike) -> "Paths":
         return cls(Path(root).expanduser().resolve())
 
+    @property
+    def vault(self):
+        """How files under the root are stored and read: sealed with the memory's key when
+        it has one (:func:`core.vault.vault`; unlocked on first use)."""
+        from core.vault import vault  # core.vault needs core.keys, which needs this module
+
+        return vault(self.root)
+
     # -- the day's inputs and derived media ---------------------------------------------
     def raw(self, date: dt.date) -> Path:
         return self.root / "data" / "raw" / date.isoformat()

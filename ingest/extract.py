@@ -4,6 +4,13 @@ the database (SQLite has one writer: the parent).
 :func:`inspect_file` hashes and probes a file; :func:`extract_source` runs the single
 FFmpeg pass into temporary folders, files the outputs by clip and renames the folders
 into place. A bad file raises nothing: its result carries the reason.
+
+When the root's memory is sealed, FFmpeg writes into a private scratch folder outside the
+root (:func:`core.vault.scratch_folder`) and each output is sealed from there into the
+temporary folder under the name it will have once the folder is renamed into place: no
+plaintext frame or sound of a sealed memory is ever written under the root. The worker
+holds the memory's key because the pool's initializer registered it
+(:func:`core.vault.register`).
 """
 from __future__ import annotations
 
@@ -16,13 +23,16 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.atomic import atomic_dir
 from core.config import IngestConfig
-from core.diskfull import DiskFull, ffmpeg_disk_full
+from core.diskfull import DISK_FULL_ERRNOS, DiskFull, ffmpeg_disk_full
+from core.sealed import SealedWriter
+from core.vault import Vault, scratch_folder, vault
 from ingest.binaries import ffmpeg_path
 from ingest.clips import clip_of, clip_windows, frame_time
 from ingest.command import (
@@ -36,6 +46,9 @@ from ingest.probe import MediaError, MediaInfo, probe_file
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 4 << 20
+SEAL_CHUNK = 1 << 20
+SCRATCH_PREFIX = "sleep-ingest-"
+POLL_SECONDS = 0.5  # how often finished clip copies are sealed while FFmpeg runs (sealed memory)
 
 
 def content_hash(path: Path) -> str:
@@ -130,8 +143,13 @@ def _decoded_extent(frames: list[Path], audio: list[tuple[str, float, float]], f
     return max(video_end, audio_end)
 
 
-def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: str) -> Extraction:
-    """Name the outputs by clip inside the temporary folders and describe them."""
+def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: str, *,
+                  sealed_copies: Path | None = None) -> Extraction:
+    """Name the outputs by clip inside the temporary folders and describe them.
+
+    ``sealed_copies``: where the clip copies were already sealed to (a sealed memory),
+    from which unused ones are dropped too.
+    """
     cfg, root = job.cfg, Path(job.root)
     frames = sorted(dirs.frames.glob("*.jpg")) if dirs.frames else []
     audio = _read_segment_list(dirs.audio) if dirs.audio else []
@@ -173,7 +191,7 @@ def _file_outputs(job: Job, dirs: OutputDirs, finals: dict[str, Path], stderr: s
             used.add(covering[-1])
     for name, _, _ in copies:
         if name not in used:
-            (dirs.clips / name).unlink()
+            (sealed_copies or dirs.clips).joinpath(name).unlink()
 
     kept = [c for c in clips.values() if c.frames or c.audio]
     note = None
@@ -205,6 +223,96 @@ def _raise_if_disk_full(proc: subprocess.CompletedProcess, tmp: dict[str, Path],
     raise DiskFull(folder, code)
 
 
+def _seal_file(keyring: Vault, plain: Path, dest: Path, final: Path) -> None:
+    """Seal the scratch file ``plain`` into ``dest`` (in a temporary folder) as the file
+    ``final`` it becomes once the folder is renamed into place, then drop the plaintext.
+
+    Written straight into the temporary folder, with no fsync per file: the folder is
+    renamed into place whole or removed whole (:func:`core.atomic.atomic_dir`), as with
+    FFmpeg's own outputs on a plain memory.
+
+    Raises:
+        DiskFull: no room under the root, naming ``final``'s folder.
+    """
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as out, open(plain, "rb") as src:
+            sealed = SealedWriter(out, keyring.master_key, keyring.name_of(final))
+            while chunk := src.read(SEAL_CHUNK):
+                sealed.write(chunk)
+            sealed.finish()
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFull(final.parent, exc.errno) from exc
+        raise
+    plain.unlink()  # a long recording's outputs need not all sit in memory at once
+
+
+def _seal_outputs(keyring: Vault, work: dict[str, Path], tmp: dict[str, Path],
+                  finals: dict[str, Path]) -> None:
+    """Seal every file left in the scratch folders ``work`` into the temporary folders
+    ``tmp``, each named for its final place (``finals``)."""
+    for name, folder in work.items():
+        for plain in sorted(folder.iterdir()):
+            _seal_file(keyring, plain, tmp[name] / plain.name, finals[name] / plain.name)
+
+
+class CopySealer:
+    """Seals clip copies while FFmpeg still writes the later ones.
+
+    A copy is the source's own stream, as large as the recording: an hour of phone video
+    would not fit a RAM-backed scratch folder whole. The segment muxer lists a copy in its
+    segment list when it has written it; a copy is sealed once a later one is listed too
+    (by then FFmpeg has closed it), the last ones when FFmpeg has exited. Copy names never
+    change (:func:`_file_outputs` only drops unused ones), so each is sealed at once under
+    its final name.
+    """
+
+    def __init__(self, keyring: Vault, work: Path, tmp: Path, final: Path):
+        self.keyring, self.work, self.tmp, self.final = keyring, work, tmp, final
+        self.sealed: set[str] = set()
+
+    def __call__(self, finished: bool = False) -> None:
+        listing = self.work / SEGMENT_LIST
+        if not listing.exists():
+            return
+        with open(listing, newline="") as fh:
+            rows = list(csv.reader(fh))
+        # Until FFmpeg exits the last row waits: its copy may be open still, or the row itself
+        # cut short.
+        for name in [row[0] for row in (rows if finished else rows[:-1]) if len(row) >= 3]:
+            if name not in self.sealed:
+                _seal_file(self.keyring, self.work / name, self.tmp / name, self.final / name)
+                self.sealed.add(name)
+
+
+def _run_ffmpeg(cmd: list[str], while_running=None) -> subprocess.CompletedProcess:
+    """Run FFmpeg to the end, calling ``while_running()`` every :data:`POLL_SECONDS` meanwhile.
+
+    If ``while_running`` raises, FFmpeg is killed and the error goes on.
+    """
+    if while_running is None:
+        return subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          errors="replace") as proc:
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    while_running()
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            reader.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "", said[0] if said else "")
+
+
 def extract_source(job: Job) -> Extraction:
     """Split one source with a single FFmpeg pass; outputs land in their final folders.
 
@@ -215,9 +323,11 @@ def extract_source(job: Job) -> Extraction:
         FFmpeg could not split the file.
     Raises:
         DiskFull: FFmpeg found no room for its outputs (nothing is left on disk either).
+        MasterKeyError: the root's memory is sealed and this process was handed no key.
     """
     started = time.perf_counter()
     info = job.info
+    keyring = vault(job.root)
     finals = {name: Path(p) for name, p in
               (("frames", job.frames_dir), ("audio", job.audio_dir), ("clips", job.clips_dir))
               if p is not None}
@@ -225,19 +335,35 @@ def extract_source(job: Job) -> Extraction:
         with contextlib.ExitStack() as stack:
             # Each folder is renamed into place only if the whole block succeeds.
             tmp = {name: stack.enter_context(atomic_dir(final)) for name, final in finals.items()}
-            dirs = OutputDirs(tmp.get("frames"), tmp.get("audio"), tmp.get("clips"))
+            work, shown = tmp, finals
+            if keyring.sealing:
+                # Left last, so removed first: the plaintext goes before the folders are renamed.
+                scratch = stack.enter_context(scratch_folder(SCRATCH_PREFIX))
+                work = {name: scratch / name for name in finals}
+                for folder in work.values():
+                    folder.mkdir()
+                # FFmpeg only writes to the scratch folder: that is where room ran out.
+                shown = {name: scratch.parent for name in finals}
+            dirs = OutputDirs(work.get("frames"), work.get("audio"), work.get("clips"))
+            copies = (CopySealer(keyring, work["clips"], tmp["clips"], finals["clips"])
+                      if keyring.sealing and "clips" in finals else None)
             cmd = build_command(Path(job.path), info, job.cfg, dirs, ffmpeg_path())
             log.debug("ffmpeg: %s", subprocess.list2cmdline(cmd))
-            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-            _raise_if_disk_full(proc, tmp, finals)
+            proc = _run_ffmpeg(cmd, copies)
+            _raise_if_disk_full(proc, work, shown)
             if proc.returncode != 0:
                 log.debug("ffmpeg stderr for %s:\n%s", job.path, proc.stderr)
                 raise MediaError(describe_ffmpeg_failure(proc.stderr))
-            result = _file_outputs(job, dirs, finals, proc.stderr)
+            if copies is not None:
+                copies(finished=True)
+            result = _file_outputs(job, dirs, finals, proc.stderr,
+                                   sealed_copies=tmp["clips"] if copies is not None else None)
             if not result.clips:
                 raise MediaError("cannot decode: FFmpeg read the file but no frame or audio "
                                  "came out" + (f" ({proc.stderr.strip().splitlines()[-1]})"
                                                if proc.stderr.strip() else ""))
+            if keyring.sealing:
+                _seal_outputs(keyring, work, tmp, finals)
     except MediaError as exc:
         return Extraction(job.path, reason=str(exc), seconds=time.perf_counter() - started)
     # A source that got no frames (or no audio) must not keep an empty folder around.

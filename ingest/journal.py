@@ -14,7 +14,9 @@ file and line, and the rest of the journal is kept:
 
 Pure functions only: :func:`parse_journal` reads a file, :func:`parse_line` one line,
 :func:`format_line` writes one (``sleep.py journal add``), so that what is appended reads
-back as the same entry.
+back as the same entry. A journal ``journal add`` wrote into a sealed memory is sealed; the
+file is read through the root's vault (:func:`core.vault.read_file`), which passes a
+person's own plaintext journal through as it is.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import parse_clock_time
+from core.sealed import SealedFileError
+from core.vault import read_file
 
 JOURNAL_NAMES = ("journal.md", "journal.txt")
 # A leading token shaped like a clock time ("8:15", "25:99"), then an optional separator.
@@ -88,9 +92,11 @@ def parse_journal(path: Path, max_line_chars: int) -> tuple[list[JournalLine], l
         (or the file's name alone when the file cannot be read at all).
     """
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except OSError as exc:
         return [], [f"{path.name}: cannot be read ({exc.strerror or exc}); no entries taken"]
+    except SealedFileError as exc:
+        return [], [f"{path.name}: cannot be read ({exc}); no entries taken"]
     entries: list[JournalLine] = []
     notes: list[str] = []
     for number, raw in enumerate(data.split(b"\n"), 1):

@@ -112,7 +112,8 @@ def _point_latest_back(paths: Paths, removed) -> None:
     queries and the next night then use the model of the night before."""
     folder = removed.parent
     pointer = folder / LATEST
-    if not pointer.exists() or pointer.read_text().strip() != removed.stem:
+    # Read through the vault (as it is, when plain: models.checkpoint keeps it a plain date).
+    if not pointer.exists() or paths.vault.read_text(pointer).strip() != removed.stem:
         return
     left = sorted(f.stem for f in folder.glob("*.pt"))
     if left:

@@ -6,6 +6,7 @@ each other instead of failing. Opening a database also brings an older one up to
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,7 +17,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.filesystems import refuse_network_filesystem
+from core.keys import MasterKeyError
 from core.paths import make_private_dir
+from core.vault import vault
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +96,40 @@ def _rename_clip_spaces(engine: Engine, path: Path) -> None:
             shutil.rmtree(path.parent / "index" / old, ignore_errors=True)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def refuse_encrypted_database(path: Path) -> None:
+    """Raise a clear error for a database that is not plain SQLite (SQLCipher's pages look
+    random) where no key was given, rather than SQLite's "file is not a database"."""
+    with contextlib.suppress(FileNotFoundError):
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise MasterKeyError(f"{path} is encrypted (or not a database) and the memory has no "
+                                 "memory/key.json to open it with: restore key.json, or "
+                                 "`sleep.py key init --restore FILE` from an exported key")
+
+
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
     from memory import catalog, checkpoints, episodes, journal, ledger, maps, neurons, schema
 
     refuse_network_filesystem(path.parent)  # before anything is created there
+    # The database is memory/episodic.sqlite: its root is two folders up. A sealed memory's
+    # key (unlocked once per process) opens it through SQLCipher; a missing key raises
+    # before the folder or the file is touched.
+    keyring = vault(path.parent.parent)
     make_private_dir(path.parent)
-    engine = create_engine(f"sqlite:///{path}", future=True)
-    event.listen(engine, "connect", _on_connect)
+    if keyring.sealing:
+        from memory.cipher_db import cipher_engine  # sqlcipher3 is loaded only for a sealed memory
+
+        engine = cipher_engine(path, keyring.master_key)
+    else:
+        refuse_encrypted_database(path)
+        engine = create_engine(f"sqlite:///{path}", future=True)
+        event.listen(engine, "connect", _on_connect)
     Base.metadata.create_all(engine)
     with engine.begin() as connection:  # create_all adds no index to a table made before it existed
         connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_shard_rows_frame ON shard_rows (frame_id)")

@@ -17,6 +17,12 @@ A year of memory names tens of millions of files: rows are read in chunks of pla
 and compared with one listing per folder (:mod:`memory.listing`), not a ``stat`` per file,
 so time grows with the files and memory stays flat; a large memory's scans (:mod:`memory.scan`)
 are shared by a pool of one process more than the cores (``bench/doctor.py`` measures both).
+
+A sealed memory (``memory.encryption: on``) is checked the same way through its key: the
+database through SQLCipher (the workers are handed the key, :func:`memory.scan.executor`), a
+shard's sums against its decrypted plaintext, and a sealed file that does not decrypt is
+damaged. A plaintext file where every file should be sealed is a problem too (``memory/``,
+``checkpoints/``, ``reports/``; the media folders with ``--read-data``).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -284,6 +290,31 @@ class _Scans:
         self._kept = [(batch, pool.submit(scan.kept_days, root, database, self._keep_base, batch))
                       for batch in scan.batched(ordered, per)]
         self._kept_results: dict[str, tuple[list[str], list[tuple]]] | None = None
+        # A sealed memory: plaintext files where every file should be sealed. The few folders
+        # of shards, maps, indexes, checkpoints and reports each time; the day folders of media
+        # (a year's 49M files, one read each) with ``read_data``.
+        self._unsealed: list[tuple[list[str], Future]] = []
+        if paths.vault.sealing:
+            self._unsealed.append((_SEALED_ALWAYS, pool.submit(scan.unsealed_files, root, _SEALED_ALWAYS,
+                                                               (_SEALED_MEDIA[-1],))))
+            if read_data:
+                days = [f"{base}/{entry.name}" for base in _SEALED_MEDIA if (paths.root / base).is_dir()
+                        for entry in sorted(os.scandir(paths.root / base), key=lambda e: e.name)
+                        if entry.is_dir() and not entry.is_symlink()]
+                self._unsealed += [(batch, pool.submit(scan.unsealed_files, root, batch))
+                                   for batch in scan.batched(days, _SEALED_DAYS)]
+
+    def unsealed(self) -> dict[str, tuple[int, str | None]]:
+        """``{area: (files not sealed, the first)}``, areas as :func:`_area` names them, in a
+        fixed order; empty for a plain memory."""
+        found: dict[str, tuple[int, str | None]] = {}
+        for folders, future in self._unsealed:
+            for folder, (count, first) in zip(folders, future.result()):
+                if count:
+                    area = _area(folder)
+                    had, earlier = found.get(area, (0, None))
+                    found[area] = (had + count, earlier or first)
+        return found
 
     def shard_damage(self) -> tuple[dict[int, str], list[int]]:
         """Of the shards read whole: ``{shard id: what is wrong}`` of those that failed their
@@ -342,6 +373,26 @@ class _Scans:
             found.update(p for _, keyframe, snippet in rows for p in (keyframe, snippet) if p in candidates)
             last = rows[-1][0]
         return found
+
+
+# Where a sealed memory is looked at for plaintext files: these whole folders every time,
+# and the day folders of the media ones (``memory/keep`` last) with ``--read-data``.
+_SEALED_ALWAYS = ["memory", "checkpoints", "reports"]
+_SEALED_MEDIA = ("data/clips", "data/frames", "data/audio", "memory/keep")
+_SEALED_DAYS = 8  # day folders a task
+
+
+def _area(folder: str) -> str:
+    """The part of the root a folder belongs to: ``data/frames/2026-01-10`` is ``data/frames``."""
+    return next((base for base in _SEALED_MEDIA if folder.startswith(f"{base}/")), folder)
+
+
+def _check_sealing(report: _Report, scans: _Scans) -> None:
+    """Plaintext files in a sealed memory are problems (there is nothing to repair: written
+    before ``memory.encryption`` was on, they hold what it is meant to hide; written since, by
+    a writer that skips the vault, which is a bug to report)."""
+    for area, (count, first) in scans.unsealed().items():
+        report.problem(f"{area}/: {count} file(s) not sealed in a sealed memory (first: {first})")
 
 
 def _keepsake_dates(connection) -> list[str]:
@@ -435,7 +486,8 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
             stray files). With workers the scans run side by side, so a check's figure is
             how long this process waited for it.
         read_data: read every shard against its checksums, not only those no doctor has
-            read before (each night's new ones).
+            read before (each night's new ones); in a sealed memory, also look for plaintext
+            files among the media (``data/clips|frames|audio``, ``memory/keep``).
         workers: processes that share the scans of the files and rows; default: one for a
             memory of under :data:`_PARALLEL_FROM` files, else one more than the cores (at most 8). The
             report is the same whatever the number.
@@ -463,7 +515,7 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
             with Session(engine) as session:
                 if workers is None:
                     workers = default_workers(_named_files(session))
-                with scan.executor(workers) as pool:
+                with scan.executor(workers, paths.vault) as pool:
                     scans = _Scans(pool, session, paths, workers, read_data)
                     with timed("shards"):
                         compact, verified = _check_shards(session, paths, report, scans)
@@ -473,6 +525,8 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         checkpoints_read = checkpoints.check(session, paths, report, read_data=read_data)
                     with timed("stray files"):
                         _check_stray_files(session, paths, report, scans)
+                    with timed("sealing"):
+                        _check_sealing(report, scans)
                     _check_media(session, report, scans, timed)
                     with timed("keepsakes"):
                         _check_keepsakes(session, report, scans)

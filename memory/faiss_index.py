@@ -59,7 +59,9 @@ class TunedIndex:
         param: ``nprobe`` (ivf, ivfpq) or ``efSearch`` (hnsw); ``None`` for flat.
         recall: recall@10 measured when tuned; ``None`` for flat (exact).
         rerank_factor: ivfpq only: ``rerank_factor x k`` candidates are re-scored exactly.
-        rows: ivfpq only: the blocks the index was built over (memory maps), read to re-rank.
+        rows: ivfpq only: the blocks the index was built over (memory maps; a sealed shard's
+            :class:`memory.shards.SealedRows`, which decrypts the rows it is asked for), read
+            to re-rank.
         check_rows: ivfpq only: called with the global ids of the rows a re-ranking is about
             to read, before it reads them (the search checks their blocks' checksums there);
             it raises to refuse them.

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.lock import NightLock
 from core.paths import Paths
+from core.sealed import SealedFileError
 from memory import episodes, journal_care
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
 from memory.db import open_database
@@ -40,8 +41,8 @@ def probes_folder(paths: Paths) -> Path:
 def probe_set_date(paths: Paths) -> str | None:
     """The day the stored probe set was cut from (``YYYY-MM-DD``), ``None`` without one."""
     try:
-        return json.loads((probes_folder(paths) / "manifest.json").read_text())["date"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return json.loads(paths.vault.read_text(probes_folder(paths) / "manifest.json"))["date"]
+    except (OSError, ValueError, KeyError, TypeError, SealedFileError):
         return None
 
 

@@ -6,7 +6,8 @@ middle frame and its sound as a 16 kHz mono snippet, under ``memory/keep/{date}/
 ``{clip_id}.jpg`` and ``{clip_id}.flac`` (or ``.wav``), named by one ``keepsakes`` row per
 clip. Retention never removes them; forgetting the day does.
 
-Writes are files first (each through :mod:`core.atomic`: temporary name, fsync, rename),
+Writes are files first (each through the root's vault, :mod:`core.vault`: temporary name,
+fsync, rename; sealed when the memory is),
 then every row of the day in one transaction, then the removal of the day's files no row
 names: a crash leaves at worst files nobody points at (``sleep.py doctor --repair``), never
 rows pointing at nothing.
@@ -22,7 +23,7 @@ from sqlalchemy import Engine, ForeignKey, String, Text, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.atomic import TMP_MARK, atomic_write_bytes
+from core.atomic import TMP_MARK
 from core.paths import Paths
 from memory.db import Base
 from memory.schema import AudioSegment, Clip, Frame
@@ -112,7 +113,8 @@ def _check_date(date: str) -> None:
 
 
 def write_keep_file(paths: Paths, date: str, name: str, data: bytes) -> str:
-    """Write one kept file atomically (temporary name, fsync, rename), owner-only.
+    """Write one kept file atomically (temporary name, fsync, rename), owner-only; sealed in
+    a sealed memory (read it back with ``paths.vault.open``).
 
     Args:
         paths: the root's layout.
@@ -126,7 +128,7 @@ def write_keep_file(paths: Paths, date: str, name: str, data: bytes) -> str:
     if "/" in name or name.startswith(".") or TMP_MARK in name:
         raise ValueError(f"kept file name {name!r}: a plain file name expected")
     folder = private_folder(paths, paths.keep(date))
-    final = atomic_write_bytes(folder / name, data)
+    final = paths.vault.write_bytes(folder / name, data)
     return str(final.relative_to(paths.root))
 
 

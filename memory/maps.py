@@ -4,7 +4,8 @@ A map takes vectors of a newer version (``from_version``) into an older, complet
 (``to_version``), so that a query embedded by tonight's encoder reaches memories that have
 not been re-embedded yet (``models.space_map`` fits it; this module only keeps it). Data
 first, then the row that points at it, as everywhere in the store: the file is written
-under a new name and renamed, then the row is replaced in one transaction.
+under a new name and renamed, then the row is replaced in one transaction. In a sealed memory
+the ``.npz`` is sealed (written and read through the root's vault, :mod:`core.vault`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import numpy as np
 from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, UniqueConstraint, delete, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.atomic import atomic_write_bytes
 from core.paths import Paths
 from memory.db import Base
 from memory.shards import check_key, private_folder
@@ -63,7 +63,8 @@ def save_map(engine: Engine, paths: Paths, *, space: str, from_version: str, to_
     final = folder / f"{from_version}__{to_version}.{stamp}.npz"
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-    atomic_write_bytes(final, buffer.getvalue())
+    with buffer.getbuffer() as data:  # a view: the arrays are not copied once more
+        paths.vault.write_bytes(final, data)
     rel = str(final.relative_to(paths.root))
     old_file = None
     with Session(engine) as session, session.begin():
@@ -91,7 +92,8 @@ def load_map(engine: Engine, paths: Paths, space: str, from_version: str, to_ver
             return None
         kind, rel, heldout = row.kind, row.path, dict(row.heldout or {})
     try:
-        with np.load(paths.root / rel) as data:
+        # Through the vault: a sealed file is decrypted as the zip is read, a plain one read as it is.
+        with paths.vault.open(paths.root / rel) as fh, np.load(fh, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         return None

@@ -23,6 +23,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.paths import Paths
+from core.sealed import SealedFileError
+from core.vault import read_file
 from memory.catalog import ShardRow, latest_version, spaces
 from memory.schema import AudioSegment, Clip, Frame, Source
 
@@ -56,8 +58,8 @@ def _checkpoint_dates(folder) -> list[dt.date]:
 
 def _pointer_date(folder) -> dt.date | None:
     try:
-        return dt.date.fromisoformat((folder / _LATEST_POINTER).read_text().strip())
-    except (OSError, ValueError):
+        return dt.date.fromisoformat(read_file(folder / _LATEST_POINTER).decode("utf-8").strip())
+    except (OSError, ValueError, SealedFileError):
         return None
 
 

@@ -9,7 +9,10 @@ on one core the whole check takes well over a minute and on N cores a N-th of it
 (``bench/doctor.py`` measures both).
 
 The scans only read: each opens its own connection (``PRAGMA query_only``) while the
-doctor holds the night's lock, so nothing writes under them.
+doctor holds the night's lock, so nothing writes under them. In a sealed memory
+(``memory.encryption: on``) that connection is SQLCipher's and the shards are read through
+the vault: a worker is handed the memory's key when it starts (:func:`executor`), through
+the pool's own pipe, never on a command line, in the environment or in a file.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 from core.atomic import TMP_MARK
+from core.sealed import is_sealed
+from core.vault import Vault, register, vault_of
 from memory import integrity
 from memory.listing import Listings, unknown_files
 
@@ -41,8 +46,15 @@ _TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-")
 
 
 def connect(database: str | os.PathLike) -> sqlite3.Connection:
-    """A read-only connection of the scan's own (a process cannot share its parent's)."""
-    connection = sqlite3.connect(database, timeout=30)
+    """A read-only connection of the scan's own (a process cannot share its parent's):
+    through SQLCipher, with the key this process holds, when the memory is sealed."""
+    keyring = vault_of(database)
+    if keyring.sealing:
+        from memory.cipher_db import cipher_connect  # sqlcipher3 is loaded only for a sealed memory
+
+        connection = cipher_connect(database, keyring.master_key, timeout=30)
+    else:
+        connection = sqlite3.connect(database, timeout=30)
     connection.execute("PRAGMA query_only = 1")
     return connection
 
@@ -82,8 +94,9 @@ def shard_row_counts(database: str, after: int, upto: int) -> dict[int, tuple[in
 
 def damaged_shards(root: str, database: str, shard_ids: list[int]) -> list[tuple[int, str | None]]:
     """``(shard id, what is wrong or None)`` of each of ``shard_ids``, its whole file read
-    against its block checksums (:func:`memory.integrity.damage`); a missing file is the
-    header check's to report, so it reads ``None`` here."""
+    against its block checksums (:func:`memory.integrity.damage`; a sealed one decrypted, and
+    damaged where it does not decrypt); a missing file is the header check's to report, so it
+    reads ``None`` here."""
     found = []
     with contextlib.closing(connect(database)) as connection:
         for shard_id in shard_ids:
@@ -172,6 +185,51 @@ def kept_days(root: str, database: str, base: str, dates: list[str]) -> list[tup
     return results
 
 
+# Files of a sealed memory that are plain by design, relative to the root: the wrapped key,
+# the database (SQLCipher encrypts its own pages) and a model's ``latest`` pointer (a date,
+# kept plain by models.checkpoint). The quarantine is never looked at: a sealed file moved
+# there no longer opens, and what is there is the doctor's own doing.
+_PLAIN_BY_DESIGN = re.compile(r"^(memory/key\.json|memory/episodic\.sqlite(-wal|-shm|-journal)?"
+                              r"|checkpoints/[^/]+/latest)$")
+
+
+def unsealed_files(root: str, folders: list[str], skip: tuple[str, ...] = ()) -> list[tuple[int, str | None]]:
+    """In a sealed memory, the files under each of ``folders`` (relative to the root) that are
+    not sealed: for each, how many, and the first met (folders and files in name order),
+    relative to the root.
+
+    A file is sealed when it starts with :data:`core.sealed.MAGIC` (a 9-byte read: its
+    chunks are the doctor's shard and checkpoint checks' business). Not counted: empty
+    files (nothing in them to read), temporary files of a write, and files plain by design.
+
+    Args:
+        skip: folders (relative to the root) not to look in.
+    """
+    results = []
+    left_out = {integrity.QUARANTINE, *skip}
+    for folder in folders:
+        count, first = 0, None
+        for parent, dirs, names in os.walk(Path(root) / folder):
+            rel_parent = os.path.relpath(parent, root).replace(os.sep, "/")
+            dirs[:] = sorted(d for d in dirs if f"{rel_parent}/{d}" not in left_out)
+            for name in sorted(names):
+                rel = f"{rel_parent}/{name}"
+                if TMP_MARK in name or _PLAIN_BY_DESIGN.match(rel):
+                    continue
+                path = os.path.join(parent, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or not os.path.getsize(path):
+                        continue
+                    if is_sealed(Path(path)):
+                        continue
+                except FileNotFoundError:
+                    continue
+                count += 1
+                first = first or rel
+        results.append((count, first))
+    return results
+
+
 def temporary_pid(name: str) -> int | None:
     """The pid of the writer whose temporary file ``name`` is, or ``None``."""
     match = _TMP_PID.search(name)
@@ -190,17 +248,26 @@ class _Inline(Executor):
         return future
 
 
-def executor(workers: int) -> Executor:
+def executor(workers: int, vault: Vault | None = None) -> Executor:
     """Where the scans run: ``workers`` processes, or this process for one.
 
     Forked when this process has a single thread (the command line): a fork starts at once,
     where a spawned worker spends most of a second importing. A process with threads (the
     web page's server) spawns them, since a fork copies locks other threads may hold. The
     workers never touch the connections a fork copies: each opens its own, and a worker
-    leaves through ``os._exit``, so no copied object is finalized."""
+    leaves through ``os._exit``, so no copied object is finalized.
+
+    Args:
+        vault: the root's vault; when it seals, each worker is handed its key as it starts
+            (:func:`core.vault.register`, the pool's initializer: the key travels through
+            the pool's pipe, as a task's arguments do; a fork would have it anyway).
+    """
     if workers <= 1:
         return _Inline()
     method = "fork" if threading.active_count() == 1 and "fork" in get_all_start_methods() else "spawn"
+    if vault is not None and vault.sealing:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method),
+                                   initializer=register, initargs=(vault.root, vault.master_key))
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method))
 
 

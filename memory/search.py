@@ -25,6 +25,10 @@ forgotten meanwhile) is dropped and the next one taken.
 A damaged shard (missing, cut short, or a block that fails its checksum: see
 :mod:`memory.shards`) is left out of the search with a warning naming it and what is wrong,
 never ranked: the rest of the memory still answers, and ``sleep.py doctor`` quarantines it.
+
+In a sealed memory (``memory.encryption: on``) the shards are sealed (a sealed shard that
+does not decrypt is damaged, as above) and so are the cached indexes and their ``.json``:
+written and read through the root's vault, never as plaintext under the root.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from core.paths import Paths
+from core.sealed import SealedFileError, is_sealed
 from memory.catalog import (
     EmbeddingSpace,
     Shard,
@@ -188,12 +193,14 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
     file = folder / f"{kind}-{digest}.faiss"
     meta_file = file.with_suffix(".json")
     built = None
+    vault = paths.vault
     if kind != "flat" and file.exists() and meta_file.exists():
-        import faiss
-
-        meta = json.loads(meta_file.read_text())
-        built = faiss_index.TunedIndex(faiss.read_index(str(file)), meta["kind"], meta["param"],
-                                       meta["recall"], meta.get("rerank_factor"), rows=blocks)
+        try:
+            meta = json.loads(vault.read_text(meta_file))
+            built = faiss_index.TunedIndex(_read_index(vault, file), meta["kind"], meta["param"],
+                                           meta["recall"], meta.get("rerank_factor"), rows=blocks)
+        except SealedFileError as exc:  # a cache: built again below, and written over
+            log.warning("cached index %s does not decrypt (%s): building it again", file, exc)
     elif kind != "flat" and meta_file.exists():
         return EXACT  # measured before: this memory is searched exactly
     if built is None:
@@ -210,15 +217,13 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
         if built is None or built.kind != "flat":
             import faiss
 
-            from core.atomic import atomic_file, atomic_write_text
-
             private_folder(paths, folder)
             for old in folder.glob(f"{kind}-*"):  # earlier shard sets: stale
                 old.unlink(missing_ok=True)
             if built is not None:
-                with atomic_file(file) as fh:  # streamed: no second copy of the index in RAM
+                with vault.writer(file) as fh:  # streamed (and sealed): no second copy of the index in RAM
                     faiss.write_index(built.index, faiss.PyCallbackIOWriter(fh.write))
-            atomic_write_text(meta_file, json.dumps(
+            vault.write_text(meta_file, json.dumps(
                 {"kind": built.kind if built else EXACT, "param": built and built.param,
                  "recall": built and built.recall,
                  "rerank_factor": built and built.rerank_factor}))
@@ -228,6 +233,35 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
     return built
 
 
+def _read_index(vault, file: Path):
+    """The FAISS index cached in ``file``: read by FAISS itself when plain, else decrypted as
+    FAISS reads it (streamed: no plaintext copy of the file in RAM beside the index).
+
+    Raises:
+        SealedFileError: sealed, and a chunk does not decrypt.
+    """
+    import faiss
+
+    if not is_sealed(file):
+        return faiss.read_index(str(file))
+    failed: list[SealedFileError] = []
+
+    def read(size: int) -> bytes:
+        try:
+            return fh.read(size)
+        except SealedFileError as exc:  # FAISS turns a callback's error into its own: kept
+            failed.append(exc)
+            raise
+
+    with vault.open(file) as fh:
+        try:
+            return faiss.read_index(faiss.PyCallbackIOReader(read))
+        except Exception:
+            if failed:
+                raise failed[0] from None
+            raise
+
+
 def index_folder(paths: Paths, space: str, model_version: str) -> Path:
     """Where approximate indexes of one space and version are cached."""
     return paths.memory / "index" / space / model_version
@@ -235,18 +269,18 @@ def index_folder(paths: Paths, space: str, model_version: str) -> Path:
 
 def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, options):
     """``[(score, shard, row)]`` best first, at most ``fetch`` of them."""
-    blocks = []
-    start = 0
-    for shard, mask in zip(shards, masks):
-        blocks.append(Block(start, open_shard(paths, shard, check=False), mask))
-        start += shard.rows
     allowed_rows = sum(int(m.sum()) if m is not None else s.rows for s, m in zip(shards, masks))
     total_rows = sum(s.rows for s in all_shards)
     use_faiss = (options.index != "exact" and total_rows >= options.faiss_threshold
                  and allowed_rows >= options.faiss_threshold)
     if not use_faiss:
-        for shard in shards:  # every row is read: check every block (once per process)
-            open_shard(paths, shard)
+        # Every row is read: every block is checked (once per process); a sealed shard is
+        # decrypted whole (and kept, as a memory map would be).
+        blocks = []
+        start = 0
+        for shard, mask in zip(shards, masks):
+            blocks.append(Block(start, open_shard(paths, shard), mask))
+            start += shard.rows
         scores, ids = exact_topk(blocks, query, fetch)
         located = [_locate(shards, blocks, int(i)) for i in ids]
         return [(float(s), sh, r) for s, (sh, r) in zip(scores, located)]
@@ -288,10 +322,12 @@ def _candidates(paths, session, space, all_shards, shards, masks, query, fetch, 
     return out
 
 
-def _rows_of(paths: Paths, shard: Shard) -> np.ndarray:
+def _rows_of(paths: Paths, shard: Shard):
     """A shard's memory map for the FAISS path, its blocks checked as rows are read
-    (:func:`_checker`); for a damaged shard, zeros that no search returns (its rows are left
-    out of ``allowed``), so one damaged night neither stops the search nor rebuilds the index."""
+    (:func:`_checker`; a sealed shard's :class:`memory.shards.SealedRows`, which decrypts and
+    authenticates only the rows a re-ranking reads); for a damaged shard, zeros that no search
+    returns (its rows are left out of ``allowed``), so one damaged night neither stops the
+    search nor rebuilds the index."""
     if shard.path in DAMAGED:
         return np.zeros((shard.rows, shard.dim), np.float16)  # untouched pages: no memory
     return open_shard(paths, shard, check=False)

@@ -1,10 +1,12 @@
 """Checkpoint files shared by every nightly-trained model.
 
 Layout: ``checkpoints/{model}/{date}.pt`` and ``checkpoints/{model}/latest`` (a text file
-naming the newest date). Both are written atomically. A night continues from the newest
-checkpoint *before* its own date, so running a night twice starts from the same weights.
-A checkpoint that exists but cannot be read is an error: the night stops rather than
-silently starting from scratch (ijepa's ``load_checkpoint`` swallows it; we do not).
+naming the newest date). Both are written atomically; with ``memory.encryption: on`` the
+``.pt`` files are sealed (:mod:`core.vault`), while ``latest`` stays plain: it holds a date
+only. A night continues from the newest checkpoint *before* its own date, so running a
+night twice starts from the same weights. A checkpoint that exists but cannot be read is an
+error: the night stops rather than silently starting from scratch (ijepa's
+``load_checkpoint`` swallows it; we do not).
 """
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ from pathlib import Path
 
 import torch
 
-from core.atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_text
 from core.errors import SleepError
+from core.keys import MasterKeyError
 from core.paths import make_private_dir
+from core.sealed import is_sealed
+from core.vault import vault_of, write_file
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
@@ -79,7 +84,8 @@ def save_checkpoint(folder: Path, date: dt.date, state: dict) -> Path:
     make_private_dir(folder)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    path = atomic_write_bytes(checkpoint_path(folder, date), buffer.getvalue())
+    with buffer.getbuffer() as data:  # a view: a large checkpoint is not copied once more
+        path = write_file(checkpoint_path(folder, date), data)
     current = None
     pointer = folder / LATEST
     if pointer.exists():
@@ -94,7 +100,7 @@ def save_checkpoint(folder: Path, date: dt.date, state: dict) -> Path:
 
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
-    """Read a checkpoint onto the CPU.
+    """Read a checkpoint onto the CPU (decrypted as it is read when it is sealed).
 
     Args:
         path: the ``.pt`` file.
@@ -102,12 +108,16 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
     Returns:
         the checkpoint dict.
     Raises:
-        CheckpointError: missing, unreadable (truncated, corrupt) or lacking a key.
+        CheckpointError: missing, unreadable (truncated, corrupt, a sealed file damaged) or
+            lacking a key.
+        MasterKeyError: sealed, and this process has no key for its memory.
     """
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(path)
+    except MasterKeyError:
+        raise
     except Exception as exc:  # torch raises several types for a damaged zip/pickle
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); "
                               "move it aside to start this model from its previous night") from None
@@ -115,6 +125,15 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return state
+
+
+def _read_state(path: Path):
+    """``torch.load`` of ``path``: by its name when it is plain (torch reads the zip itself, as
+    before), through the vault when it is sealed (only the chunks torch reads are decrypted)."""
+    if not is_sealed(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with vault_of(path).open(path) as fh:
+        return torch.load(fh, map_location="cpu", weights_only=True)
 
 
 def restore_training(resume: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -18,6 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from core.config import OpenClipConfig
+from core.sealed import SealedFileError
+from core.vault import open_file
 
 # Never reach for the network, whatever model name the config holds.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,10 +72,11 @@ class Clip:
             batch = []
             for i, path in enumerate(paths[start:start + batch_size], start):
                 try:
-                    with Image.open(path) as image:
+                    # Through the vault: a sealed memory's frames are sealed.
+                    with open_file(path) as fh, Image.open(fh) as image:
                         batch.append(self.preprocess(image.convert("RGB")))
                     kept.append(i)
-                except (OSError, UnidentifiedImageError) as exc:
+                except (OSError, UnidentifiedImageError, SealedFileError) as exc:
                     failed.append({"path": str(path), "reason": str(exc)})
             if batch:
                 features = self.model.encode_image(torch.stack(batch).to(self.device)).float()

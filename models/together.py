@@ -8,7 +8,8 @@ the night exactly as a single process would: ingest, the memory, checkpoints, th
 The other ranks wait in :func:`follow`. When rank 0 reaches a trainer, the stage calls it
 through :func:`together`, which hands every rank the trainer's name and its inputs
 (written once to a file under the memory's root and memory-mapped by the others, so a
-day of frames is not pickled through the process group), and every rank calls it. Inside,
+day of frames is not pickled through the process group; sealed when the memory is, and then
+read through the vault instead of mapped), and every rank calls it. Inside,
 the trainer splits each batch over the ranks (:mod:`models.distributed`). When the night
 ends, rank 0 tells the others (:func:`release`) and every process exits.
 
@@ -34,6 +35,8 @@ import torch
 import torch.distributed as tdist
 
 from core.lock import pid_alive
+from core.sealed import is_sealed
+from core.vault import vault_of
 from models.distributed import group_ranks, training_together
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,9 @@ def join(device: str, root: Path) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     tdist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=WAIT)
     if group_ranks().main:
+        # Resolved as the CLI's Paths are: the spill's sealed name is relative to the root the
+        # vault was unlocked for, and a root reached through a link must not name it twice.
+        root = Path(root).expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
         _sweep_spills(root)
         _spill.folder = Path(tempfile.mkdtemp(prefix=f".ranks-{os.getpid()}-", dir=root))
@@ -111,13 +117,35 @@ def together(function: Callable, *args, **kwargs) -> Any:
     fd, spilled = tempfile.mkstemp(suffix=".pt", dir=_spill.folder)
     os.close(fd)
     try:
-        torch.save((args, kwargs), spilled)
+        _write_spill(Path(spilled), (args, kwargs))
         tdist.broadcast_object_list([(name, spilled)], src=0)
         with training_together(ranks):
             return function(*args, **kwargs)
     finally:
         tdist.barrier()  # every follower has finished reading it
         Path(spilled).unlink(missing_ok=True)
+
+
+def _write_spill(path: Path, inputs: tuple) -> None:
+    """Write a call's inputs for the other ranks; sealed when the memory is (they are a day's
+    frames), so nothing of a sealed memory lies in plain under its root, even for a moment."""
+    vault = vault_of(path)
+    if not vault.sealing:
+        torch.save(inputs, path)
+        return
+    with vault.writer(path) as fh:
+        torch.save(inputs, fh)
+
+
+def _read_spill(path: Path) -> tuple:
+    """A call's inputs as rank 0 wrote them, on the CPU (a tensor rank 0 held on its GPU must
+    not land on GPU 0 here). A plain spill is memory-mapped; a sealed one cannot be, and is
+    read through the vault: this rank unlocks the memory from the passphrase sources of its
+    own environment (``sleep.py`` unlocks it on every rank before the night starts)."""
+    if not is_sealed(path):
+        return torch.load(path, weights_only=False, mmap=True, map_location="cpu")
+    with vault_of(path).open(path) as fh:
+        return torch.load(fh, weights_only=False, map_location="cpu")
 
 
 def follow() -> None:
@@ -140,8 +168,7 @@ def follow() -> None:
         for part in qualname.split("."):
             function = getattr(function, part)
         try:
-            # On the CPU first: a tensor rank 0 held on its GPU must not land on GPU 0 here.
-            args, kwargs = torch.load(spilled, weights_only=False, mmap=True, map_location="cpu")
+            args, kwargs = _read_spill(Path(spilled))
             with training_together(group_ranks()):
                 function(*args, **kwargs)
         except Exception:  # rank 0 met the same failure and records it; wait for the next call

@@ -32,6 +32,7 @@ from core.errors import LockHeld, SleepError
 from core.lock import NightLock, lock_holder
 from core.paths import Paths
 from core.signals import GracefulStop
+from core.vault import unlock
 from memory import ledger
 from memory.db import make_sessionmaker, open_database
 from pipeline.launch import run_night_on_processes
@@ -261,6 +262,12 @@ class Daemon:
                 log.warning("stopped %s of night %s; the next start resumes", where, date)
                 run.stopped = True
                 break
+            if outcome.disk_full:
+                # Every later night would stop at its first write too; the next scheduled run
+                # (and the daemon, which keeps running) tries again once there is room.
+                log.error("night %s: %s; the later nights wait for the next run", date, outcome.disk_full)
+                run.errors.append(f"night {date}: {outcome.disk_full}")
+                break
             failed = [name for name, state in outcome.states.items() if state in ("failed", "blocked")]
             if failed:
                 log.error("night %s: %s did not complete; the next run retries", date, ", ".join(failed))
@@ -385,6 +392,10 @@ def run_daemon(cfg: SleepConfig, paths: Paths, *, once: bool = False,
     Raises:
         LockHeld: another daemon, or with ``once`` another night, holds the root.
     """
+    # Once, at start: the daemon holds a sealed memory's key for its life (a passphrase
+    # from systemd credentials is read at start, as the unit runs), and a missing one stops
+    # it now rather than at 3 a.m.
+    unlock(paths.root, cfg.memory)
     daemon = Daemon(cfg, paths, stages=stages, device=device, clock=clock, trigger=trigger)
     with GracefulStop(on_request=daemon.request_stop):
         return daemon.run_once() if once else daemon.run()

@@ -16,6 +16,7 @@ from core.filesystems import refuse_network_filesystem
 from core.lock import NightLock
 from core.logs import night_log
 from core.paths import Paths
+from core.vault import unlock
 from memory import ledger
 from memory.checkpoints import record_checkpoints
 from memory.db import make_sessionmaker, open_database
@@ -81,6 +82,7 @@ def run_night(
         naming the file, and the night stops there: every later write would fail too.
     Raises:
         UsageError: no recordings folder, unknown stage, unusable device.
+        MasterKeyError: the memory is sealed and its key cannot be had (nothing is written).
         LockHeld: another night runs on this root.
         DiskFull: no room outside any stage (the database, the log), naming the file.
     """
@@ -93,6 +95,10 @@ def run_night(
     # Before the lock file and the night's log are made there: open_database would refuse
     # a network filesystem too, but only after those two were written to it.
     refuse_network_filesystem(paths.memory)
+    # A sealed memory is unlocked here, before the lock file, the log or the database is
+    # touched: a missing or wrong passphrase, or a config that disagrees with the memory
+    # (encryption on without a key, off with one), stops the night with nothing written.
+    unlock(paths.root, cfg.memory)
     outcome = NightOutcome(date)
     try:
         _run_locked(date, cfg, paths, selected, stages, force, device, should_stop, outcome)

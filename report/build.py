@@ -1,5 +1,9 @@
 """Assemble ``summary.json`` from the ledger and render ``index.html`` from its sections.
 
+Both are written through the root's vault: sealed when the memory is encrypted, so the
+page is read back decrypted with :func:`read_report` (``sleep.py report --print``, or
+``sleep.py serve`` at ``/report/{date}``).
+
 Section API: a stage's section is ``report/sections/{stage}.py``, whose ``render`` takes
 ``(summary: dict, ctx: ReportContext)`` and returns an HTML fragment (or ``None`` to
 leave its section out). The page opens with a headline (:mod:`report.headline`), then three
@@ -19,7 +23,6 @@ from pathlib import Path
 
 import jinja2
 
-from core.atomic import atomic_write_text
 from core.config import SleepConfig
 from core.errors import LockHeld, UsageError
 from core.lock import lock_holder
@@ -166,10 +169,27 @@ def write_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Sta
         headline=headline(summary),
         groups=group_sections(render_sections(summary, ctx, stages)),
     )
-    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    index = atomic_write_text(folder / "index.html", page)
+    # Sealed when the memory is: the page shows its moments, file names and journal.
+    paths.vault.write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    index = paths.vault.write_text(folder / "index.html", page)
     log.info("report: %s", index)
     return index
+
+
+def read_report(date: dt.date, paths: Paths) -> str:
+    """The text of ``reports/{date}/index.html``, decrypted when the memory is sealed: what
+    ``sleep.py report --print`` prints and ``sleep.py serve`` shows at ``/report/{date}``.
+
+    Raises:
+        UsageError: no report of that night under the root.
+        SealedFileError: the page is sealed and damaged.
+    """
+    page = paths.report(date) / "index.html"
+    try:
+        return paths.vault.read_text(page)
+    except FileNotFoundError:
+        raise UsageError(f"no report of {date} under {paths.root} ({page} does not exist); "
+                         "sleep.py report --date D writes it from the ledger") from None
 
 
 def rebuild_report(date: dt.date, cfg: SleepConfig, paths: Paths, stages: list[Stage] | None = None) -> Path:

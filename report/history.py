@@ -11,6 +11,7 @@ import json
 import logging
 
 from core.paths import Paths
+from core.sealed import SealedFileError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def earlier_summaries(paths: Paths, date: dt.date, count: int = WEEK) -> list[tu
         count: how many nights at most.
     Returns:
         a list of ``(ISO date, summary dict)``; a folder without a readable ``summary.json``
-        is passed over (logged at debug level).
+        (missing, not JSON, sealed and damaged) is passed over (logged at debug level).
     """
     folder = paths.root / "reports"
     nights = []
@@ -40,8 +41,8 @@ def earlier_summaries(paths: Paths, date: dt.date, count: int = WEEK) -> list[tu
     found: list[tuple[str, dict]] = []
     for child in reversed(nights):
         try:
-            found.append((child.name, json.loads((child / "summary.json").read_text())))
-        except (OSError, ValueError) as exc:
+            found.append((child.name, json.loads(paths.vault.read_text(child / "summary.json"))))
+        except (OSError, ValueError, SealedFileError) as exc:
             log.debug("report history: %s passed over: %s", child, exc)
             continue
         if len(found) == count:

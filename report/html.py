@@ -11,6 +11,8 @@ import mimetypes
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from core.vault import read_file
+
 
 def esc(value) -> str:
     return html.escape("" if value is None else str(value))
@@ -26,9 +28,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], *, cls: str = "") ->
 
 
 def image_data_uri(path: Path) -> str:
-    """``data:`` URI of an image file, for an ``<img src>`` that needs no file beside the page."""
+    """``data:`` URI of an image file, for an ``<img src>`` that needs no file beside the page
+    (decrypted when the file is sealed: the page itself is sealed with the memory)."""
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    return f"data:{mime};base64,{base64.b64encode(read_file(path)).decode()}"
 
 
 def line_chart(series: dict[str, Sequence[float]], *, width: int = 560, height: int = 180,

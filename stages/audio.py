@@ -22,6 +22,8 @@ from tqdm import tqdm
 from core.config import CpcConfig, SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
+from core.sealed import SealedFileError, is_sealed
+from core.vault import read_file
 from ingest.binaries import ffmpeg_path
 from memory.keepsakes import day_keepsakes, keepsake_days
 from memory.media import SegmentRef, day_segments, earlier_segments_by_day
@@ -92,9 +94,10 @@ def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: 
                ) -> tuple[list[SegmentRef], list[np.ndarray], list[dict]]:
     """Read segments; a file that cannot be read is recorded with its reason and left out."""
     kept, waves, skipped = [], [], []
+    keyring = paths.vault
     for ref in tqdm(refs, desc=desc, unit="file", leave=False, disable=len(refs) < 200):
         try:
-            waves.append(read_wav(paths.root / ref.path, sample_rate))
+            waves.append(read_wav(paths.root / ref.path, sample_rate, keyring))
         except AudioReadError as exc:
             skipped.append({"file": ref.path, "reason": str(exc)})
             continue
@@ -190,9 +193,12 @@ def run(night: Night) -> dict:
 
 
 # --- query side ------------------------------------------------------------
+STDIN = Path("pipe:0")  # FFmpeg's name for its standard input
+
 
 def decode_command(path: Path, sample_rate: int) -> list[str]:
-    """The FFmpeg command that writes the first audio stream of ``path`` as mono f32le to stdout."""
+    """The FFmpeg command that writes the first audio stream of ``path`` (:data:`STDIN`: what
+    it is fed) as mono f32le to stdout."""
     stream = ffmpeg.input(str(path)).output("pipe:", map="0:a:0", format="f32le", acodec="pcm_f32le",
                                              ac=1, ar=sample_rate, vn=None)
     cmd = stream.compile(cmd=str(ffmpeg_path()))
@@ -208,9 +214,15 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     """
     if not path.is_file():
         raise UsageError(f"--audio {path}: no such file")
-    cmd = decode_command(path, sample_rate)
+    try:
+        # A sealed file (a probe sound of a sealed memory) is decrypted here and fed to FFmpeg
+        # through a pipe: its plaintext is never written anywhere.
+        plaintext = read_file(path) if is_sealed(path) else None
+    except (OSError, SealedFileError) as exc:
+        raise UsageError(f"--audio {path}: cannot read ({exc})") from None
+    cmd = decode_command(path if plaintext is None else STDIN, sample_rate)
     log.debug("decoding: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(cmd, input=plaintext, capture_output=True)
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         reason = lines[-1] if lines else f"ffmpeg exit code {proc.returncode}"

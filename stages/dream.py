@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,11 +101,35 @@ def _panel(image: torch.Tensor) -> Image.Image:
 def _source(paths, moment: dict, name: str, pictures: dict[str, Image.Image]) -> dict:
     """A dream's source moment: its frame as a thumbnail, queued in ``pictures`` as
     ``{name}.jpg``, and where and when it was (for the report's caption)."""
-    with Image.open(paths.root / moment["path"]) as frame:
+    with paths.vault.open(paths.root / moment["path"]) as stored, Image.open(stored) as frame:
         picture = frame.convert("RGB")
         picture.thumbnail((PANEL * 2, PANEL))
     pictures[f"{name}.jpg"] = picture
     return {"file": f"dreams/{name}.jpg", **{k: moment[k] for k in ("clip_id", "wall", "recording", "offset_s")}}
+
+
+def write_dream_folder(paths, final: Path, pictures: dict[str, Image.Image],
+                       texts: dict[str, str] | None = None) -> None:
+    """Write ``pictures`` (file name -> picture; ``.jpg`` at quality 80, else PNG) and ``texts``
+    (file name -> text) as the folder ``final``, whole or not at all.
+
+    Each file is sealed when the memory is, under its final name: the folder is written under
+    a temporary name and then renamed into place.
+    """
+    vault = paths.vault
+    with atomic_dir(final) as folder:
+        for name, picture in pictures.items():
+            options = {"quality": 80} if name.endswith(".jpg") else {}
+            if not vault.sealing:
+                picture.save(folder / name, **options)
+                continue
+            with vault.writer(folder / name, name_as=final / name) as fh:
+                picture.save(fh, format="JPEG" if name.endswith(".jpg") else "PNG", **options)
+        for name, text in (texts or {}).items():
+            if vault.sealing:
+                vault.write_bytes(folder / name, text.encode("utf-8"), name_as=final / name)
+            else:
+                (folder / name).write_text(text)
 
 
 def _replay(night: Night, encoder, count: int) -> tuple[torch.Tensor | None, np.ndarray | None, dict]:
@@ -265,9 +290,7 @@ def run(night: Night) -> dict:
             dreams.append({"kind": "blend", "clip_ids": list(ends), "file": f"dreams/{name}.png",
                            "sources": [source(f"{name}-{e}", middle[c]) for e, c in zip("ab", ends)],
                            "caption": f"clips {ends[0]} and {ends[1]}, and the dream half-way between them"})
-    with atomic_dir(paths.report(night.date) / "dreams") as folder:
-        for name, picture in pictures.items():
-            picture.save(folder / name, **({"quality": 80} if name.endswith(".jpg") else {}))
+    write_dream_folder(paths, paths.report(night.date) / "dreams", pictures)
     log.info("dream: %d dreams; round trip top-1 %.2f, top-5 %.2f (untrained %.2f, %.2f; chance %.2f, %.2f)",
              len(dreams), metrics["roundtrip_top1"], metrics["roundtrip_top5"], metrics["untrained_top1"],
              metrics["untrained_top5"], metrics["chance_top1"], metrics["chance_top5"])
@@ -333,9 +356,7 @@ def run_unclip(night: Night) -> dict:
         dreams.append({"kind": "blend", "clip_ids": ends, "file": f"dreams/{name}.png",
                        "sources": sources(name, ends),
                        "caption": f"clips {ends[0]} and {ends[1]}, and the dream half-way between them (Stable unCLIP)"})
-    with atomic_dir(paths.report(night.date) / "dreams") as folder:
-        for name, picture in pictures.items():
-            picture.save(folder / name, **({"quality": 80} if name.endswith(".jpg") else {}))
+    write_dream_folder(paths, paths.report(night.date) / "dreams", pictures)
     log.info("dream: %d dreams by %s from %s", len(dreams), dreamer.name, version)
     return {"trained": False, "backend": "unclip", "decoder": dreamer.name, "input_version": version,
             "note": f"dreams drawn by {dreamer.name} (dream.backend: unclip); our decoder was not trained tonight",

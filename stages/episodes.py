@@ -32,6 +32,7 @@ import logging
 import numpy as np
 import soundfile as sf
 
+from core.sealed import SealedFileError
 from memory import (
     NewEpisode,
     NewHighlight,
@@ -66,8 +67,9 @@ def _loudness(night: Night, clip: TimelineClip) -> float | None:
     for rel in (clip.audio_path, clip.snippet_path):
         if rel and (night.paths.root / rel).is_file():
             try:
-                samples, _ = sf.read(night.paths.root / rel, dtype="float32", always_2d=True)
-            except (RuntimeError, sf.LibsndfileError) as exc:
+                with night.paths.vault.open(night.paths.root / rel) as fh:  # sealed in a sealed memory
+                    samples, _ = sf.read(fh, dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, sf.LibsndfileError, SealedFileError) as exc:
                 log.warning("episodes: %s unreadable (%s)", rel, exc)
                 continue
             return round(rms_dbfs(samples.mean(axis=1)), 2)

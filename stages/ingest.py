@@ -5,6 +5,10 @@ workers return plain data and this process, the database's only writer, stores e
 in one transaction right after its folders were renamed into place. A run killed in
 between leaves either temporary folders (swept by the runner) or folders without rows,
 which the rerun replaces whole, so nothing ever looks finished that is not.
+
+A sealed memory's key goes to each worker once, through the pool's initializer
+(:func:`core.vault.register`, over the pool's own pipe): never on a command line, in the
+environment or in a file.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from core.config import IngestConfig
 from core.diskfull import DiskFull
+from core.vault import Vault, register
 from ingest.extract import (
     Extraction,
     Inspection,
@@ -82,10 +87,14 @@ def list_recordings(raw: Path, extensions: list[str]) -> tuple[list[Path], list[
     return recordings, ignored
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def _pool(workers: int, keyring: Vault) -> ProcessPoolExecutor:
     # spawn: the parent holds a database connection and maybe torch threads, which a
     # forked child must not inherit.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    if not keyring.sealing:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=register,
+                               initargs=(str(keyring.root), keyring.master_key))
 
 
 def _output_folders(night: Night, key: str) -> dict[str, Path]:
@@ -132,7 +141,7 @@ def run(night: Night) -> dict:
     added = {"sources": 0, "clips": 0, "frames": 0, "audio_segments": 0}
     extract_seconds = 0.0
 
-    with _pool(workers) as pool, night.Session() as session:
+    with _pool(workers, paths.vault) as pool, night.Session() as session:
         inspections = {rel[i.path]: i for i in _inspect_all(pool, files)}
         stored = {s.id: s for s in day_sources(session, day)}
         known = [Known(s.id, s.path, s.content_hash, s.status, (s.probe or {}).get("settings"))

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_write_bytes
 from core.config import JournalConfig
 from core.errors import ConfigError, UsageError
 from core.paths import Paths
@@ -223,11 +222,13 @@ def add_entry(paths: Paths, cfg: JournalConfig, text: str, at: dt.time | None, d
         raise UsageError(f"journal add: {text!r} holds no entry text")
     path = paths.raw(date) / JOURNAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_bytes() if path.is_file() else b""
+    # Through the vault: a sealed memory's journal is sealed (a person's plaintext journal
+    # too, once a line is added to it), a plain one stays as it is.
+    old = paths.vault.read_bytes(path) if path.is_file() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
     mode = path.stat().st_mode & 0o777 if path.is_file() else 0o600  # a journal is private
-    atomic_write_bytes(path, old + line.encode("utf-8") + b"\n", mode=mode)
+    paths.vault.write_bytes(path, old + line.encode("utf-8") + b"\n", mode=mode)
     number = old.count(b"\n") + 1
     _, found, _ = read_journal(path.parent, cfg, frozenset({number}))
     engine = open_database(paths.database)

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from core.atomic import sweep_tmp
 from core.paths import Paths
+from core.sealed import SealedFileError
+from core.vault import open_file
 from memory.keepsakes import (
     SNIPPET_RATE,
     Keepsake,
@@ -49,10 +51,10 @@ def keyframe_jpeg(path: Path, short_side: int, quality: int) -> bytes:
         Unreadable: the file is missing or not a readable image.
     """
     try:
-        with Image.open(path) as image:
+        with open_file(path) as fh, Image.open(fh) as image:  # a sealed memory's frame is sealed
             image.load()
             rgb = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError, SealedFileError) as exc:
         raise Unreadable(f"cannot read the frame: {exc}") from None
     width, height = rgb.size
     short = min(width, height)
@@ -68,11 +70,11 @@ def keyframe_jpeg(path: Path, short_side: int, quality: int) -> bytes:
 
 def _read_mono(path: Path) -> np.ndarray:
     """The segment as mono samples at :data:`SNIPPET_RATE` (int16 when it already is, unchanged)."""
-    info = soundfile.info(str(path))
-    if info.channels == 1 and info.samplerate == SNIPPET_RATE and info.subtype == "PCM_16":
-        # What ingest writes: copied sample for sample.
-        return soundfile.read(str(path), dtype="int16")[0]
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    with open_file(path) as fh, soundfile.SoundFile(fh) as sound:  # a sealed memory's segment is sealed
+        if sound.channels == 1 and sound.samplerate == SNIPPET_RATE and sound.subtype == "PCM_16":
+            # What ingest writes: copied sample for sample.
+            return sound.read(dtype="int16")
+        data, rate = sound.read(dtype="float32", always_2d=True), sound.samplerate
     wave = data.mean(axis=1)
     if rate != SNIPPET_RATE and len(wave):
         from models.audio.features import resample  # torch: only for a segment at another rate
@@ -89,7 +91,7 @@ def snippet_bytes(path: Path, snippet_format: str) -> bytes:
     """
     try:
         wave = _read_mono(path)
-    except (RuntimeError, OSError, soundfile.SoundFileError) as exc:
+    except (RuntimeError, OSError, soundfile.SoundFileError, SealedFileError) as exc:
         raise Unreadable(f"cannot read the audio: {exc}") from None
     if len(wave) == 0:
         raise Unreadable("the audio holds no samples")

@@ -13,21 +13,28 @@ Every night each probe searches the whole memory as a query would
 (:func:`stages.recall.search_plan`): it finds its moment when the top hit is its clip.
 Recall@1 of the photos (space ``vision``) and of the sounds (``audio``), with chance
 (one over the clips in the space), go to the report night after night.
+
+In a sealed memory the probes and the manifest are sealed like every file under the root:
+FFmpeg cuts into a private scratch folder outside it (:func:`core.vault.scratch_folder`)
+and each cut is sealed from there under the name it has once the set is in place.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from core.atomic import TMP_MARK, atomic_dir, atomic_write_text
+from core.atomic import TMP_MARK, atomic_dir
 from core.errors import UsageError
+from core.vault import Vault, scratch_folder
 from ingest.binaries import ffmpeg_path
 from memory import active_version, coverage, day_sources
 from memory.forget import probe_set_date, probes_folder
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 PROBES = 24  # enough to tell recall from chance, few enough to measure in seconds every night
 PHOTO_AT = 1.45  # seconds into the clip: between two stored frames
 SOUND_FROM, SOUND_SECONDS = 0.5, 3.0
+MANIFEST = "manifest.json"
 # (space, manifest key, metric prefix, encoder)
 KINDS = (("vision", "photo", "image", encode_image_file), ("audio", "sound", "sound", encode_audio_file))
 
@@ -79,6 +87,26 @@ def _cut(cmd: list[str], out: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _cutting_folder(keyring: Vault, tmp: Path) -> Iterator[Path]:
+    """Where FFmpeg cuts: the set's temporary folder itself, or a scratch folder outside the
+    root when the memory is sealed (its plaintext never lands under the root)."""
+    if not keyring.sealing:
+        yield tmp
+        return
+    with scratch_folder("sleep-probes-") as scratch:
+        yield scratch
+
+
+def _file_probe(keyring: Vault, cut: Path, tmp: Path, folder: Path) -> None:
+    """Put a cut probe into the set's temporary folder ``tmp``; sealed, it names its place in
+    ``folder`` (the set once renamed into place), and its plaintext goes."""
+    if cut.parent == tmp:
+        return
+    keyring.store_file(cut, tmp / cut.name, name_as=folder / cut.name)
+    cut.unlink()
+
+
 def cut_probe_set(night: Night) -> list[dict]:
     """Cut tonight's probe set into ``memory/probes`` (whole or not at all); its probes.
 
@@ -96,24 +124,27 @@ def cut_probe_set(night: Night) -> list[dict]:
     for leftover in folder.parent.glob(f".{folder.name}{TMP_MARK}*"):  # a killed cut
         shutil.rmtree(leftover, ignore_errors=True)
     probes: list[dict] = []
+    keyring = night.paths.vault
     try:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, _cutting_folder(keyring, tmp) as work:
             for n, (source, clip_id, start, has_audio) in enumerate(choose_evenly(clips, PROBES)):
                 raw = night.paths.root / source
-                photo, sound = f"{n:03d}_clip{clip_id}.jpg", f"{n:03d}_clip{clip_id}.wav"
+                photo, sound = work / f"{n:03d}_clip{clip_id}.jpg", work / f"{n:03d}_clip{clip_id}.wav"
                 probe = {"clip_id": clip_id, "date": night.day, "source": source, "clip_start_s": start,
                          "photo": None, "sound": None}
-                if _cut(photo_command(raw, start + PHOTO_AT, tmp / photo), tmp / photo):
-                    probe["photo"] = photo
-                if has_audio and _cut(sound_command(raw, start + SOUND_FROM, SOUND_SECONDS, tmp / sound), tmp / sound):
-                    probe["sound"] = sound
+                if _cut(photo_command(raw, start + PHOTO_AT, photo), photo):
+                    _file_probe(keyring, photo, tmp, folder)
+                    probe["photo"] = photo.name
+                if has_audio and _cut(sound_command(raw, start + SOUND_FROM, SOUND_SECONDS, sound), sound):
+                    _file_probe(keyring, sound, tmp, folder)
+                    probe["sound"] = sound.name
                 if probe["photo"] or probe["sound"]:
                     probes.append(probe)
             if not probes:
                 raise _NothingCut
-            atomic_write_text(tmp / "manifest.json", json.dumps(
-                {"date": night.day, "photo_at_s": PHOTO_AT, "sound_from_s": SOUND_FROM,
-                 "sound_seconds": SOUND_SECONDS, "probes": probes}, indent=2) + "\n")
+            manifest = json.dumps({"date": night.day, "photo_at_s": PHOTO_AT, "sound_from_s": SOUND_FROM,
+                                   "sound_seconds": SOUND_SECONDS, "probes": probes}, indent=2) + "\n"
+            keyring.write_bytes(tmp / MANIFEST, manifest.encode("utf-8"), name_as=folder / MANIFEST)
     except _NothingCut:
         log.warning("probes: nothing could be cut from %s's recordings; the next night with video tries again",
                     night.day)
@@ -161,7 +192,7 @@ def run(night: Night) -> dict:
     set_date = probe_set_date(night.paths)
     if set_date is None:
         return {"note": "no probe set yet: it is cut on the first night with video", "spaces": {}}
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads(night.paths.vault.read_text(folder / MANIFEST))
     out: dict = {"date": set_date, "cut_tonight": cut_tonight, "probes": len(manifest["probes"]), "spaces": {}}
     metrics: dict = {"probes": len(manifest["probes"])}
     for space, key, prefix, encode_file in KINDS:

@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from core.config import SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
+from core.sealed import SealedFileError
+from core.vault import open_file
 from memory.media import day_frames
 from models import health
 from models.together import together
@@ -199,9 +201,10 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
     path = Path(path)
     checkpoint = version_checkpoint(paths, "vision", version)
     try:
-        with Image.open(path) as img:
+        # Through the vault of the root holding it: a probe photo of a sealed memory is sealed.
+        with open_file(path) as fh, Image.open(fh) as img:
             pixels = np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, SealedFileError) as exc:
         raise UsageError(f"{path}: cannot read image ({exc})") from None
     encoder = load_target_encoder(checkpoint, cfg.models.jepa, device)
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W) uint8

@@ -42,6 +42,15 @@ def last(night) -> dict:
     return _record(night, "last")
 
 
+def full(night) -> dict:
+    _record(night, "full")
+    raise OSError(28, "No space left on device", str(night.paths.root / "memory" / "x.npy"))
+
+
+FULL_STAGES = [
+    Stage("first", "daemon_helpers:first", ("ingest",)),
+    Stage("full", "daemon_helpers:full", ("ingest",), needs=("first",)),
+]
 QUICK_STAGES = [
     Stage("first", "daemon_helpers:first", ("ingest",)),
     Stage("last", "daemon_helpers:last", ("ingest",), needs=("first",)),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from daemon_helpers import QUICK_STAGES, calls
+from daemon_helpers import FULL_STAGES, QUICK_STAGES, calls
 
 from core.config import CONFIG_DIR, ConfigError, SleepConfig, load_config
 from core.lock import lock_holder
@@ -152,6 +152,20 @@ def test_once_catches_up_missing_nights_in_order(root):
     nights = {day for day, _ in ledger_rows(paths)}
     assert nights == {"2026-01-12", "2026-01-13", "2026-01-15"}
     assert not paths.daemon_lock.exists() or lock_holder(paths.daemon_lock) is None
+
+
+def test_a_disk_full_night_stops_the_catch_up_and_the_next_run_retries(root):
+    paths = add_raw(root, "2026-01-14", "2026-01-15")
+    cfg = tiny("schedule.catch_up_days=3")
+    clock = lambda: dt.datetime(2026, 1, 16, 10, 0, tzinfo=UTC)  # noqa: E731
+
+    assert run_daemon(cfg, paths, once=True, stages=FULL_STAGES, device="cpu", clock=clock) == 1
+
+    # The later night was not started: its first write would have found no room either.
+    assert calls(root) == ["2026-01-14 first", "2026-01-14 full"]
+    (root / "calls.txt").unlink()
+    assert run_daemon(cfg, paths, once=True, stages=QUICK_STAGES, device="cpu", clock=clock) == 0
+    assert calls(root) == ["2026-01-14 last", "2026-01-15 first", "2026-01-15 last"]  # first was done
 
 
 class FakeClock:

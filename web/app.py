@@ -11,7 +11,10 @@ Routes (every one behind :class:`web.auth.TokenGate`):
   (:class:`core.errors.UsageError`) is a 400 with ``{"error": message}``.
 - ``GET /api/timeline``: every day with its clip count, stages and episodes.
 - ``GET /api/day/{date}``: a page of the day's clips in time order, each with its media.
-- ``GET /media/{path}``: a media file under ``data/`` or ``memory/keep/`` (Range requests work).
+- ``GET /media/{path}``: a media file under ``data/`` or ``memory/keep/`` (Range requests work);
+  a sealed one (``memory.encryption: on``) is decrypted as it is sent (:mod:`web.decrypted`).
+- ``GET /report/{date}``: that night's report page (``reports/{date}/index.html``), decrypted
+  when the memory is sealed.
 
 Every search goes through :func:`api.query` or :func:`api.journal_query`, the functions the
 command line calls, in a worker thread so the page stays responsive.
@@ -23,7 +26,7 @@ import os
 import re
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +35,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
+    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -46,9 +50,13 @@ from core.config import SleepConfig
 from core.dates import parse_date
 from core.errors import UsageError
 from core.paths import Paths
+from core.sealed import SealedFileError, is_sealed
+from core.vault import unlock
 from memory import make_sessionmaker, middle_frames, open_database
 from memory.media import clip_days, clip_media
-from web.auth import TokenGate, cookie_name, new_token
+from report.build import read_report
+from web.auth import REPORT_SECURITY_POLICY, TokenGate, cookie_name, new_token
+from web.decrypted import decrypted_response
 from web.media import clip_view, media_type, served_file
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ DAY_PAGE = 60  # clips per page of a day
 FILE_KINDS = {"image": "image", "sound": "audio", "fragment": "fragment"}  # form kind -> api.query keyword
 KINDS = (*FILE_KINDS, "journal", "neuron")
 NO_STORE = {"cache-control": "no-store"}
+MEDIA_CACHE = {"cache-control": "private, max-age=600"}
 
 
 def make_app(root: str | os.PathLike | Paths, config: SleepConfig | str | os.PathLike | None = None,
@@ -76,15 +85,19 @@ def make_app(root: str | os.PathLike | Paths, config: SleepConfig | str | os.Pat
         the Starlette application (serve it with :func:`web.server.running` or uvicorn).
     Raises:
         ConfigError: the config file is invalid.
+        MasterKeyError: the memory is sealed and no passphrase opens it, or the config's
+            ``memory.encryption`` disagrees with the memory.
     """
     paths = paths_of(root)
     cfg = config_of(config, None)
+    unlock(paths.root, cfg.memory)  # a sealed memory without its key stops the start, not the first search
     token = token or new_token()
     pages = _Pages(paths, cfg, token)
     app = Starlette(
         routes=[Route("/", pages.index), Route("/api/search", pages.search, methods=["POST"]),
                 Route("/api/timeline", pages.timeline), Route("/api/day/{date}", pages.day),
-                Route("/media/{path:path}", pages.media), Mount("/static", StaticFiles(directory=STATIC))],
+                Route("/media/{path:path}", pages.media), Route("/report/{date}", pages.report),
+                Mount("/static", StaticFiles(directory=STATIC))],
         middleware=[Middleware(TokenGate, token=token)])
     app.state.token = token
     app.state.paths = paths
@@ -193,6 +206,9 @@ class _Pages:
         for date, stages in nights.items():
             days.setdefault(date, {"date": date, "clips": 0, "episodes": None})["stages"] = {
                 name: s["status"] for name, s in stages.items()}
+        for date, day in days.items():
+            page = self.paths.root / "reports" / date / "index.html"
+            day["report"] = f"/report/{date}" if page.is_file() else None
         return {"days": [days[d] for d in sorted(days, reverse=True)],
                 "episodes": "available" if reader else "not built in this version of sleep"}
 
@@ -225,7 +241,30 @@ class _Pages:
         path = served_file(self.paths.root, relative)
         if path is None:
             return PlainTextResponse("not a media file of this memory\n", status_code=404)
-        return FileResponse(path, media_type=media_type(relative), headers={"cache-control": "private, max-age=600"})
+        vault = self.paths.vault
+        if vault.sealing and await run_in_threadpool(is_sealed, path):
+            # By the name it was sealed under: data/ may be a link to another disk, which
+            # served_file has resolved.
+            sealed_as = self.paths.root.joinpath(*PurePosixPath(relative).parts)
+            try:
+                return await run_in_threadpool(decrypted_response, vault, sealed_as, media_type(relative),
+                                               request.headers, request.method, MEDIA_CACHE)
+            except SealedFileError as exc:
+                log.warning("media: %s", exc)
+                return PlainTextResponse(f"{exc}\n", status_code=500, headers=NO_STORE)
+        return FileResponse(path, media_type=media_type(relative), headers=MEDIA_CACHE)
+
+    async def report(self, request: Request) -> Response:
+        try:
+            date = parse_date(request.path_params["date"])
+        except UsageError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400, headers=NO_STORE)
+        try:
+            page = await run_in_threadpool(read_report, date, self.paths)
+        except UsageError as exc:  # no report of that night
+            return PlainTextResponse(f"{exc}\n", status_code=404, headers=NO_STORE)
+        # The page is whole in itself (inline styles, pictures as data: URIs): it may load nothing.
+        return HTMLResponse(page, headers={**NO_STORE, "content-security-policy": REPORT_SECURITY_POLICY})
 
 
 def _episode_reader():

@@ -7,7 +7,8 @@ HttpOnly, SameSite=Strict cookie, so the token leaves the address bar and later 
 the port, and another site's page cannot make the browser search it (the cookie is never
 sent cross-site).
 
-Every response, refusals included, carries headers that keep the page to its own origin.
+Every response, refusals included, carries headers that keep the page to its own origin
+(a response may set a stricter policy of its own: the report page does).
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from starlette.responses import PlainTextResponse
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
                            "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# A night's report page (/report/DATE): its styles are inline and its pictures data: URIs;
+# it runs no script and loads nothing, not even from this origin (the policy its own
+# <meta> sets, report/templates/index.html.j2, plus what only a header can say).
+REPORT_SECURITY_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; media-src data:; "
+                          "font-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",

@@ -1,7 +1,9 @@
 """From a WAV file to the log-mel frames the CPC model reads.
 
 WAVs are read with ``soundfile`` (torchaudio 2.9 cannot read files without torchcodec);
-torchaudio is used only for its transforms (``MelSpectrogram``, ``Resample``).
+torchaudio is used only for its transforms (``MelSpectrogram``, ``Resample``). A sealed
+memory's segments are opened through its vault (:func:`core.vault.vault_of`) and decrypted
+as libsndfile reads them; a plain memory's are opened by libsndfile itself.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 import torchaudio
 
 from core.config import CpcConfig
+from core.sealed import SealedFileError
+from core.vault import Vault, vault_of
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +29,27 @@ class AudioReadError(Exception):
     """A segment could not be read; the stage records the reason and goes on."""
 
 
-def read_wav(path: Path, sample_rate: int) -> np.ndarray:
+def read_wav(path: Path, sample_rate: int, keyring: Vault | None = None) -> np.ndarray:
     """Read a sound file as mono float32 at ``sample_rate``.
 
     Args:
         path: any file libsndfile reads (the night's segments are 16 kHz mono WAV).
         sample_rate: the rate the model expects; other rates are resampled (a guard:
             ingest already writes this rate).
+        keyring: the vault of the root holding ``path`` (default: found from the path).
     Returns:
         a ``(samples,)`` float32 array in [-1, 1].
     Raises:
         AudioReadError: unreadable, empty or not finite.
     """
+    keyring = keyring or vault_of(path)
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
+        if keyring.sealing:
+            with keyring.open(Path(path)) as fh:
+                data, rate = soundfile.read(fh, dtype="float32", always_2d=True)
+        else:  # libsndfile opens the file itself: a read through Python costs twice as much
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, soundfile.LibsndfileError, SealedFileError) as exc:
         raise AudioReadError(f"cannot read: {exc}") from None
     if data.shape[0] == 0:
         raise AudioReadError("no samples")

@@ -4,7 +4,9 @@ The night's JPEGs are decoded once (batched ``torchvision.io.decode_jpeg``; on C
 nvjpeg) into a ``(N, 3, S, S)`` uint8 tensor at the model's resolution, short side resized
 to ``S`` and centre-cropped. Training then only gathers rows of that tensor, so decoding
 never starves the GPU. Augmentation (random resized crop, horizontal flip) runs on whole
-batches on the device with one ``grid_sample``.
+batches on the device with one ``grid_sample``. A sealed memory's frames are read through its
+vault (:func:`core.vault.vault_of`) and decrypted in memory; a plain memory's are read by
+torchvision as they are.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm import tqdm
 
+from core.sealed import SealedFileError
+from core.vault import Vault, vault_of
 from models.vision.jepa import PIXEL_MEAN, PIXEL_STD
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,20 @@ def square_frame(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
 
 
+def read_frame(path: Path, vaults: dict[Path, Vault]) -> torch.Tensor:
+    """The bytes of the frame file at ``path`` as a uint8 tensor, decrypted when sealed.
+
+    ``vaults`` caches the vault of each folder read from (a day's frames share a few).
+    """
+    keyring = vaults.get(path.parent)
+    if keyring is None:
+        keyring = vaults[path.parent] = vault_of(path)
+    if not keyring.sealing:
+        return read_file(str(path))
+    with keyring.open(path) as fh:
+        return torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
+
+
 def decode_frames(paths: list[Path], size: int, device: str = "cpu", chunk: int = 256,
                   progress: bool = True) -> FrameCache:
     """Decode JPEG frames into one uint8 tensor at ``size x size``.
@@ -55,14 +73,15 @@ def decode_frames(paths: list[Path], size: int, device: str = "cpu", chunk: int 
     index: list[int] = []
     failed: list[dict] = []
     decode_device = "cuda" if device.startswith("cuda") else "cpu"
+    vaults: dict[Path, Vault] = {}
     for start in tqdm(range(0, len(paths), chunk), desc="decode frames", unit="chunk",
                       disable=not progress or len(paths) <= chunk, leave=False):
         batch = list(range(start, min(start + chunk, len(paths))))
         data: dict[int, torch.Tensor] = {}
         for i in batch:
             try:
-                data[i] = read_file(str(paths[i]))
-            except (OSError, RuntimeError) as exc:
+                data[i] = read_frame(Path(paths[i]), vaults)
+            except (OSError, RuntimeError, SealedFileError) as exc:
                 failed.append({"path": str(paths[i]), "reason": f"cannot read: {exc}"})
         keys = list(data)
         try:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from core.sealed import SealedFileError
+from core.vault import open_file
 from report import html as h
 
 THUMB_WIDTH = 96
@@ -23,14 +25,15 @@ SPARK_MIN_DB = 6.0  # the sparkline spans at least this many dB
 
 
 def thumbnail(path: Path) -> str | None:
-    """A small JPEG data URI of an image (``None`` when the file is gone or unreadable)."""
+    """A small JPEG data URI of an image (``None`` when the file is gone or unreadable); a
+    sealed one is decrypted in memory."""
     try:
-        with Image.open(path) as img:
+        with open_file(path) as stored, Image.open(stored) as img:
             img = img.convert("RGB")
             img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
             out = io.BytesIO()
             img.save(out, "JPEG", quality=70)
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, SealedFileError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from core.sealed import SealedFileError
 from report import html as h
 
 KINDS = (("vision", "image", "photos"), ("audio", "sound", "sounds"))
@@ -23,8 +24,8 @@ def history(ctx, set_date: str, tonight: dict) -> list[tuple[str, dict]]:
     for child in sorted(folder.iterdir()) if folder.is_dir() else []:
         try:
             night = dt.date.fromisoformat(child.name)
-            summary = json.loads((child / "summary.json").read_text())
-        except (ValueError, OSError):
+            summary = json.loads(ctx.paths.vault.read_text(child / "summary.json"))
+        except (ValueError, OSError, SealedFileError):
             continue
         if night < ctx.date and (summary.get("probes") or {}).get("date") == set_date:
             nights.append((child.name, (summary.get("metrics") or {}).get("probes") or {}))

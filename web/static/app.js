@@ -134,6 +134,8 @@ async function timeline() {
   $("days").replaceChildren(...answer.days.map((day) => el("li", { "data-date": day.date },
     el("button", { type: "button", onclick: () => openDay(day.date) }, day.date),
     ` ${day.clips} clips`,
+    day.report ? " · " : null,
+    day.report ? el("a", { href: day.report }, "report") : null,
     day.episodes && day.episodes.length ? el("ol", { class: "episodes" }, ...day.episodes.map(episodeLine)) : null)));
 }
 
