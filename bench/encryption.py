@@ -121,7 +121,7 @@ def main() -> None:
         subprocess.run([ffmpeg_path(), "-v", "error", "-y", "-ss", "20", "-i", str(frame), "-frames:v", "1",
                         str(probe)], check=True)
         query = _run(["query", "--image", str(probe), "--json", *options], env)
-        doctor = _run(["doctor", "--read-data", *options], env)
+        doctor = _run(["doctor", "--read-data", "--root", str(root)], env)  # doctor takes no --config
         figures[name] = {"night_s": night, "stages_s": stages, "query_s": query, "doctor_s": doctor,
                          "bytes": _size(root)}
 

@@ -6,14 +6,13 @@ each other instead of failing. Opening a database also brings an older one up to
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from core.filesystems import refuse_network_filesystem
@@ -96,19 +95,21 @@ def _rename_clip_spaces(engine: Engine, path: Path) -> None:
             shutil.rmtree(path.parent / "index" / old, ignore_errors=True)
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
+NOT_A_DATABASE = "file is not a database"
 
 
-def refuse_encrypted_database(path: Path) -> None:
-    """Raise a clear error for a database that is not plain SQLite (SQLCipher's pages look
-    random) where no key was given, rather than SQLite's "file is not a database"."""
-    with contextlib.suppress(FileNotFoundError):
-        with open(path, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
-            raise MasterKeyError(f"{path} is encrypted (or not a database) and the memory has no "
-                                 "memory/key.json to open it with: restore key.json, or "
-                                 "`sleep.py key init --restore FILE` from an exported key")
+def _refuse_encrypted_database(path: Path, exc: DatabaseError) -> None:
+    """Raise a clear error for a database SQLite cannot read where no key was given (an
+    encrypted memory whose key.json is gone), rather than SQLite's own words.
+
+    Why after the fact and not by reading the file's header first: closing any descriptor
+    of a SQLite file drops every POSIX lock this process holds on it, so a plain ``open``
+    while another engine of this process is mid-transaction would let writers collide.
+    """
+    if NOT_A_DATABASE in str(exc):
+        raise MasterKeyError(f"{path} is encrypted (or not a database) and the memory has no "
+                             "memory/key.json to open it with: restore key.json, or "
+                             "`sleep.py key init --restore FILE` from an exported key") from None
 
 
 def open_database(path: Path) -> Engine:
@@ -127,10 +128,14 @@ def open_database(path: Path) -> Engine:
 
         engine = cipher_engine(path, keyring.master_key)
     else:
-        refuse_encrypted_database(path)
         engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(engine, "connect", _on_connect)
-    Base.metadata.create_all(engine)
+    try:
+        Base.metadata.create_all(engine)
+    except DatabaseError as exc:
+        if not keyring.sealing:
+            _refuse_encrypted_database(path, exc)
+        raise
     with engine.begin() as connection:  # create_all adds no index to a table made before it existed
         connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_shard_rows_frame ON shard_rows (frame_id)")
         _add_missing_columns(connection)
