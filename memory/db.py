@@ -95,6 +95,7 @@ def _rename_clip_spaces(engine: Engine, path: Path) -> None:
             shutil.rmtree(path.parent / "index" / old, ignore_errors=True)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first bytes of a plain (unencrypted) database
 NOT_A_DATABASE = "file is not a database"
 
 
