@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -184,7 +184,7 @@ def vault(root) -> Vault:
         return found
 
 
-def unlock(root, memory_cfg, *, environ: Mapping[str, str] | None = None) -> Vault:
+def unlock(root, memory_cfg) -> Vault:
     """Check the config against the memory at ``root`` and unlock it when it is encrypted.
 
     Called once by each entry point (a night, the daemon, the CLI, the web server) before
@@ -193,7 +193,6 @@ def unlock(root, memory_cfg, *, environ: Mapping[str, str] | None = None) -> Vau
     Args:
         root: the root folder.
         memory_cfg: ``cfg.memory`` (``encryption``, ``key_command``).
-        environ: where the passphrase is looked for (default ``os.environ``).
     Raises:
         MasterKeyError: encryption is on without a key (``sleep.py key init``), a key exists
             with encryption off, or the passphrase is missing or wrong.
@@ -207,14 +206,6 @@ def unlock(root, memory_cfg, *, environ: Mapping[str, str] | None = None) -> Vau
         raise MasterKeyError(f"the memory at {root} is encrypted ({key_file(root / 'memory')}): "
                              "set memory.encryption: on")
     _key_commands[root] = memory_cfg.key_command
-    if not has_key:
-        return Vault(root)
-    if environ is not None and root not in _vaults:
-        passphrase = night_passphrase(memory_cfg.key_command, environ)
-        if passphrase is None:
-            raise MasterKeyError(f"{root}: the memory is encrypted and there is no passphrase to "
-                                 f"open it: {NO_PASSPHRASE_SOURCE}")
-        register(root, unwrap_master_key(key_file(root / "memory"), passphrase.text))
     return vault(root)
 
 
@@ -271,11 +262,6 @@ def read_file(path) -> bytes:
 def write_file(final, data, mode: int = 0o600) -> Path:
     """Write ``data`` to ``final`` atomically, sealed when its root is sealed."""
     return vault_of(final).write_bytes(Path(final), data, mode)
-
-
-def file_writer(final, mode: int = 0o600):
-    """:meth:`Vault.writer` on the vault of the root that holds ``final``."""
-    return vault_of(final).writer(Path(final), mode)
 
 
 def scratch_dir() -> Path:
