@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -30,8 +31,53 @@ def configure_console(verbose: bool = False) -> None:
     for h in root.handlers:
         if getattr(h, "_sleep_console", False):
             h.setLevel(logging.DEBUG if verbose else logging.INFO)
+    _quiet_noisy_loggers()
+
+
+def _quiet_noisy_loggers() -> None:
     for noisy in ("PIL", "matplotlib", "urllib3", "apscheduler.scheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def worker_records(context) -> Iterator:
+    """A queue that worker processes log into (:func:`log_to_queue` in their initializer), and
+    a thread here that logs each record that arrives as if this process had logged it.
+
+    Why: a spawned worker starts with no handlers, so its lines (FFmpeg's stderr for a file
+    it could not read) reached neither the console nor the night's log; and a sealed log is
+    written by this process only (:class:`_SealedLogHandler`). Relogged here, they reach both,
+    with the worker's pid in the log line.
+
+    Args:
+        context: the multiprocessing context the pool starts its workers with.
+    Yields:
+        the queue, to pass to the workers' initializer.
+    """
+    queue = context.Queue()
+    listener = logging.handlers.QueueListener(queue, _Relog())
+    listener.start()
+    try:
+        yield queue
+    finally:
+        listener.stop()  # logs what is still queued first
+        queue.close()
+        queue.join_thread()
+
+
+class _Relog(logging.Handler):
+    """Hands a worker's record to this process's logger of the same name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def log_to_queue(queue) -> None:
+    """In a worker process: send every record to the parent (:func:`worker_records`), and only there."""
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(queue)]
+    root.setLevel(logging.DEBUG)
+    _quiet_noisy_loggers()
 
 
 @contextlib.contextmanager

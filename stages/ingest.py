@@ -12,6 +12,7 @@ environment or in a file.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -21,6 +22,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from core.config import IngestConfig
 from core.diskfull import DiskFull
+from core.logs import log_to_queue, worker_records
 from core.vault import Vault, register
 from ingest.extract import (
     Extraction,
@@ -87,14 +90,22 @@ def list_recordings(raw: Path, extensions: list[str]) -> tuple[list[Path], list[
     return recordings, ignored
 
 
-def _pool(workers: int, keyring: Vault) -> ProcessPoolExecutor:
+@contextlib.contextmanager
+def _pool(workers: int, keyring: Vault) -> Iterator[ProcessPoolExecutor]:
     # spawn: the parent holds a database connection and maybe torch threads, which a
     # forked child must not inherit.
     context = multiprocessing.get_context("spawn")
-    if not keyring.sealing:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=register,
-                               initargs=(str(keyring.root), keyring.master_key))
+    with worker_records(context) as records, ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_start_worker,
+            initargs=(records, str(keyring.root), keyring.master_key if keyring.sealing else None)) as pool:
+        yield pool
+
+
+def _start_worker(records, root: str, master_key: bytes | None) -> None:
+    """A worker's set-up: its log lines go to the night's log, and it holds the memory's key."""
+    log_to_queue(records)
+    if master_key is not None:
+        register(root, master_key)
 
 
 def _output_folders(night: Night, key: str) -> dict[str, Path]:

@@ -15,6 +15,7 @@ through the CLI as cron would (the passphrase from ``SLEEP_PASSPHRASE_FILE``). T
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,21 @@ def test_a_config_that_disagrees_with_the_memory_is_refused(sealed_night, root):
                      "--set", "memory.encryption=true", env=_env(passphrase_file))
     assert no_key.returncode == 2 and "sleep.py key init" in no_key.stderr, no_key.stderr
     assert not (root / "memory").exists() and not (root / "reports").exists()
+
+
+def test_the_ingest_workers_lines_reach_the_sealed_log(sealed_night, monkeypatch):
+    # A spawned worker has no handlers of its own and a sealed log is written by the night's
+    # process only: the workers' records travel to it through a queue (core.logs.worker_records).
+    root, _, passphrase_file = sealed_night
+    monkeypatch.setenv("SLEEP_PASSPHRASE_FILE", str(passphrase_file))
+    from core import vault
+
+    vault.forget_all()
+    paths = Paths.at(root)
+    text = paths.vault.read_text(paths.report(__import__("datetime").date.fromisoformat(DATE)) / "sleep.log")
+    vault.forget_all()
+    pid = re.compile(r" \[(\d+)\]: ")
+    workers = {pid.search(line)[1] for line in text.splitlines() if " ingest.extract " in line}
+    night = {pid.search(line)[1] for line in text.splitlines() if " stages.ingest " in line}
+    assert workers and night, text[-2000:]
+    assert not workers & night  # written by the workers, logged by the night

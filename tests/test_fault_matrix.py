@@ -7,10 +7,13 @@ its first stage; the rerun is killed at a random moment of the next stage, and s
 every stage; a last rerun must finish the night. A moment is drawn uniformly over 1.2 x the
 stage's duration in an uninterrupted night, so some land in its first instants, some near its
 end and a few just after it. The default run has 3 chains (3 points a stage), the slow run 20
-more.
+more; and the same again for a sealed memory (``memory.encryption: on``, the passphrase from
+``SLEEP_PASSPHRASE_FILE``): 1 chain by default, 5 more in the slow run. A sealed night's
+rerun must leave exactly what a plain night leaves: the same rows and the same files.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -24,8 +27,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_media
 
+from core import vault
 from core.atomic import TMP_MARK
+from core.keys import ScryptCost, init_key, unlock
 from core.paths import Paths
+from memory.cipher_db import cipher_connect
 from memory.doctor import doctor
 
 DATE = "2026-01-15"
@@ -41,34 +47,69 @@ UNIQUE = {"clips": "source_id, start_s", "frames": "path", "audio_segments": "pa
           "episode_clips": "clip_id"}
 
 
+PASSPHRASE = "fault matrix passphrase"
+
+
+def _key_path(root: Path) -> Path:
+    return root / "memory" / "key.json"
+
+
+def _sealed(root: Path) -> bool:
+    return _key_path(root).exists()
+
+
 def _command(root: Path) -> list[str]:
     args = [sys.executable, str(REPO / "sleep.py"), "--date", DATE, "--root", str(root),
             "--config", str(REPO / "configs/tiny.yaml")]
-    for override in FAST:
+    for override in FAST + (["memory.encryption=true"] if _sealed(root) else []):
         args += ["--set", override]
     return args
 
 
-def _env() -> dict:
-    return {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _env(root: Path) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if _sealed(root):
+        env["SLEEP_PASSPHRASE_FILE"] = str(root.parent / "passphrase")
+    return env
+
+
+def _seal(root: Path) -> None:
+    """Give ``root`` a master key (a cheap scrypt: the cost is not what is tested) and the
+    passphrase file the night reads it from."""
+    init_key(_key_path(root), PASSPHRASE, cost=ScryptCost(n=2**12))
+    secret = root.parent / "passphrase"
+    secret.write_text(PASSPHRASE + "\n")
+    secret.chmod(0o600)
+
+
+def _connect(root: Path, timeout: float):
+    """The memory's database: plain SQLite, or SQLCipher with the memory's key."""
+    db = root / "memory" / "episodic.sqlite"
+    if _sealed(root):
+        return cipher_connect(db, unlock(_key_path(root), PASSPHRASE), timeout=timeout)
+    return sqlite3.connect(db, timeout=timeout)
 
 
 def _ledger(root: Path) -> dict[str, tuple[str, float | None]]:
-    db = root / "memory" / "episodic.sqlite"
-    if not db.exists():
+    if not (root / "memory" / "episodic.sqlite").exists():
         return {}
     try:
-        with sqlite3.connect(db, timeout=5) as con:
+        con = _connect(root, timeout=5)
+        try:
             return {stage: (status, seconds) for stage, status, seconds in con.execute(
                 "SELECT stage, status, seconds FROM stage_runs WHERE date = ? ORDER BY started_at", (DATE,))}
-    except sqlite3.OperationalError:  # tables not made yet, or a writer holds the lock
+        finally:
+            con.close()
+    except Exception as exc:  # tables not made yet, or a writer holds the lock (sqlite3's or sqlcipher3's)
+        if type(exc).__name__ not in ("OperationalError", "DatabaseKeyError"):
+            raise
         return {}
 
 
 def census(root: Path) -> dict:
     """What a finished night leaves: row counts, repeated rows, files by folder, ledger states."""
     found: dict = {}
-    with sqlite3.connect(root / "memory" / "episodic.sqlite") as con:
+    with contextlib.closing(_connect(root, timeout=30)) as con:
         for table in TABLES:
             found[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         for table, columns in UNIQUE.items():
@@ -93,7 +134,7 @@ def reference(tmp_path_factory) -> tuple[Path, dict, dict]:
         make_media(media / f"VID_20260115_0{i}0000.mp4", seconds=12, video=f"{scene}=size=160x120:rate=10")
     root = tmp_path_factory.mktemp("reference") / "root"
     shutil.copytree(media, root / "data" / "raw" / DATE)
-    done = subprocess.run(_command(root), env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_command(root), env=_env(root), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     durations = {stage: seconds or 0.0 for stage, (_, seconds) in _ledger(root).items()}
     return media, census(root), durations
@@ -101,7 +142,7 @@ def reference(tmp_path_factory) -> tuple[Path, dict, dict]:
 
 def _kill_during(root: Path, stage: str, seconds: float, rng: random.Random) -> str:
     """Start the night; SIGKILL it a random moment into ``stage``; say what happened."""
-    night = subprocess.Popen(_command(root), env=_env(), stdout=subprocess.DEVNULL,
+    night = subprocess.Popen(_command(root), env=_env(root), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -122,19 +163,26 @@ def _kill_during(root: Path, stage: str, seconds: float, rng: random.Random) -> 
             night.wait(timeout=30)
 
 
-def _chain(reference, tmp_path: Path, seed: int) -> None:
+def _chain(reference, tmp_path: Path, seed: int, sealed: bool = False) -> None:
     media, expected, durations = reference
     root = tmp_path / "root"
     shutil.copytree(media, root / "data" / "raw" / DATE)
+    if sealed:
+        _seal(root)
     rng = random.Random(seed)
     log = [_kill_during(root, stage, seconds, rng) for stage, seconds in durations.items()]
     # Every stage but perhaps the last instant ones was really interrupted.
     assert sum(line.endswith("killed") for line in log) >= len(log) - 2, log
     time.sleep(0.3)  # orphaned FFmpeg children die with their pipes
-    done = subprocess.run(_command(root), env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_command(root), env=_env(root), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (log, done.stderr[-3000:])
     assert census(root) == expected, log
-    report = doctor(Paths.at(root), read_data=True)
+    if sealed:
+        vault.register(root, unlock(_key_path(root), PASSPHRASE))
+    try:
+        report = doctor(Paths.at(root), read_data=True)
+    finally:
+        vault.forget_all()
     assert report["problems"] == [], (log, report)
 
 
@@ -147,3 +195,15 @@ def test_a_night_killed_in_every_stage_is_completed_by_the_rerun(reference, tmp_
 @pytest.mark.parametrize("seed", range(3, 23))
 def test_twenty_more_kills_in_every_stage(reference, tmp_path, seed):
     _chain(reference, tmp_path, seed)
+
+
+def test_a_sealed_night_killed_in_every_stage_is_completed_by_the_rerun(reference, tmp_path):
+    # Compared with the plain night's census: sealing changes what is in the files, never
+    # which rows and files a night leaves.
+    _chain(reference, tmp_path, seed=100, sealed=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(101, 106))
+def test_five_more_sealed_chains(reference, tmp_path, seed):
+    _chain(reference, tmp_path, seed, sealed=True)

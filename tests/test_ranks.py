@@ -7,6 +7,7 @@ times the largest difference measured (2.4e-7, CPC and the alignment).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ import pytest
 import torch
 from conftest import REPO, make_media, run_cli
 
+from core.keys import ScryptCost, init_key, unlock
+from memory.cipher_db import cipher_connect
 from models.checkpoint import load_checkpoint
 from models.distributed import Ranks
 from models.together import LAUNCHED, torchrun_command
@@ -26,6 +29,7 @@ from models.together import LAUNCHED, torchrun_command
 TRAINERS = "jepa,cpc,align,sae,reconstruct,dream"
 TOLERANCE = 1e-4
 DATE = "2026-01-15"
+PASSPHRASE = "two ranks passphrase"
 
 
 def _env() -> dict:
@@ -109,33 +113,46 @@ def test_gpus_below_one_is_a_usage_error(tmp_path):
     assert done.returncode == 2 and "--gpus 0" in done.stderr
 
 
-def _stage_results(root: Path) -> dict:
-    with sqlite3.connect(root / "memory" / "episodic.sqlite") as db:
+def _stage_results(root: Path, master_key: bytes | None) -> dict:
+    db = root / "memory" / "episodic.sqlite"
+    with contextlib.closing(cipher_connect(db, master_key) if master_key else sqlite3.connect(db)) as con:
         return {stage: json.loads(result or "{}")
-                for stage, result in db.execute("select stage, result from stage_runs")}
+                for stage, result in con.execute("select stage, result from stage_runs")}
 
 
-def test_a_night_on_two_gloo_processes_trains_as_one_process_does(tmp_path):
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_a_night_on_two_gloo_processes_trains_as_one_process_does(tmp_path, sealed):
     """``sleep.py --date D --gpus 2 --device cpu``: every training stage of the night under
-    torchrun; each stage's figures equal a one-process night's on the same ingested day."""
+    torchrun; each stage's figures equal a one-process night's on the same ingested day.
+    Sealed (``memory.encryption: on``): every rank unlocks the memory from the passphrase
+    file, and rank 0's spill of each call's inputs is sealed."""
     stages = "vision,audio,align,sae"
-    tiny = str(REPO / "configs" / "tiny.yaml")
+    options = ["--config", str(REPO / "configs" / "tiny.yaml")]
     first = tmp_path / "root1"
     raw = first / "data" / "raw" / DATE
     make_media(raw / "a.mp4", seconds=9)
     make_media(raw / "b.mp4", seconds=9, video="smptebars=size=160x120:rate=10",
                audio="sine=frequency=880:sample_rate=44100")
+    env, master_key = _env(), None
+    if sealed:
+        init_key(first / "memory" / "key.json", PASSPHRASE, cost=ScryptCost(n=2**12))
+        secret = tmp_path / "passphrase"
+        secret.write_text(PASSPHRASE + "\n")
+        secret.chmod(0o600)
+        env["SLEEP_PASSPHRASE_FILE"] = str(secret)
+        options += ["--set", "memory.encryption=true"]
+        master_key = unlock(first / "memory" / "key.json", PASSPHRASE)
     # Ingest once and copy the root: ingest's workers number the clips in the order they
     # finish, and a training batch follows that order.
-    done = run_cli("--date", DATE, "--root", str(first), "--config", tiny, "--only", "ingest", env=_env())
+    done = run_cli("--date", DATE, "--root", str(first), *options, "--only", "ingest", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     roots = {1: first, 2: tmp_path / "root2"}
     shutil.copytree(first, roots[2], symlinks=True)
     for processes, root in roots.items():
-        done = run_cli("--date", DATE, "--root", str(root), "--config", tiny, "--only", stages,
-                       "--device", "cpu", "--gpus", str(processes), env=_env())
+        done = run_cli("--date", DATE, "--root", str(root), *options, "--only", stages,
+                       "--device", "cpu", "--gpus", str(processes), env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-    one, two = _stage_results(roots[1]), _stage_results(roots[2])
+    one, two = _stage_results(roots[1], master_key), _stage_results(roots[2], master_key)
     for stage in stages.split(","):
         a, b = one[stage].get("metrics", one[stage]), two[stage].get("metrics", two[stage])
         for key, value in a.items():
