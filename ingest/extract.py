@@ -228,8 +228,8 @@ def _seal_file(keyring: Vault, plain: Path, dest: Path, final: Path) -> None:
     ``final`` it becomes once the folder is renamed into place, then drop the plaintext.
 
     Written straight into the temporary folder, with no fsync per file: the folder is
-    renamed into place whole or removed whole (:func:`core.atomic.atomic_dir`), as with
-    FFmpeg's own outputs on a plain memory.
+    made durable at once and renamed into place whole, or removed whole
+    (:func:`core.atomic.atomic_dir`), as with FFmpeg's own outputs on a plain memory.
 
     Raises:
         DiskFull: no room under the root, naming ``final``'s folder.

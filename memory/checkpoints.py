@@ -12,6 +12,7 @@ file the night was stopped before recording is noted by the doctor and recorded 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 
 from sqlalchemy import DateTime, Integer, LargeBinary, Text, delete, select, update
@@ -43,12 +44,15 @@ def _files(paths: Paths) -> dict[str, os.stat_result]:
             if f.is_file() and not f.is_symlink()}
 
 
-def record_checkpoints(session: Session, paths: Paths) -> list[str]:
+def record_checkpoints(session: Session, paths: Paths, *, leave: set[str] = frozenset()) -> list[str]:
     """Record the sums of checkpoint files new or rewritten since they were last recorded
-    (the caller commits); returns their paths."""
+    (the caller commits); returns their paths. ``leave``: files not to record (the doctor's,
+    moving away once its repair commits)."""
     known = {row.path: row for row in session.scalars(select(CheckpointSum))}
     recorded = []
     for rel, st in _files(paths).items():
+        if rel in leave:
+            continue
         row = known.get(rel)
         if row is not None and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
             continue
@@ -67,7 +71,8 @@ def check(session: Session, paths: Paths, report, *, read_data: bool = False) ->
 
     Args:
         session: an open session (the caller commits on repair).
-        report: the doctor's report (``problem(text, fix) -> repair now?``, ``notes``).
+        report: the doctor's report (``problem(text, fix) -> repair now?``, ``after_commit`` and
+            ``fixing``, ``notes``).
         read_data: read every recorded file, not only those no doctor has read.
     Returns:
         the paths read whole and found as recorded (the caller stamps them verified).
@@ -89,14 +94,13 @@ def check(session: Session, paths: Paths, report, *, read_data: bool = False) ->
         if report.problem(f"{what}: file damaged: {damage}",
                           f"moved it to {integrity.QUARANTINE}/; that model continues from its night before"):
             session.execute(delete(CheckpointSum).where(CheckpointSum.path == row.path))
-            integrity.quarantine(paths, row.path)
-            _point_latest_back(paths, paths.root / row.path)
-    unrecorded = sorted(set(on_disk) - set(session.scalars(select(CheckpointSum.path))))
+            report.after_commit(row.path, functools.partial(_quarantine, paths, row.path))
+    unrecorded = sorted(set(on_disk) - set(session.scalars(select(CheckpointSum.path))) - report.fixing)
     if unrecorded:
         report.notes.append(f"{len(unrecorded)} checkpoint(s) have no checksum yet (first: {unrecorded[0]})"
                             + (": recorded them now" if report.repair else ": `doctor --repair` records them"))
         if report.repair:
-            record_checkpoints(session, paths)
+            record_checkpoints(session, paths, leave=report.fixing)
     return verified
 
 
@@ -104,6 +108,11 @@ def stamp_verified(session: Session, rels: list[str]) -> None:
     now = dt.datetime.now()
     for rel in rels:
         session.execute(update(CheckpointSum).where(CheckpointSum.path == rel).values(verified_at=now))
+
+
+def _quarantine(paths: Paths, rel: str) -> None:
+    integrity.quarantine(paths, rel)
+    _point_latest_back(paths, paths.root / rel)
 
 
 def _point_latest_back(paths: Paths, removed) -> None:

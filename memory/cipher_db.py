@@ -74,7 +74,7 @@ def cipher_engine(path: Path, master_key: bytes) -> Engine:
     """A SQLAlchemy engine on the SQLCipher database at ``path``, created on first use.
 
     Each new connection gets the key, then the pragmas of :func:`memory.db._on_connect`
-    (WAL, foreign keys, busy timeout, synchronous=NORMAL). Nothing connects until the
+    (WAL, foreign keys, busy timeout, synchronous=FULL). Nothing connects until the
     engine is first used.
 
     Args:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import shutil
@@ -64,6 +65,16 @@ class _Report:
         self.problems: list[str] = []
         self.repaired: list[str] = []
         self.notes: list[str] = []
+        self.file_fixes: list[Callable[[], object]] = []
+        self.fixing: set[str] = set()
+
+    def after_commit(self, rel: str, fix: Callable[[], object]) -> None:
+        """Move or remove the file ``rel`` (relative to the root) once the repair's rows are
+        committed: a row must never name a file already gone (the commit can fail, a disk
+        full, or the process die first); a file whose row is gone is at worst left behind,
+        which the next doctor names. Until then the stray-file check leaves it alone."""
+        self.fixing.add(rel)
+        self.file_fixes.append(fix)
 
     def problem(self, text: str, fix: str | None = None) -> bool:
         """Record a problem; return whether to repair it now."""
@@ -90,7 +101,7 @@ def _check_shards(session: Session, paths: Paths, report: _Report,
         if not shard.complete:
             if report.problem(f"{what}: marked incomplete", "removed its row and file"):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
-                (paths.root / shard.path).unlink(missing_ok=True)
+                report.after_commit(shard.path, (paths.root / shard.path).unlink)
             continue
         found = shard_problem(paths, shard) or damage.get(shard.id)
         if found is not None:
@@ -99,7 +110,7 @@ def _check_shards(session: Session, paths: Paths, report: _Report,
                    else "removed its row") + "; rerun that night's embedding stage"
             if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})", fix):
                 session.execute(delete(Shard).where(Shard.id == shard.id))
-                integrity.quarantine(paths, shard.path)
+                report.after_commit(shard.path, functools.partial(integrity.quarantine, paths, shard.path))
             continue
         if shard.block_sums is None:
             unsummed.append(shard)
@@ -197,6 +208,8 @@ def _report_unknown(paths: Paths, found: list[str], what: str, report: _Report,
     """
     unknown = []
     for rel in found:
+        if rel in report.fixing:
+            continue  # its row was just dropped; the file goes after the commit
         pid = scan.temporary_pid(rel.rpartition("/")[2])
         if pid is not None:
             if pid_alive(pid):
@@ -532,6 +545,9 @@ def doctor(paths: Paths, *, repair: bool = False, timings: dict | None = None,
                         _check_keepsakes(session, report, scans)
                 if repair:
                     session.commit()
+                    for fix in report.file_fixes:
+                        with contextlib.suppress(FileNotFoundError):
+                            fix()
             _stamp_verified(engine, verified, checkpoints_read)
             if repair:
                 with timed("compaction"):

@@ -61,7 +61,7 @@ def check(session: Session, paths: Paths, report) -> list[int]:
     Args:
         session: an open session (the caller commits on repair).
         paths: the root's layout.
-        report: the doctor's report (``problem(text, fix) -> repair now?``).
+        report: the doctor's report (``problem(text, fix) -> repair now?``, ``after_commit``).
     """
     counts = {sid: (n, hi) for sid, n, hi in session.execute(
         select(JournalVector.shard_id, func.count(), func.max(JournalVector.row)).group_by(JournalVector.shard_id))}
@@ -73,7 +73,7 @@ def check(session: Session, paths: Paths, report) -> list[int]:
             if report.problem(f"{what}: file {found}, database says ({shard.rows}, {shard.dim})",
                               "removed it; rerun that night's journal stage"):
                 session.execute(delete(JournalShard).where(JournalShard.id == shard.id))
-                (paths.root / shard.path).unlink(missing_ok=True)
+                report.after_commit(shard.path, (paths.root / shard.path).unlink)
             continue
         n, hi = counts.get(shard.id, (0, None))
         if hi is not None and hi >= shard.rows and report.problem(

@@ -26,6 +26,7 @@ from core.paths import Paths
 from core.sealed import SealedFileError
 from core.vault import read_file
 from memory.catalog import ShardRow, latest_version, spaces
+from memory.checkpoints import CheckpointSum
 from memory.schema import AudioSegment, Clip, Frame, Source
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,12 @@ def _pointer_date(folder) -> dt.date | None:
         return None
 
 
-def remove_old_checkpoints(paths: Paths, today: dt.date, keep_days: int | None,
+def remove_old_checkpoints(engine, paths: Paths, today: dt.date, keep_days: int | None,
                            in_use: set[str]) -> list[str]:
-    """Remove ``checkpoints/{model}/{date}.pt`` older than ``keep_days`` relative to ``today``.
+    """Remove ``checkpoints/{model}/{date}.pt`` older than ``keep_days`` relative to ``today``,
+    and their checksum rows (``checkpoint_sums``): the rows first, in one commit, then the
+    files, so a crash in between leaves a file no row names (recorded again by the next
+    stage's end or ``doctor --repair``), never a row naming a removed file.
 
     Never removed: each model's newest checkpoint (and the one its ``latest`` pointer names),
     and any whose version ``{model}@{date}`` is in ``in_use``: a query embeds its example
@@ -76,7 +80,7 @@ def remove_old_checkpoints(paths: Paths, today: dt.date, keep_days: int | None,
     """
     if keep_days is None or not paths.checkpoints.is_dir():
         return []
-    removed = []
+    expired = []
     for folder in sorted(p for p in paths.checkpoints.iterdir() if p.is_dir()):
         dates = _checkpoint_dates(folder)
         if not dates:
@@ -85,10 +89,13 @@ def remove_old_checkpoints(paths: Paths, today: dt.date, keep_days: int | None,
         for date in _expired(set(dates), today, keep_days):
             if date in protected or f"{folder.name}@{date.isoformat()}" in in_use:
                 continue
-            file = folder / f"{date.isoformat()}.pt"
-            file.unlink(missing_ok=True)
-            removed.append(str(file.relative_to(paths.root)))
-    return removed
+            expired.append(str((folder / f"{date.isoformat()}.pt").relative_to(paths.root)))
+    if expired:
+        with Session(engine) as session, session.begin():
+            session.execute(delete(CheckpointSum).where(CheckpointSum.path.in_(expired)))
+    for rel in expired:
+        (paths.root / rel).unlink(missing_ok=True)
+    return expired
 
 
 def apply_retention(engine, paths: Paths, retention, today: dt.date, *,
@@ -142,7 +149,7 @@ def apply_retention(engine, paths: Paths, retention, today: dt.date, *,
     checkpoints: list[str] = []
     if retention.checkpoint_days is not None:
         in_use = searched_versions(engine) | set(keep_versions)
-        checkpoints = remove_old_checkpoints(paths, today, retention.checkpoint_days, in_use)
+        checkpoints = remove_old_checkpoints(engine, paths, today, retention.checkpoint_days, in_use)
         if checkpoints:
             log.info("retention: %d checkpoint(s) older than %d days removed: %s", len(checkpoints),
                      retention.checkpoint_days, ", ".join(checkpoints))

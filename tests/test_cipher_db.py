@@ -45,7 +45,7 @@ def test_the_right_key_reads_the_row_back(database):
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar_one() == 30000
-        assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
+        assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 2  # FULL
     engine.dispose()
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from core.config import CONFIG_DIR, RetentionConfig, load_config
 from core.paths import Paths
 from memory import day_keepsakes, keepsake_days
+from memory.checkpoints import CheckpointSum, record_checkpoints
 from memory.db import open_database
 from memory.doctor import doctor
 from memory.forget import forget_day
@@ -300,12 +301,20 @@ def _left(paths, model):
 
 def test_checkpoint_retention_keeps_the_newest_and_the_searched_version(checkpoints):
     engine, paths = checkpoints
+    with Session(engine) as session, session.begin():
+        record_checkpoints(session, paths)
     result = apply_retention(engine, paths, RetentionConfig(checkpoint_days=1), dt.date(2026, 1, 5))
     assert _left(paths, "jepa") == ["2026-01-02", "2026-01-05"]
     assert _left(paths, "dream") == ["2026-01-02"]
     gone = (("dream", 1), ("jepa", 1), ("jepa", 3), ("jepa", 4))
     assert result["checkpoints_removed"] == [f"checkpoints/{m}/2026-01-0{d}.pt" for m, d in gone]
     assert result["metrics"]["checkpoints_removed"] == 4
+    # Their checksum rows went with them (else doctor finds recorded checkpoints missing).
+    with Session(engine) as session:
+        recorded = sorted(session.scalars(select(CheckpointSum.path)))
+    assert recorded == ["checkpoints/dream/2026-01-02.pt", "checkpoints/jepa/2026-01-02.pt",
+                        "checkpoints/jepa/2026-01-05.pt"]
+    assert doctor(paths)["problems"] == []
 
 
 def test_checkpoint_retention_keeps_versions_named_in_use(checkpoints):

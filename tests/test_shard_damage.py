@@ -180,3 +180,25 @@ def test_an_older_memory_gets_the_checksum_columns(root):
         columns = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(shards)")}
     engine.dispose()
     assert {"block_sums", "verified_at"} <= columns
+
+
+def test_a_repair_whose_commit_fails_moves_no_file(mem, monkeypatch):
+    # The ordering rule for repairs: rows first, committed, then files. A commit that fails
+    # (a full disk) must leave the damaged shard where its row says, for the next repair.
+    engine, paths = mem
+    fill(engine, paths, DAYS)
+    damaged = _shard_of(engine, DAYS[1])
+    _flip(paths, damaged, 3)
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Session, "commit", full)
+    with pytest.raises(OSError):
+        doctor(paths, repair=True, read_data=True)
+    monkeypatch.undo()
+    assert (paths.root / damaged.path).exists() and not (paths.root / "memory" / "quarantine").exists()
+    assert _shard_of(engine, DAYS[1]).path == damaged.path
+    report = doctor(paths, repair=True, read_data=True)
+    assert report["ok"] and (paths.root / "memory" / "quarantine" / damaged.path).exists()
+    assert doctor(paths, read_data=True)["problems"] == []

@@ -8,7 +8,7 @@ import os
 import pytest
 from conftest import run_cli
 
-from core.atomic import atomic_dir, atomic_write_text, sweep_tmp
+from core.atomic import TMP_MARK, atomic_dir, atomic_write_text, sweep_tmp
 from core.config import CONFIG_DIR, DEFAULT_CONFIG, SleepConfig, load_config
 from core.dates import parse_date
 from core.errors import ConfigError, LockHeld, UsageError
@@ -79,13 +79,28 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_dir_replaces_whole(tmp_path):
+@pytest.mark.parametrize("system", ["linux", "portable"])
+def test_atomic_dir_replaces_whole(tmp_path, monkeypatch, system):
+    # "portable": no syncfs and no renameat2 (fsync per file; the old folder renamed aside).
+    from core import atomic
+
+    if system == "portable":
+        monkeypatch.setattr(atomic, "_SYNCFS", None)
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    else:
+        assert atomic._SYNCFS is not None and atomic._RENAMEAT2 is not None  # the dev box, CI: Linux
+    synced: list = []
+    real_sync = atomic.sync_tree
+    monkeypatch.setattr(atomic, "sync_tree", lambda folder: (synced.append(folder), real_sync(folder)))
     final = tmp_path / "out"
     with atomic_dir(final) as tmp:
-        (tmp / "a").write_text("1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a").write_text("1")
     with atomic_dir(final) as tmp:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["b"]
+    assert list(tmp_path.iterdir()) == [final]  # the old folder is gone, nothing temporary left
+    assert len(synced) == 2 and all(TMP_MARK in folder.name for folder in synced)  # before the rename
 
 
 def test_sweep_removes_only_temporaries(tmp_path):
