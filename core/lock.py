@@ -1,8 +1,10 @@
 """One night at a time per root: an advisory lock that the kernel frees even after kill -9."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import LockHeld
@@ -67,3 +69,20 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """Hold the exclusive advisory lock ``path`` for the block, waiting for it.
+
+    For short critical sections between writers that do not take the night lock (``journal
+    add``, which runs beside a night on purpose) and a night-lock holder that must see their
+    writes whole (``doctor`` telling a new file from a stray one).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock

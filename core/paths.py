@@ -84,6 +84,12 @@ class Paths:
         return self.root / ".sleep.lock"
 
     @property
+    def shard_lock(self) -> Path:
+        """Held while a shard file is written and its row committed outside a night (``journal
+        add``), and by ``doctor`` while it asks whether a file it found unnamed is new."""
+        return self.root / ".sleep-shards.lock"
+
+    @property
     def daemon_lock(self) -> Path:
         """Held by ``sleep.py daemon`` for its whole life: one scheduler per root."""
         return self.root / ".sleep-daemon.lock"

@@ -39,7 +39,7 @@ from concurrent.futures import Executor, Future
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.lock import NightLock, pid_alive
+from core.lock import NightLock, held, pid_alive
 from core.paths import Paths
 from memory import checkpoints, integrity, journal_care, scan
 from memory.catalog import EmbeddingSpace, Shard, ShardRow
@@ -157,11 +157,30 @@ def _compact(engine, paths: Paths, shard_ids: list[int]) -> None:
 
 def _check_stray_files(session: Session, paths: Paths, report: _Report, scans: _Scans) -> None:
     shard_paths = set(session.scalars(select(Shard.path))) | journal_care.known_paths(session)
-    _report_unknown(paths, _walk_unknown(paths, paths.embeddings, _named_in(shard_paths)), "shard file", report)
+    _report_unknown(paths, _walk_unknown(paths, paths.embeddings, _named_in(shard_paths)), "shard file", report,
+                    functools.partial(_shards_named_now, session.get_bind(), paths))
     _report_unknown(paths, scans.unknown_kept_files(), "kept file", report, scans.kept_elsewhere)
     map_paths = set(session.scalars(select(SpaceMapRow.path)))
     _report_unknown(paths, _walk_unknown(paths, paths.memory / "maps", _named_in(map_paths)), "map file", report)
     _stale_indexes(session, paths, report)
+
+
+def _shards_named_now(engine, paths: Paths, found: set[str]) -> set[str]:
+    """Of the shard files ``found`` unnamed in the doctor's snapshot, those a row names now.
+
+    ``journal add`` writes shards beside a doctor (it takes no night lock): a file it wrote
+    after the doctor's snapshot began, its row committed since or about to be, is new, not
+    stray. Asked on a fresh connection while holding the lock ``journal add`` holds from
+    writing the file to committing its row.
+    """
+    with held(paths.shard_lock), engine.connect() as connection:
+        named = set()
+        for table in ("shards", "journal_shards"):
+            for part in _in_parts(sorted(found)):
+                named.update(connection.exec_driver_sql(
+                    f"SELECT path FROM {table} WHERE path IN ({','.join('?' * len(part))})",
+                    tuple(part)).scalars())
+    return named
 
 
 def _named_in(known: set[str]) -> Callable[[str, list[str]], set[str]]:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from core.lock import held
 from core.paths import Paths
 from memory import shards
 from memory.db import Base
@@ -235,6 +236,12 @@ def write_entry_vectors(engine: Engine, paths: Paths, *, space: str, model_versi
     unit = shards.normalise(vectors)
     if len(entry_ids) != len(unit) or len(unit) == 0:
         raise ValueError(f"{len(entry_ids)} entries for {len(unit)} vectors (need at least one)")
+    with held(paths.shard_lock):  # a doctor running beside `journal add` sees the file with its row
+        return _store_entry_vectors(engine, paths, space, model_version, date, entry_ids, unit)
+
+
+def _store_entry_vectors(engine: Engine, paths: Paths, space: str, model_version: str, date: str,
+                         entry_ids: list[int], unit: np.ndarray) -> JournalShard:
     final = shards.write_shard(paths, space=space, model_version=model_version, date=date, unit=unit).path
     rel = str(final.relative_to(paths.root))
     old_path = None

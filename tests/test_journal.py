@@ -232,6 +232,32 @@ def test_journal_add_refuses_a_bad_time_and_empty_text(night_root):
         journal_add(root, "  ", date=DAY, config=cfg)
 
 
+def test_a_journal_add_beside_a_doctor_is_not_taken_for_a_stray_file(night_root, monkeypatch):
+    # `journal add` takes no night lock: its shard can land after the doctor read which files
+    # the database names. The doctor asks again, under the lock `journal add` holds from the
+    # file to its row, before it calls a shard file stray (and, repairing, deletes it).
+    from memory import journal_care
+
+    root, cfg = night_root
+    named_then = journal_care.known_paths
+    added = {}
+
+    def add_meanwhile(session):
+        known = named_then(session)
+        if not added:
+            added.update(journal_add(root, "fed the ducks by the pond", at="16:00", date=DAY, config=cfg))
+        return known
+
+    monkeypatch.setattr(journal_care, "known_paths", add_meanwhile)
+    report = doctor(root, repair=True)
+    assert added["embedded"]
+    assert not [p for p in report["problems"] if "no database row knows" in p], report
+    monkeypatch.undo()
+    assert doctor(root)["ok"]
+    hit = journal_query(root, "feeding ducks at the pond", topk=1, config=cfg)[0]
+    assert hit.entry_id == added["entry_id"]
+
+
 def test_doctor_names_vectors_without_entries_and_entries_without_vectors(night_root):
     from sqlalchemy import delete
     from sqlalchemy.orm import Session
@@ -259,7 +285,8 @@ def test_forget_removes_the_days_entries_and_vectors(night_root):
     done = run_cli("forget", "--date", DAY.isoformat(), "--yes", "--json", "--root", str(root))
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
-    assert plan["database"]["journal_entries"] == 4 and plan["database"]["journal_vectors"] > 0
+    # journal.md's 3 and journal add's 2 (the doctor test swapped one for an unembedded one)
+    assert plan["database"]["journal_entries"] == 5 and plan["database"]["journal_vectors"] > 0
     engine = open_database(paths.database)
     assert all_entries(engine) == []
     assert not list(paths.embeddings.glob(f"text*/*/{DAY.isoformat()}-*.npy"))
