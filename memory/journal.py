@@ -288,14 +288,25 @@ def load_entry_vectors(engine: Engine, paths: Paths, *, space: str, model_versio
     Returns:
         ``(entry_ids (N,), vectors (N, D) float32)``; rows whose entry is gone are left out.
     """
-    ids, blocks = [], []
-    with Session(engine) as session:
-        for shard in _shards(session, space, model_version, date_from, date_to):
-            rows = session.execute(select(JournalVector.row, JournalVector.entry_id)
-                                   .where(JournalVector.shard_id == shard.id).order_by(JournalVector.row)).all()
-            if rows:
-                blocks.append(shards.read_rows(paths, shard, [r for r, _ in rows]))
-                ids.extend(e for _, e in rows)
+    for attempt in range(1, 4):
+        ids, blocks = [], []
+        with Session(engine) as session:
+            # Shards and rows from one state of the database (a snapshot): a `journal add`
+            # replacing a day's shard removes the old file after its commit.
+            session.connection().exec_driver_sql("BEGIN")
+            try:
+                for shard in _shards(session, space, model_version, date_from, date_to):
+                    rows = session.execute(select(JournalVector.row, JournalVector.entry_id)
+                                           .where(JournalVector.shard_id == shard.id)
+                                           .order_by(JournalVector.row)).all()
+                    if rows:
+                        blocks.append(shards.read_rows(paths, shard, [r for r, _ in rows]))
+                        ids.extend(e for _, e in rows)
+            except FileNotFoundError:
+                if attempt == 3:
+                    raise
+                continue  # replaced after the snapshot began: read the new state
+        break
     if not blocks:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     return np.array(ids, np.int64), np.concatenate(blocks)

@@ -201,6 +201,10 @@ def _faiss_index(paths: Paths, space: EmbeddingSpace, shards: list[Shard], block
                                            meta["recall"], meta.get("rerank_factor"), rows=blocks)
         except SealedFileError as exc:  # a cache: built again below, and written over
             log.warning("cached index %s does not decrypt (%s): building it again", file, exc)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            # Removed by another process's rebuild between the check and the read (FAISS says
+            # so as a RuntimeError), or damaged: a cache, built again below.
+            log.warning("cached index %s did not load (%s): building it again", file, exc)
     elif kind != "flat" and meta_file.exists():
         return EXACT  # measured before: this memory is searched exactly
     if built is None:

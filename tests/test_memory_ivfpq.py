@@ -1,6 +1,7 @@
 """IVF-PQ for a memory larger than RAM: codes in the index, exact re-ranking from the shards."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -20,6 +21,8 @@ from memory.faiss_index import (
 )
 from memory.search import _INDEXES, SearchOptions
 from memory.store import search
+
+search_module = importlib.import_module("memory.search")  # `memory.search` the package exports is a function
 
 DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
 
@@ -117,6 +120,35 @@ def test_auto_builds_ivfpq_where_ivf_would_exceed_the_ram_budget(mem):
     assert [ids(q, small) for q in queries] == found
     (built,) = _INDEXES.values()
     assert built.kind == "ivfpq" and built.rows is not None
+
+
+def test_a_cached_index_gone_or_garbled_is_built_again(mem, caplog):
+    # Another process rebuilding the cache removes the file between this one's check and
+    # its read; or the file is damaged: a cache, so built again, with a warning.
+    engine, paths = mem
+    fill(engine, paths, DAYS, n_clips=400)
+    options = SearchOptions(index="auto", faiss_threshold=0)
+    query = day_vectors(1, 1)[0]
+    first = search(engine, paths, space="vision", query=query, options=options)
+    (index_file,) = (paths.memory / "index").rglob("*.faiss")
+    index_file.write_bytes(b"not an index")
+    _INDEXES.clear()
+    with caplog.at_level("WARNING", logger="memory.search"):
+        assert search(engine, paths, space="vision", query=query, options=options) == first
+    assert "did not load" in caplog.text
+    real_read = search_module._read_index
+
+    def removed_meanwhile(vault, file):
+        file.unlink()
+        return real_read(vault, file)
+
+    _INDEXES.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="memory.search"), \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_module, "_read_index", removed_meanwhile)
+        assert search(engine, paths, space="vision", query=query, options=options) == first
+    assert "did not load" in caplog.text
 
 
 def test_auto_within_the_ram_budget_still_builds_ivf(mem):
