@@ -54,3 +54,31 @@ def doctor(root: Root, *, repair: bool = False, workers: int | None = None, read
         LockHeld: a night is running (its half-written files would look like problems).
     """
     return memory.doctor(paths_of(root), repair=repair, workers=workers, read_data=read_data)
+
+
+def is_unencrypted(root: Root) -> bool:
+    """Whether the memory under ``root`` holds a plaintext database (made without encryption,
+    or a ``key seal`` stopped before its last step)."""
+    from memory.sealing import database_is_plain
+
+    return database_is_plain(paths_of(root))
+
+
+def seal(root: Root, master_key: bytes) -> dict:
+    """Encrypt an existing memory in place with ``master_key`` (``sleep.py key seal``):
+    every file sleep wrote, then the database; safe to stop and run again.
+
+    The caller holds the root's night lock and has made or unlocked the key.
+
+    Returns:
+        ``{"files", "already", "bytes", "database"}`` (:class:`memory.sealing.Sealed`).
+    Raises:
+        SealingError: another process has the database open.
+    """
+    from dataclasses import asdict
+
+    from core.vault import register
+    from memory.sealing import seal_memory
+
+    paths = paths_of(root)
+    return asdict(seal_memory(paths, register(paths.root, master_key)))

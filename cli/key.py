@@ -1,4 +1,4 @@
-"""``sleep.py key init | change | export``: the memory's master key, a thin shell over :mod:`core.keys`.
+"""``sleep.py key init | change | seal | export``: the memory's master key, a thin shell over :mod:`core.keys`.
 
 No passphrase is ever an argument. The current one comes from where the night finds it
 (systemd credentials, ``SLEEP_PASSPHRASE_FILE``, ``memory.key_command``), else from a
@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from api.maintenance import is_unencrypted, seal
 from core.config import load_config
 from core.keys import (
     NO_PASSPHRASE_SOURCE,
@@ -22,9 +23,11 @@ from core.keys import (
     key_file,
     night_passphrase,
     read_export,
+    unlock as unwrap,
     read_secret_file,
     write_export,
 )
+from core.lock import NightLock
 from core.paths import Paths
 
 KEY_HELP = "the master key that encrypts the memory: make it, change its passphrase, back it up"
@@ -65,6 +68,19 @@ def add_key_group(sub, add_common) -> None:
     add_common(change)
     change.set_defaults(func=cmd_change, manages_key=True)
 
+    seal = group.add_parser("seal", help="encrypt a memory stored unencrypted, in place (stop and rerun at will)",
+                            description="Encrypt an existing memory: make the master key (asking for a new "
+                                        "passphrase) unless it exists, rewrite every file sleep wrote under "
+                                        "the root sealed, then the database through SQLCipher. Safe to stop "
+                                        "and run again: it goes on where it stopped. Stop `sleep.py serve` and "
+                                        "the daemon first; afterwards set memory.encryption: on in the config. "
+                                        "Your own recordings and journals in data/raw are left as they are; "
+                                        "the disk blocks the plaintext files held are freed, not wiped.")
+    seal.add_argument("--new-passphrase-file", type=Path, metavar="FILE",
+                      help=NEW_PASSPHRASE_HELP + " (when the memory has no key yet)")
+    add_common(seal)
+    seal.set_defaults(func=cmd_seal, manages_key=True)
+
     export = group.add_parser("export", help="print the master key as hex, for a backup kept apart from the memory",
                               description="Print the raw master key (64 hex digits), or write it to a new "
                                           "file with mode 0600. With it, `key init --restore FILE` opens the "
@@ -103,20 +119,15 @@ def _new_passphrase(args) -> str:
 
 
 def refuse_plaintext_memory(paths: Paths) -> None:
-    """Refuse a key for a memory that already holds a plaintext database.
+    """Refuse a bare key for a memory that already holds a plaintext database.
 
-    Why: with a key, every reader expects the database sealed; sealing an existing memory
-    in place (database, shards, media, checkpoints) is not built yet, and a key alone would
-    leave it unreadable by the night and still readable by anyone.
+    Why: with a key, every reader expects the database sealed; a key alone would leave the
+    memory unreadable by the night and still readable by anyone. `key seal` makes the key
+    and seals what is there.
     """
-    database = paths.database
-    if database.exists() and database.stat().st_size:
-        with open(database, "rb") as fh:
-            plain = fh.read(16) == b"SQLite format 3\x00"
-        if plain:
-            raise MasterKeyError(f"{database}: this memory is stored unencrypted already; encrypting an "
-                                 "existing memory is not supported yet: start an encrypted memory in a new "
-                                 "root (sleep.py key init --root NEW) and run its nights there")
+    if is_unencrypted(paths):
+        raise MasterKeyError(f"{paths.database}: this memory is stored unencrypted; "
+                             "`sleep.py key seal` makes its key and encrypts it in place")
 
 
 def cmd_init(args) -> int:
@@ -138,6 +149,26 @@ def cmd_change(args) -> int:
     change_passphrase(path, old, _new_passphrase(args))
     print(f"new passphrase set in {path}; give the night the new one too "
           "(its credential, SLEEP_PASSPHRASE_FILE or memory.key_command)")
+    return 0
+
+
+def cmd_seal(args) -> int:
+    paths = Paths.at(args.root)
+    path = key_file(paths.memory)
+    if not paths.database.exists():
+        raise MasterKeyError(f"{paths.database}: no memory here to seal; `sleep.py key init` makes the key "
+                             "of a new one")
+    with NightLock(paths.lock, "key seal"):
+        if path.exists():
+            master_key = unwrap(path, _current_passphrase(args))
+        else:
+            master_key = init_key(path, _new_passphrase(args))
+            print(f"made a new master key in {path}; back it up apart from the memory: "
+                  "sleep.py key export --output FILE")
+        done = seal(paths, master_key)
+    print(f"sealed {done['files']} files ({done['bytes'] / 1e6:.1f} MB; {done['already']} were sealed already); "
+          f"database: {done['database']}")
+    print("now set memory.encryption: on in the config the night uses")
     return 0
 
 

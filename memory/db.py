@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from core.errors import SleepError
 from core.filesystems import refuse_network_filesystem
 from core.keys import MasterKeyError
 from core.paths import make_private_dir
@@ -117,6 +118,23 @@ def _refuse_encrypted_database(path: Path, exc: DatabaseError) -> None:
                              "`sleep.py key init --restore FILE` from an exported key") from None
 
 
+def _name_an_unfinished_sealing(path: Path) -> None:
+    """A memory with a key whose database is still plaintext: `sleep.py key seal` was stopped
+    before its last step (or never run). Say so, rather than "wrong key".
+
+    The header is read only here, after this process's connection failed and was disposed
+    of: no lock of ours on the file can be dropped by the close.
+    """
+    try:
+        with open(path, "rb") as fh:
+            plain = fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return
+    if plain:
+        raise MasterKeyError(f"{path} is not encrypted yet, though the memory has a key: "
+                             "finish sealing it with `sleep.py key seal`") from None
+
+
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
@@ -140,6 +158,10 @@ def open_database(path: Path) -> Engine:
     except DatabaseError as exc:
         if not keyring.sealing:
             _refuse_encrypted_database(path, exc)
+        raise
+    except SleepError:  # the cipher engine's DatabaseKeyError
+        engine.dispose()
+        _name_an_unfinished_sealing(path)
         raise
     with engine.begin() as connection:  # create_all adds no index to a table made before it existed
         connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_shard_rows_frame ON shard_rows (frame_id)")
