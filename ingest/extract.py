@@ -60,9 +60,13 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_key(content_hash_hex: str) -> str:
-    """Folder name of a source's outputs: two files named alike never clash."""
-    return content_hash_hex[:16]
+def source_key(content_hash_hex: str, settings: str) -> str:
+    """Folder name of a source's outputs, from its content and the output settings it is
+    split with: two files named alike never clash, and splitting the same file again with
+    other settings writes a new folder beside the one its stored rows still name (which goes
+    only after the new rows are committed). Memories stored before the settings were part
+    of the name keep their folders (``content_hash[:16]``): folders are found from the rows."""
+    return hashlib.sha256(f"{content_hash_hex}:{settings}".encode()).hexdigest()[:16]
 
 
 @dataclass

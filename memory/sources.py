@@ -110,3 +110,19 @@ def source_counts(session: Session, date: str) -> dict[int, dict]:
                                   .where(Clip.source_id.in_(ids)).group_by(Clip.source_id)):
         counts[sid]["audio_segments"] = n
     return counts
+
+
+def media_folders(session: Session, source_ids: list[int]) -> set[str]:
+    """The folders (relative to the root) that hold the frames, audio segments and clip
+    copies the rows of ``source_ids`` name: where ingest put each source's outputs."""
+    if not source_ids:
+        return set()
+    clip_ids = select(Clip.id).where(Clip.source_id.in_(source_ids))
+    # One file per clip is enough to name its folder; the frames of a clip all share one.
+    named = [select(func.min(Frame.path)).where(Frame.clip_id.in_(clip_ids)).group_by(Frame.clip_id),
+             select(AudioSegment.path).where(AudioSegment.clip_id.in_(clip_ids)),
+             select(Clip.video_path).where(Clip.source_id.in_(source_ids), Clip.video_path.is_not(None))]
+    folders = set()
+    for query in named:
+        folders.update(path.rpartition("/")[0] for path in session.scalars(query) if path)
+    return folders

@@ -49,6 +49,7 @@ from memory.sources import (
     ClipRecord,
     day_sources,
     day_totals,
+    media_folders,
     save_source,
     source_counts,
     update_sources,
@@ -185,7 +186,7 @@ def run(night: Night) -> dict:
         for f, replaces in plan.extract:
             inspection = inspections[f.path]
             info = inspection.info
-            folders = _output_folders(night, source_key(inspection.content_hash))
+            folders = _output_folders(night, source_key(inspection.content_hash, settings))
             job = Job(path=inspection.path, info=info, cfg=cfg, root=str(root),
                       frames_dir=str(folders["frames"]) if info.has_video else None,
                       audio_dir=str(folders["audio"]) if info.has_audio else None,
@@ -269,12 +270,15 @@ def _store_source(night: Night, session, inspection: Inspection, path: str, resu
                     wall_start=started_at, wall_start_from=started_from,
                     probe={"info": info.as_dict(), "settings": settings, "note": result.note,
                            "seconds": round(result.seconds, 3)})
-    stale_keys = {source_key(s.content_hash) for s in replaces} - {source_key(inspection.content_hash)}
+    # The replaced versions' folders, found from their rows (before they go), less the one
+    # just written: a file split again with new settings went to a new folder.
+    stale = media_folders(session, [s.id for s in replaces if s.id is not None])
+    stale -= {str(f.relative_to(night.paths.root)) for f in
+              _output_folders(night, source_key(inspection.content_hash, settings)).values()}
     save_source(session, source, clips, replaces=replaces)
     # After the commit: the replaced versions' files (a killed run leaves orphans that the
     # next run's sweep removes, never rows pointing at missing files).
-    for key in stale_keys:
-        remove_outputs(list(_output_folders(night, key).values()))
+    remove_outputs([night.paths.root / folder for folder in sorted(stale)])
     log.info("ingest: %s: %d clips from %.1fs%s", path, len(clips), result.duration_s,
              f" ({result.note})" if result.note else "")
     return {"sources": 1, "clips": len(clips), "frames": sum(len(c.frames) for c in clips),
@@ -306,7 +310,8 @@ def _describe_day(session, day: str, raw: Path, root: Path, plan) -> tuple[list[
 def _sweep_orphans(night: Night, session) -> None:
     """Remove output folders no stored source owns (left when a run was killed between
     renaming a changed file's new folders into place and deleting the old ones)."""
-    owned = {source_key(s.content_hash) for s in day_sources(session, night.day) if s.status != "failed"}
+    owned = {Path(folder).name for folder in media_folders(
+        session, [s.id for s in day_sources(session, night.day) if s.status != "failed"])}
     for base in (night.paths.frames(night.date), night.paths.audio_segments(night.date),
                  night.paths.clips(night.date)):
         if not base.is_dir():

@@ -11,6 +11,7 @@ import soundfile as sf
 from conftest import make_media, run_cli
 from PIL import Image
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from core.config import CONFIG_DIR, load_config
 from core.paths import Paths
@@ -22,6 +23,7 @@ from ingest.probe import MediaInfo, describe_probe_failure
 from ingest.walltime import time_from_name
 from memory.db import make_sessionmaker, open_database
 from memory.schema import AudioSegment, Clip, Frame, Source
+from memory.sources import media_folders
 from pipeline.runner import run_night
 
 DATE = dt.date(2026, 1, 15)
@@ -270,12 +272,39 @@ def test_killed_run_is_redone_cleanly(fresh):
     assert files_under(fresh) == on_disk
 
 
-def test_changed_settings_reextract(fresh):
+def test_changed_settings_reextract(fresh, monkeypatch):
     ingest(fresh)
+    paths = Paths.at(fresh)
+    before = {p for p in files_under(fresh) if p.startswith("data/frames/")}
+    # The ordering rule: while the new rows are committed, every file the replaced rows name
+    # is still there (the new split went to a folder of its own).
+    import stages.ingest as stage
+
+    real_save, checked = stage.save_source, []
+
+    def save_checking(session, source, clips, *, replaces=()):
+        for old in replaces:
+            for folder in media_folders(session, [old.id]):
+                assert (paths.root / folder).is_dir(), folder
+            named = session.scalars(select(Frame.path).join(Clip).where(Clip.source_id == old.id)).all()
+            assert all((paths.root / p).is_file() for p in named), old.path
+            checked.append(old.path)
+        return real_save(session, source, clips, replaces=replaces)
+
+    monkeypatch.setattr(stage, "save_source", save_checking)
     cfg = load_config(CONFIG_DIR / "tiny.yaml", ["ingest.clip_seconds=5"])
     result = ingest(fresh, cfg)
     assert _processed(result)["VID_20260115_081502.mp4"]["clips"] == 2
     assert result["added"]["sources"] == len(GOOD) + 1
+    assert len(checked) >= len(GOOD)
+    # The old split's folders went after the commit; nothing else is left of it.
+    after = {p for p in files_under(fresh) if p.startswith("data/frames/")}
+    assert after and not after & before
+    engine = open_database(paths.database)
+    with Session(engine) as session:
+        named = set(session.scalars(select(Frame.path)))
+    engine.dispose()
+    assert named == after
 
 
 def test_cli_night_with_bad_files_exits_0_and_reports_them(tmp_path):
