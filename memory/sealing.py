@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ from tqdm import tqdm
 
 from core.atomic import TMP_MARK, _fsync_dir, tmp_name
 from core.errors import UsageError
+from core.lock import pid_alive
 from core.paths import Paths
 from core.sealed import MAGIC
 from core.vault import Vault
 from memory.db import SQLITE_MAGIC
+from memory.scan import temporary_pid
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,27 @@ def _plain_files(paths: Paths) -> Iterator[Path]:
                 if path.is_symlink() or not path.is_file():
                     continue
                 yield path
+
+
+def sweep_dead_temporaries(paths: Paths) -> list[str]:
+    """Remove what a killed ``key seal`` (or any killed writer) left being written: temporary
+    files and folders under the sealed folders whose writing process is gone. Returns them,
+    relative to the root."""
+    removed = []
+    for folder in SEALED_FOLDERS:
+        base = paths.root / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob(f"*{TMP_MARK}*"), key=lambda p: len(p.parts)):
+            pid = temporary_pid(path.name)
+            if pid is None or pid_alive(pid) or any(str(p) in removed for p in path.parents):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(paths.root)))
+    return removed
 
 
 def _original_name(paths: Paths, path: Path) -> Path:
@@ -196,6 +220,8 @@ def seal_memory(paths: Paths, vault: Vault) -> Sealed:
     if not vault.sealing:
         raise ValueError("seal_memory needs a vault with the memory's key")
     done = Sealed()
+    for rel in sweep_dead_temporaries(paths):
+        log.info("key seal: removed %s, left by an interrupted write", rel)
     done.files, done.already, done.bytes = seal_files(paths, vault)
     if seal_database(paths, vault.master_key):
         done.database = "sealed now"
