@@ -6,7 +6,9 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
 import time
+from queue import Empty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d]: %(message)s"
 # A sealed night log is written out again at most this often while the night runs, so a
 # night killed outright (power cut, the OOM killer) keeps its log up to the last minute.
 SEALED_LOG_EVERY_S = 60.0
+# How long a night waits, after its worker processes ended, for their last log records.
+WORKER_LOG_DRAIN_S = 5.0
 
 
 def configure_console(verbose: bool = False) -> None:
@@ -49,27 +53,45 @@ def worker_records(context) -> Iterator:
     written by this process only (:class:`_SealedLogHandler`). Relogged here, they reach both,
     with the worker's pid in the log line.
 
+    Not ``logging.handlers.QueueListener``: its ``stop`` joins its thread without a limit,
+    and a worker killed in the middle of a long record (the OOM killer) leaves half a message
+    in the pipe that the thread then waits on forever, which would hang the night. Here the
+    thread is a daemon and is given :data:`WORKER_LOG_DRAIN_S` to finish.
+
     Args:
         context: the multiprocessing context the pool starts its workers with.
     Yields:
         the queue, to pass to the workers' initializer.
     """
     queue = context.Queue()
-    listener = logging.handlers.QueueListener(queue, _Relog())
-    listener.start()
+    stop = threading.Event()
+
+    def relog() -> None:
+        while True:
+            try:
+                record = queue.get(timeout=0.2)
+            except Empty:
+                if stop.is_set():
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            except Exception:  # noqa: BLE001 (a record that does not unpickle: skipped)
+                continue
+            try:
+                logging.getLogger(record.name).handle(record)
+            except Exception:  # noqa: BLE001 (logging's rule: never fail the caller)
+                continue
+
+    thread = threading.Thread(target=relog, name="worker-logs", daemon=True)
+    thread.start()
     try:
         yield queue
     finally:
-        listener.stop()  # logs what is still queued first
+        stop.set()
+        thread.join(timeout=WORKER_LOG_DRAIN_S)  # the workers have ended: what they sent is queued
+        queue.cancel_join_thread()
         queue.close()
-        queue.join_thread()
-
-
-class _Relog(logging.Handler):
-    """Hands a worker's record to this process's logger of the same name."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger(record.name).handle(record)
 
 
 def log_to_queue(queue) -> None:

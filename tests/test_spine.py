@@ -242,3 +242,44 @@ def test_every_command_has_help():
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings}"
+
+
+# -- worker processes' log records ------------------------------------------------------
+
+def _log_in_worker(message):
+    import logging
+
+    logging.getLogger("sleep.test.worker").warning(message)
+    return os.getpid()
+
+
+def test_worker_records_reach_this_process_logs(caplog):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from core.logs import log_to_queue, worker_records
+
+    context = multiprocessing.get_context("spawn")
+    with caplog.at_level("WARNING", logger="sleep.test.worker"):
+        with worker_records(context) as records, ProcessPoolExecutor(
+                1, mp_context=context, initializer=log_to_queue, initargs=(records,)) as pool:
+            pid = pool.submit(_log_in_worker, "hello from a worker").result()
+    (record,) = [r for r in caplog.records if r.name == "sleep.test.worker"]
+    assert record.getMessage() == "hello from a worker" and record.process == pid != os.getpid()
+
+
+def test_worker_records_do_not_hang_on_half_a_message(monkeypatch):
+    # A worker killed in the middle of sending a long record leaves half a message in the
+    # pipe: the night must still end (logging.handlers.QueueListener would wait forever).
+    import multiprocessing
+    import struct
+    import time
+
+    from core import logs
+
+    monkeypatch.setattr(logs, "WORKER_LOG_DRAIN_S", 1.0)
+    started = time.monotonic()
+    with logs.worker_records(multiprocessing.get_context("spawn")) as records:
+        os.write(records._writer.fileno(), struct.pack("!i", 100_000) + b"x" * 10)
+        time.sleep(0.3)  # the thread is now stuck reading the rest
+    assert time.monotonic() - started < 5
