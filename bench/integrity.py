@@ -43,8 +43,10 @@ search_module = sys.modules["memory.search"]
 
 
 def _forget_caches() -> None:
+    """What a new query process starts without (a sealed memory's decrypted shards included)."""
     shards._MAPS.clear()
     shards._CHECKED.clear()
+    shards._HELD.clear()
     search_module._INDEXES.clear()
     search_module._ROW_META.clear()
     search_module.DAMAGED.clear()

@@ -31,15 +31,9 @@ from integrity import _fill, _forget_caches, _timed_search  # noqa: E402  (bench
 from core import vault  # noqa: E402
 from core.keys import ScryptCost, init_key  # noqa: E402
 from core.paths import Paths  # noqa: E402
-from memory import shards  # noqa: E402
 from memory.db import open_database  # noqa: E402
 
 search_module = sys.modules["memory.search"]
-
-
-def _forget_all_caches() -> None:
-    _forget_caches()
-    shards._HELD.clear()
 
 
 def _measure(root: Path, rows: int, days: int, dim: int, sealed: bool) -> dict[str, float]:
@@ -51,32 +45,20 @@ def _measure(root: Path, rows: int, days: int, dim: int, sealed: bool) -> dict[s
     queries = _fill(paths, engine, rows, days, dim)
     exact = search_module.SearchOptions(index="exact")
     ivfpq = search_module.SearchOptions(index="auto", faiss_threshold=0, index_ram_gb=1e-6)
-    _forget_all_caches()
+    _forget_caches()
     _timed_search(engine, paths, queries, ivfpq, first_only=True)  # builds the index and caches it on disk
     figures = {}
-    _forget_all_caches()
+    _forget_caches()
     figures["first exact search in a process"] = _timed_search(engine, paths, queries, exact, first_only=True)
-    figures["exact search, warm"] = _median_warm(engine, paths, queries, exact)
-    _forget_all_caches()
+    figures["exact search, warm"] = _timed_search(engine, paths, queries, exact, first_only=False)
+    _forget_caches()
     figures["first IVF-PQ search in a process"] = _timed_search(engine, paths, queries, ivfpq, first_only=True)
-    _forget_all_caches()
+    _forget_caches()
     figures["IVF-PQ search, warm"] = _timed_search(engine, paths, queries, ivfpq, first_only=False)
     engine.dispose()
-    _forget_all_caches()
+    _forget_caches()
     vault.forget_all()
     return figures
-
-
-def _median_warm(engine, paths, queries, options) -> float:
-    import statistics
-    import time
-
-    times = []
-    for q in queries[:20]:
-        started = time.perf_counter()
-        search_module.search(engine, paths, space="vision", query=q, topk=10, options=options)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> int:
