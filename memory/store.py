@@ -133,8 +133,23 @@ def write_embeddings(engine: Engine, paths: Paths, *, space: str, model_version:
         raise
     if old_path and old_path != rel:
         (paths.root / old_path).unlink(missing_ok=True)
+    _remove_unnamed(engine, paths, final.parent, date)
     log.info("stored %d %s vectors (%s) for %s", info.rows, space, model_version, date)
     return info
+
+
+def _remove_unnamed(engine: Engine, paths: Paths, folder, date: str) -> None:
+    """Remove the day's shard files in ``folder`` that no row names: an earlier write of this
+    key killed between its file and its commit (its rerun trains anew, so its file's name
+    differs and nothing else would replace it). Only files whole, not temporaries."""
+    found = {str(f.relative_to(paths.root)): f for f in folder.glob(f"{date}-*{shards.SUFFIX}")}
+    if not found:
+        return
+    with Session(engine) as session:
+        named = set(session.scalars(select(Shard.path).where(Shard.path.in_(list(found)))))
+    for rel, file in found.items():
+        if rel not in named:
+            file.unlink(missing_ok=True)
 
 
 def load_vectors(engine: Engine, paths: Paths, *, space: str, model_version: str,

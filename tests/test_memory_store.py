@@ -71,6 +71,22 @@ def test_writing_a_key_again_replaces_its_shard_and_rows(mem):
     assert len(search(engine, paths, space="vision", query=np.ones(DIM), topk=50)) == 6
 
 
+def test_a_write_killed_before_its_commit_leaves_no_file_after_the_rerun(mem):
+    # Killed between its shard file and its commit, a write leaves a whole file no row names;
+    # the rerun's file gets a new name, so it removes the unnamed one (the fault matrix).
+    engine, paths = mem
+    ids = add_day(engine, paths, DAYS[0], 10)
+    embed_day(engine, paths, DAYS[0], ids, seed=1)
+    (written,) = paths.embeddings.rglob("*.npy")
+    orphan = written.with_name(f"{DAYS[0]}-000000000000.npy")
+    orphan.write_bytes(written.read_bytes())
+    other_day = written.with_name(f"{DAYS[1]}-000000000000.npy")
+    other_day.write_bytes(written.read_bytes())  # another day's key: not this write's business
+    embed_day(engine, paths, DAYS[0], ids, seed=2)
+    assert not orphan.exists() and other_day.exists()
+    assert len(list(paths.embeddings.rglob(f"{DAYS[0]}-*.npy"))) == 1
+
+
 def test_search_stays_in_one_model_version(mem):
     engine, paths = mem
     ids = add_day(engine, paths, DAYS[0], 10)
