@@ -96,6 +96,9 @@ def query(
         overrides: ``key.path=value`` strings applied to the config file.
     Returns:
         up to ``topk`` :class:`Hit`, best first (``hit.as_dict()`` is one ``--json`` entry).
+        An image's hits in ``vision`` are the vector search's best
+        ``memory.search.layout_rerank``, scored again by layout (:mod:`stages.layout`): their
+        ``score`` is the mean cosine of the picture's regions to the hit's keyframe's.
     Raises:
         UsageError: a bad argument, no memory yet, or no trained model for the example.
         ConfigError: the config file is invalid.
@@ -125,7 +128,9 @@ def query(
     paths = memory_of(root)
 
     from memory import open_database
+    from stages.layout import layout_ranker, reranks
     from stages.recall import PlannedSearch, search_planned
+    from stages.vision import read_image
 
     engine = open_database(paths.database)
     try:
@@ -136,12 +141,20 @@ def query(
         else:
             space, version, vector, exclude, reaches = _query_vector(
                 given[0], examples[given[0]], space, model_version, cfg, paths, engine)
+        # An image's best hits are scored again by layout (stages.layout): fetch that many.
+        by_layout = reranks(cfg, space) if given[0] == "image" else 0
         try:
-            hits = search_planned(engine, paths, space, [PlannedSearch(version, vector), *reaches], topk=int(topk),
-                                  date_from=first, date_to=last, modality=modality, source=source,
-                                  exclude_clip_ids=exclude, fires_any=fires_any, options=cfg.memory.search)
+            hits = search_planned(engine, paths, space, [PlannedSearch(version, vector), *reaches],
+                                  topk=max(int(topk), by_layout), date_from=first, date_to=last, modality=modality,
+                                  source=source, exclude_clip_ids=exclude, fires_any=fires_any,
+                                  options=cfg.memory.search)
         except ValueError as exc:
             raise UsageError(f"query: {exc}") from None
+        if by_layout and hits:
+            ranker = layout_ranker(engine, paths, cfg, resolve_device(cfg.runtime.device))
+            if ranker is not None:
+                hits = ranker.rerank(read_image(Path(image)), hits)
+        hits = hits[:int(topk)]
         hits = _with_episodes(engine, hits)
     finally:
         engine.dispose()

@@ -111,6 +111,15 @@ class SearchConfig(_Section):
         description="GiB of RAM one search index may take; above it auto builds ivfpq instead "
                     "of ivf, and flat (or an index that misses min_recall) searches exactly "
                     "over the shards instead of holding a float32 copy")
+    # An image query's vector pools the whole picture, which keeps what is in it and loses
+    # where: look-alike scenes of other days then outrank the right moment (bench/across_nights.py,
+    # BENCHMARKS.md "Across nights"). Scoring the best hits again on a grid of regions puts
+    # layout back; both sides come from the newest encoder, so hits of any version compare.
+    layout_rerank: int = Field(
+        20, ge=0, le=1000,
+        description="an image query's best N hits scored again by layout: the newest vision encoder's "
+                    "tokens of the query and of each hit's keyframe, pooled over a grid of regions; 0: off")
+    layout_grid: int = Field(4, ge=1, le=16, description="regions per side of the layout grid")
 
 
 class MemoryConfig(_Section):

@@ -35,6 +35,7 @@ SNIPPET_RATE = 16000  # Hz, mono: what the audio encoders read
 KEYFRAME_SUFFIX = ".jpg"
 SNIPPET_SUFFIXES = {"flac": ".flac", "wav": ".wav"}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_IN_CHUNK = 900  # SQLite's bound-parameter limit in older builds
 
 
 class KeepsakeRow(Base):
@@ -77,6 +78,18 @@ def day_keepsakes(session: Session, date: str) -> list[Keepsake]:
     rows = session.scalars(select(KeepsakeRow).where(KeepsakeRow.date == date)
                            .order_by(KeepsakeRow.clip_id))
     return [_as_keepsake(r) for r in rows]
+
+
+def keyframes(session: Session, clip_ids) -> dict[int, str]:
+    """Each clip's kept keyframe, relative to the root (clips without one are absent)."""
+    ids = sorted(set(clip_ids))
+    out: dict[int, str] = {}
+    for i in range(0, len(ids), _IN_CHUNK):
+        rows = session.execute(select(KeepsakeRow.clip_id, KeepsakeRow.keyframe)
+                               .where(KeepsakeRow.clip_id.in_(ids[i:i + _IN_CHUNK]),
+                                      KeepsakeRow.keyframe.is_not(None)))
+        out.update((clip_id, path) for clip_id, path in rows)
+    return out
 
 
 def keepsake_days(session: Session) -> list[str]:

@@ -40,8 +40,9 @@ from memory import active_version, coverage, day_sources
 from memory.forget import probe_set_date, probes_folder
 from stages import Night
 from stages.audio import encode_audio_file
+from stages.layout import layout_ranker, reranks
 from stages.recall import search_plan, search_planned
-from stages.vision import encode_image_file
+from stages.vision import encode_image_file, read_image
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +165,28 @@ def recall_at_1(night: Night, space: str, probes: list[tuple[int, Path]], encode
     if active is None:
         return {"note": f"nothing stored in {space} yet"}
     clips = coverage(night.engine, space, active)["clips"]
-    found, searched = 0, set()
+    found, first_found, searched = 0, 0, set()
+    # A photo's best hits are scored again by layout, as api.query does (stages.layout).
+    by_layout = reranks(night.cfg, space) if encode_file is encode_image_file else 0
     try:
+        ranker = layout_ranker(night.engine, night.paths, night.cfg, night.device) if by_layout else None
         for clip_id, file in probes:
             plan = search_plan(night.engine, night.paths, space,
                                lambda version: encode_file(file, night.cfg, night.paths, night.device, version))
-            hits = search_planned(night.engine, night.paths, space, plan, topk=1, options=night.cfg.memory.search)
+            hits = search_planned(night.engine, night.paths, space, plan, topk=max(1, by_layout),
+                                  options=night.cfg.memory.search)
+            first_found += bool(hits) and hits[0].clip_id == clip_id
+            if ranker is not None and hits:
+                hits = ranker.rerank(read_image(file), hits)
             found += bool(hits) and hits[0].clip_id == clip_id
             searched.update(p.version for p in plan)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         return {"note": f"{space} could not be searched: {exc}"}
-    return {"probes": len(probes), "found": int(found), "recall@1": round(found / len(probes), 4) if probes else None,
-            "chance": round(1 / clips, 4) if clips else None, "clips": clips, "searched": sorted(searched)}
+    out = {"probes": len(probes), "found": int(found), "recall@1": round(found / len(probes), 4) if probes else None,
+           "chance": round(1 / clips, 4) if clips else None, "clips": clips, "searched": sorted(searched)}
+    if ranker is not None:  # what the layout adds: the vector search's own top hit, for comparison
+        out["vector_recall@1"] = round(first_found / len(probes), 4) if probes else None
+    return out
 
 
 def run(night: Night) -> dict:
@@ -201,6 +212,8 @@ def run(night: Night) -> dict:
         out["spaces"][space] = result
         if "recall@1" in result:
             metrics[f"{prefix}_recall@1"], metrics[f"{prefix}_chance"] = result["recall@1"], result["chance"]
+            if "vector_recall@1" in result:
+                metrics[f"{prefix}_vector_recall@1"] = result["vector_recall@1"]
         log.info("probes: %s recall@1 %s (chance %s) on the set of %s", space, result.get("recall@1"),
                  result.get("chance"), set_date)
     metrics["seconds"] = round(time.monotonic() - started, 3)

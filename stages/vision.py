@@ -180,6 +180,22 @@ def run(night: Night) -> dict:
 
 
 # --- query side ------------------------------------------------------------
+def read_image(path: str | Path) -> torch.Tensor:
+    """Any image PIL reads as a ``(3, H, W)`` uint8 RGB tensor.
+
+    Raises:
+        UsageError: the file cannot be read as an image (the message names it and says why).
+    """
+    path = Path(path)
+    try:
+        # Through the vault of the root holding it: a probe photo of a sealed memory is sealed.
+        with open_file(path) as fh, Image.open(fh) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SealedFileError) as exc:
+        raise UsageError(f"{path}: cannot read image ({exc})") from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
 def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str,
                       version: str | None = None) -> tuple[str, np.ndarray]:
     """Embed an image the way the night embedded its frames.
@@ -198,16 +214,9 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
         UsageError: the file cannot be read as an image, or no vision model is trained yet.
         CheckpointError: the newest checkpoint is unreadable.
     """
-    path = Path(path)
     checkpoint = version_checkpoint(paths, "vision", version)
-    try:
-        # Through the vault of the root holding it: a probe photo of a sealed memory is sealed.
-        with open_file(path) as fh, Image.open(fh) as img:
-            pixels = np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SealedFileError) as exc:
-        raise UsageError(f"{path}: cannot read image ({exc})") from None
+    image = read_image(path)
     encoder = load_target_encoder(checkpoint, cfg.models.jepa, device)
-    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W) uint8
     frame = square_frame(image, encoder.img_size).unsqueeze(0)
     vector = embed_frames(encoder, frame, batch_size=1, bf16=cfg.models.jepa.bf16)[0]
     return model_version(MODEL, checkpoint.stem), vector

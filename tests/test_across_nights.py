@@ -1,11 +1,11 @@
 """Day-1 memories after seven nights of learning encoders (bench/across_nights.py on the tiny config).
 
-The issue's bar, image R@1 of day-1 probes against the whole memory: (b) night 7 after
-re-embedding within 5 points of (a) night 1, and (c) night 7 through the maps only at
-least 0.9 x (b). On the tiny config (60 JEPA steps a night, 9 probes) the figures swing by
-a probe or two from run to run and the bar is not met reliably (BENCHMARKS.md, "Across
-nights", has the runs); this test holds what the tiny config does show every time: day-1
-moments stay findable far above chance both ways, and the report says so.
+The issue's bar, image R@1 of day-1 probes (27 photos cut between stored frames) against the
+whole memory: (b) night 7 after re-embedding within 5 points of (a) night 1, and (c) night 7
+through the maps only at least 0.9 x (b). It is met with the photos' best hits ordered by
+layout (stages.layout), as ``api.query`` answers; the vector search alone is not enough on
+these look-alike scenes (BENCHMARKS.md, "Across nights": 0.93 -> 0.63), and the test checks
+that the layout is what makes the difference, so it cannot pass by a lucky vector order.
 """
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ def test_day_one_probes_stay_findable_after_seven_nights(tmp_path):
     figures = _bench().measure(tmp_path, str(CONFIG_DIR / "tiny.yaml"), log=lambda *_: None)
     print(figures)  # the figures, for BENCHMARKS.md (pytest -s)
     assert all(night["ok"] for night in figures["nights"].values()), figures["nights"]
-    assert figures["a"]["image_r1"] >= 0.5, figures["a"]  # day 1 alone: 9 clips, chance 0.11
-    for key in ("b", "c"):  # all seven days: 60 clips, chance 0.017
-        assert figures[key]["image_r1"] >= 10 * figures[key]["chance"], (key, figures[key])
+    assert figures["photos"] == 27, figures
+    a, b, c = (figures[key]["image_r1"] for key in ("a", "b", "c"))
+    assert b - a > -0.05, figures  # (b) within 5 points of (a)
+    assert c >= 0.9 * b, figures   # (c) at least 0.9 x (b)
+    assert b >= 0.85, figures      # and high, not a low (a) matched: 60 clips, chance 0.017
+    assert figures["b"]["image_r1"] > figures["b"]["image_vector_r1"], figures  # the layout lifts it
     assert figures["b"]["chance"] < figures["a"]["chance"]  # (b) and (c) search all seven days

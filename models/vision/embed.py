@@ -1,4 +1,5 @@
-"""Frames -> vectors with a trained JEPA target encoder (average-pooled patch tokens)."""
+"""Frames -> vectors with a trained JEPA target encoder: average-pooled patch tokens (what is
+in the picture), or pooled over a grid of regions (what is where: :func:`embed_layouts`)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.config import JepaConfig
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -14,7 +16,6 @@ from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.vit import VisionTransformer
 
 
-@torch.no_grad()
 def embed_frames(encoder: VisionTransformer, images: torch.Tensor, *, batch_size: int = 256,
                  bf16: bool = True) -> np.ndarray:
     """Embed uint8 frames: the mean of the encoder's output tokens per frame.
@@ -28,19 +29,58 @@ def embed_frames(encoder: VisionTransformer, images: torch.Tensor, *, batch_size
     Returns:
         ``(N, dim)`` float32 array.
     """
+    return _pooled(encoder, images, lambda tokens: tokens.mean(dim=1), (encoder.dim,), batch_size, bf16)
+
+
+def embed_layouts(encoder: VisionTransformer, images: torch.Tensor, *, grid: int = 4, batch_size: int = 256,
+                  bf16: bool = True) -> np.ndarray:
+    """Embed uint8 frames as a ``grid x grid`` layout: the encoder's patch tokens averaged over
+    each region of the picture (an R-MAC-style regional descriptor), each region unit length.
+
+    Two frames' layouts compare by :func:`layout_scores`. Where :func:`embed_frames` keeps only
+    what a picture holds, this keeps where, which tells apart look-alike scenes (another day's
+    Game of Life, the same kitchen from another corner) whose means differ in the third decimal.
+
+    Args:
+        grid: regions per side (adaptive pooling: any size up to the patch grid's side).
+        the rest: as :func:`embed_frames`.
+    Returns:
+        ``(N, grid * grid, dim)`` float32, regions in row-major order.
+    """
+    def regions(tokens: torch.Tensor) -> torch.Tensor:
+        side = int(round(tokens.shape[1] ** 0.5))
+        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)  # (B, D, side, side)
+        pooled = F.adaptive_avg_pool2d(maps.float(), grid).flatten(2).transpose(1, 2)  # (B, grid*grid, D)
+        return F.normalize(pooled, dim=-1)
+
+    return _pooled(encoder, images, regions, (grid * grid, encoder.dim), batch_size, bf16)
+
+
+def layout_scores(query: np.ndarray, layouts: np.ndarray) -> np.ndarray:
+    """How alike ``query`` ``(R, D)`` and each of ``layouts`` ``(K, R, D)`` are: the mean cosine
+    of corresponding regions, ``(K,)`` in [-1, 1]."""
+    return np.einsum("rd,krd->k", query, layouts) / query.shape[0]
+
+
+@torch.no_grad()
+def _pooled(encoder: VisionTransformer, images: torch.Tensor, pool, shape: tuple[int, ...], batch_size: int,
+            bf16: bool) -> np.ndarray:
+    """``pool(tokens (B, N, D))`` of every frame, batched: ``(N, *shape)`` float32."""
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16
                 else contextlib.nullcontext())
-    out = np.zeros((images.shape[0], encoder.dim), dtype=np.float32)
+    parts = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         with autocast:
             tokens = encoder(normalise(batch))  # (B, N, D)
-        out[start:start + batch.shape[0]] = tokens.float().mean(dim=1).cpu().numpy()
+        parts.append(pool(tokens.float()).cpu().numpy())
     encoder.train(was_training)
-    return out
+    if not parts:
+        return np.zeros((0, *shape), np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def load_target_encoder(path: Path, cfg: JepaConfig, device: str) -> VisionTransformer:

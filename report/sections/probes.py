@@ -51,8 +51,10 @@ def render(summary: dict, ctx) -> str | None:
         if "note" in r:
             rows.append((label, "-", "-", r["note"]))
             continue
-        rows.append((label, f"{r['found']}/{r['probes']}", _figure(metrics, prefix),
-                     f"{r['clips']} clips in {', '.join(r['searched'])}"))
+        searched = f"{r['clips']} clips in {', '.join(r['searched'])}"
+        if r.get("vector_recall@1") is not None:  # photos: the best hits scored again by layout
+            searched += f"; best hits ordered by layout (vector order alone: {r['vector_recall@1']:.3f})"
+        rows.append((label, f"{r['found']}/{r['probes']}", _figure(metrics, prefix), searched))
     parts.append(h.table(["probes", "found", "recall@1", "searched"], rows))
     nights = history(ctx, result["date"], metrics)
     if len(nights) > 1:
