@@ -127,7 +127,7 @@ def query(
     cfg = config_of(config, overrides)
     paths = memory_of(root)
 
-    from memory import open_database
+    from memory import open_database, record_use
     from stages.layout import layout_ranker, reranks
     from stages.recall import PlannedSearch, search_planned
     from stages.vision import read_image
@@ -155,6 +155,7 @@ def query(
             if ranker is not None:
                 hits = ranker.rerank(read_image(Path(image)), hits)
         hits = hits[:int(topk)]
+        record_use(engine, {h.date for h in hits})  # the order re-embedding takes (memory.uses)
         hits = _with_episodes(engine, hits)
     finally:
         engine.dispose()

@@ -55,6 +55,7 @@ from memory.media import (
     frame_paths,
     middle_frames,
 )
+from memory.uses import by_last_use, record_use
 from memory.neurons import (
     NeuronError,
     assign_identities,
@@ -105,6 +106,7 @@ __all__ = [
     "EmbeddingRow", "ShardInfo", "ShardError", "write_embeddings", "load_vectors",
     "latest_version", "space_dim", "spaces",
     # versions: which one queries read, and how much of the memory each covers
+    "by_last_use", "record_use",
     "active_version", "activate_if_complete", "coverage", "covered_days", "version_table", "days_to_reembed",
     "day_clips", "record_day", "drop_superseded",
     # memory-trace neurons: stable ids across nights, and the names people give them

@@ -138,7 +138,7 @@ def _name_an_unfinished_sealing(path: Path) -> None:
 def open_database(path: Path) -> Engine:
     """Open (creating if needed) the memory database at ``path``; owner-only permissions."""
     # Imported for their side effect of registering tables on Base.metadata.
-    from memory import catalog, checkpoints, episodes, journal, ledger, maps, neurons, schema
+    from memory import catalog, checkpoints, episodes, journal, ledger, maps, neurons, schema, uses
 
     refuse_network_filesystem(path.parent)  # before anything is created there
     # The database is memory/episodic.sqlite: its root is two folders up. A sealed memory's

@@ -29,6 +29,7 @@ from memory.keepsakes import KeepsakeRow
 from memory.ledger import StageRun
 from memory.schema import AudioSegment, Clip, Frame, Source
 from memory.shards import day_files
+from memory.uses import DayUse
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def forget_day(paths: Paths, date: dt.date) -> dict:
                     session.execute(delete(Clip).where(Clip.date == day))
                     session.execute(delete(Source).where(Source.date == day))
                     session.execute(delete(StageRun).where(StageRun.date == day))
+                    session.execute(delete(DayUse).where(DayUse.date == day))
                     journal_care.delete_day(session, day)
             finally:
                 engine.dispose()

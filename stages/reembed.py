@@ -11,7 +11,9 @@ stage embeds every earlier day again with tonight's networks, into tonight's ver
 - ``sae``: tonight's dictionary applied to its input space's vectors of the day.
 
 A clip older than keepsakes falls back to its frame or audio segment while they are on
-disk; one with neither is counted as missing. Days go oldest first, spaces in that order,
+disk; one with neither is counted as missing. Days go oldest last use first
+(:func:`memory.by_last_use`: a day is used by its night and by each query returning one of
+its moments), spaces in that order,
 in batches of ``memory.reembed.batch_size`` on the night's device, until
 ``memory.reembed.max_minutes`` is spent; what is left waits for ``sleep.py memory reembed``
 or a rerun. Each (space, day) is written whole (:func:`memory.write_embeddings`) and then
@@ -40,6 +42,7 @@ from memory import (
     EmbeddingRow,
     activate_if_complete,
     active_version,
+    by_last_use,
     coverage,
     covered_days,
     day_clips,
@@ -328,7 +331,8 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
             continue
         with night.Session() as session:
             runs[space] = SpaceRun(version, days_to_reembed(session, space, version))
-    days = sorted({d for r in runs.values() for d in r.todo})
+    with night.Session() as session:  # oldest last use first: what does not fit waits for later nights
+        days = by_last_use(session, {d for r in runs.values() for d in r.todo})
     log.info("reembed: %d earlier day(s) to move into %s", len(days),
              ", ".join(sorted({r.version for r in runs.values()})) or "nothing")
 

@@ -137,6 +137,15 @@ def test_a_hit_without_a_picture_keeps_its_vector_score(night, tmp_path):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_a_query_records_the_use_of_the_days_it_returns(night, tmp_path):
+    with sqlite3.connect(Paths.at(night).database) as db:
+        before = dict(db.execute("select date, uses from day_uses"))
+    api.query(night, image=_photo(night, "VID_0.mp4", 2.5, tmp_path / "photo.png"), config=TINY, topk=2)
+    with sqlite3.connect(Paths.at(night).database) as db:
+        after = dict(db.execute("select date, uses from day_uses"))
+    assert after == {DAY1.isoformat(): before.get(DAY1.isoformat(), 0) + 1}
+
+
 def test_layout_rerank_zero_is_the_vector_search(night, tmp_path):
     photo = _photo(night, "VID_1.mp4", 10.5, tmp_path / "photo.png")
     off = api.query(night, image=photo, config=TINY, topk=3, overrides=["memory.search.layout_rerank=0"])
