@@ -85,6 +85,9 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         bank_rows = np.asarray(state["bank_rows"])
         bank = vectors[bank_rows]
         row_of_clip = {int(rows[r].clip_id): i for i, r in enumerate(bank_rows)}
+        replayed = state.get("replay_bank")  # earlier days' clips the night replayed: in the bank too
+        if replayed is not None and len(replayed):
+            bank = np.concatenate([bank, np.asarray(replayed, dtype=np.float32)])
         rcfg = ReconstructConfig.model_validate(state["config"])
         models = {}
         for variant, weights in state["models"].items():

@@ -386,6 +386,8 @@ class ReconstructConfig(_Section):
                                       "corruption: one noisy fragment per frame at each of these SNRs (dB, "
                                       "of what tells the frame from the memories' mean); [] = none")
     bank_max: int = Field(50000, ge=2, description="clips stored as patterns at most")
+    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of the frames fragments are made of "
+                                   "drawn from earlier days' kept keyframes (their clips join the stored patterns)")
     batch_size: int = Field(256, ge=2)
     epochs: int = Field(10, ge=1, description="passes over tonight's fragments")
     min_steps: int = Field(200, ge=1)

@@ -1,7 +1,10 @@
-"""Stage ``reconstruct``: learn to complete fragments of tonight's moments into whole clips.
+"""Stage ``reconstruct``: learn to complete fragments of moments into whole clips.
 
 Tonight's clip embeddings (space ``vision``, the vision stage's version) are the stored
-patterns. Up to ``max_frames`` of tonight's frames are damaged ``views_per_frame`` times
+patterns, with a replay of earlier days: ``replay_fraction`` of the frames fragments are
+made of are earlier clips' kept keyframes, drawn evenly over the days, embedded with
+tonight's encoder as ``reembed`` embeds them (so a replayed clip's pattern is its vector in
+tonight's version), and their clips join the patterns. Up to ``max_frames`` of tonight's frames are damaged ``views_per_frame`` times
 each (:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
 tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
 fragment embeddings to their clip's embedding, on the frames outside the held-out set
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,8 @@ import torch
 from core.config import ReconstructConfig, SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
+from memory.keepsakes import day_keepsakes, keepsake_days
+from models.batches import replay_by_day
 from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import degrade
 from models.reconstruct.networks import build
@@ -87,6 +93,39 @@ def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), np.asarray(positions), kinds
 
 
+@dataclass
+class Replay:
+    """Earlier clips replayed tonight: one kept keyframe each, embedded with tonight's encoder."""
+
+    clip_ids: list[int]
+    paths: list[str]  # keyframes, relative to the root
+    days: list[str]
+    vectors: np.ndarray  # (N, D): each keyframe's clean embedding, its clip's pattern
+    pool: int = 0  # earlier keyframes there were to draw from
+
+
+def replay_keyframes(night: Night, count: int, seed: int) -> Replay:
+    """Up to ``count`` earlier clips' kept keyframes, the same number from every earlier day
+    (:func:`models.batches.replay_by_day`), with their clean embeddings by tonight's encoder."""
+    jepa = night.cfg.models.jepa
+    root = night.paths.root
+    with night.Session() as session:
+        pools = {day: [(k.clip_id, k.keyframe) for k in day_keepsakes(session, day) if k.keyframe]
+                 for day in keepsake_days(session) if day < night.day}
+    pool = sum(len(items) for items in pools.values())
+    drawn = replay_by_day({d: items for d, items in pools.items() if items}, count, seed) if count > 0 else {}
+    chosen = [(clip, path, day) for day, items in sorted(drawn.items()) for clip, path in items
+              if (root / path).is_file()]
+    if not chosen:
+        return Replay([], [], [], np.zeros((0, 0), np.float32), pool)
+    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date), jepa,
+                                  night.device)
+    cache = decode_frames([root / path for _, path, _ in chosen], encoder.img_size, night.device, progress=False)
+    vectors = embed_frames(encoder, cache.images, batch_size=jepa.embed_batch_size, bf16=jepa.bf16)
+    kept = [chosen[i] for i in cache.index]  # unreadable keyframes are left out
+    return Replay([c for c, _, _ in kept], [p for _, p, _ in kept], [d for _, _, d in kept], vectors, pool)
+
+
 def noisy_fragments(clean: np.ndarray, snrs_db: list[float], seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One copy of each clean frame embedding per SNR, with Gaussian noise added (the seed's
     corruption: a vague memory of the moment rather than a view of part of it).
@@ -120,6 +159,18 @@ def metrics_by_kind(models: dict, bank: np.ndarray, fragments: np.ndarray, targe
         m = evaluate(models, bank, fragments[rows], targets[rows], device, top_k)
         out[kind] = {"fragments": int(rows.sum()),
                      **{v: {"top1": m[v]["top1"], "top5": m[v]["top5"]} for v in ("fragment", *models)}}
+    return out
+
+
+def _by_origin(models: dict, bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray, measured: np.ndarray,
+               earlier: np.ndarray, device: str, top_k: int) -> dict:
+    """:func:`evaluate` of the measured fragments of tonight's frames and of replayed earlier clips apart."""
+    out = {}
+    for origin, rows in (("tonight", measured & ~earlier), ("earlier days", measured & earlier)):
+        if rows.any():
+            m = evaluate(models, bank, fragments[rows], targets[rows], device, top_k)
+            out[origin] = {"fragments": int(rows.sum()),
+                           **{v: {"top1": m[v]["top1"], "top5": m[v]["top5"]} for v in ("fragment", *models)}}
     return out
 
 
@@ -169,19 +220,40 @@ def run(night: Night) -> dict:
                                              date=day)
     clean_of = {r.frame_id: i for i, r in enumerate(frame_rows)}
     clean_row = np.array([clean_of.get(f.frame_id, -1) for f in frames])  # per frame, -1: none stored
+    has_clean = bool(len(frame_rows)) and bool((clean_row[positions] >= 0).all())
+    # Pictures fragments are made of: tonight's frames, then the replayed keyframes. Each has its
+    # clip and the key that holds it out (a frame by its id, a replayed clip by its own).
+    clips_of = [f.clip_id for f in frames]
+    held_keys = [f.frame_id for f in frames]
+    wanted = round(len(frames) * cfg.replay_fraction / (1 - cfg.replay_fraction))
+    replay = replay_keyframes(night, min(wanted, cfg.bank_max - len(stored)), seed)
+    if replay.clip_ids:
+        replayed, replay_positions, replay_kinds = fragment_embeddings(night, replay.paths, cfg, seed + 1)
+        fragments = np.concatenate([fragments, replayed])
+        positions = np.concatenate([positions, replay_positions + len(frames)])
+        kinds = kinds + replay_kinds
+        bank = np.concatenate([bank, replay.vectors])
+        bank_row_of.update({c: len(stored) + i for i, c in enumerate(replay.clip_ids)})
+        clips_of += replay.clip_ids
+        held_keys += [-1 - c for c in replay.clip_ids]
     clean = None
-    if len(frame_rows) and (clean_row[positions] >= 0).all():
+    if has_clean:
+        # A replayed keyframe's clean vector is its clip's pattern: the keyframe is the clip's frame.
+        pictures_clean = frame_vectors[clean_row]
+        if replay.clip_ids:
+            pictures_clean = np.concatenate([pictures_clean, replay.vectors])
         if cfg.noise_snr_db:
             framed = np.unique(positions)
-            noisy, rows_n, kinds_n = noisy_fragments(frame_vectors[clean_row[framed]], cfg.noise_snr_db, seed)
+            noisy, rows_n, kinds_n = noisy_fragments(pictures_clean[framed], cfg.noise_snr_db, seed)
             fragments = np.concatenate([fragments, noisy])
             positions = np.concatenate([positions, framed[rows_n]])
             kinds = kinds + kinds_n
-        clean = frame_vectors[clean_row[positions]]
-    targets = np.array([bank_row_of[frames[p].clip_id] for p in positions])
+        clean = pictures_clean[positions]
+    targets = np.array([bank_row_of[clips_of[p]] for p in positions])
+    earlier = positions >= len(frames)  # fragments of replayed clips
     # Held out by frame, not by clip: every clip is a memory the reconstructor must recall, and
     # a query brings a new glimpse of one, so it is measured on frames it never saw damaged.
-    held = heldout_mask([frames[p].frame_id for p in positions], night.cfg.models.heldout_fraction, seed)
+    held = heldout_mask([held_keys[p] for p in positions], night.cfg.models.heldout_fraction, seed)
     train, measured = train_and_measure(held)
 
     resume = resume_reconstructors(night, int(vectors.shape[1]), cfg)
@@ -196,6 +268,8 @@ def run(night: Night) -> dict:
         "measured_on": "held-out frames" if measured is held else "training frames (too few held out)",
         "by_kind": metrics_by_kind(trained.models, bank, fragments[measured], targets[measured],
                                    [k for k, m in zip(kinds, measured) if m], device, cfg.recall_top_k),
+        "by_origin": _by_origin(trained.models, bank, fragments, targets, measured, earlier, device,
+                                cfg.recall_top_k),
         "completion_target": "each fragment's own frame" if clean is not None else "its clip",
         "loss_curves": trained.history, "train_seconds": round(trained.seconds, 2),
         "hopfield_beta": round(float(trained.models["hopfield"].beta.detach()), 3), "use": cfg.use,
@@ -204,12 +278,18 @@ def run(night: Night) -> dict:
     save_night_checkpoint(night, MODEL, {
         "models": {v: trained.models[v].state_dict() for v in VARIANTS}, "step": trained.step,
         "config": cfg.model_dump(mode="json"), "dim": int(vectors.shape[1]), "input_space": SPACE, "networks": NETWORKS,
-        "input_version": version_in, "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"]})
+        "input_version": version_in, "bank_rows": torch.as_tensor(stored), "chosen": metrics["chosen"],
+        # The replayed clips' patterns: tonight's version may not hold their days yet (reembed
+        # runs later, within its budget), so the completer's bank keeps them here.
+        "replay_clips": torch.as_tensor(replay.clip_ids, dtype=torch.long),
+        "replay_bank": torch.as_tensor(replay.vectors if replay.clip_ids else np.zeros((0, bank.shape[1]), np.float32))})
     log.info("reconstruct: held-out fragments find their clip first %.2f as they are, %.2f MLP, %.2f Hopfield,"
              " %.2f pattern layer; query --fragment uses %s", metrics["fragment"]["top1"], metrics["mlp"]["top1"],
              metrics["hopfield"]["top1"], metrics["pattern"]["top1"], metrics["chosen"])
-    return {**result, "trained": True, "model_version": model_version(MODEL, day), "bank": len(stored),
+    return {**result, "trained": True, "model_version": model_version(MODEL, day), "bank": len(bank),
             "frames": len(frames), "fragments": len(fragments),
+            "replay": {"clips": len(replay.clip_ids), "days": len(set(replay.days)), "pool": replay.pool,
+                       "fragments": int(earlier.sum())},
             "fragment_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
             "trained_on": int(train.sum()), **resume.as_result(),
             "steps": trained.steps, "metrics": metrics}
@@ -246,13 +326,17 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     if len(vectors) == 0 or bank_rows.max() >= len(vectors):
         raise UsageError(f"{checkpoint}: the clips it stored ({version}, {state['date']}) are no longer in the "
                          f"memory; run that night's reconstruct stage again")
+    bank = vectors[bank_rows]
+    replayed = state.get("replay_bank")  # earlier days' patterns (checkpoints before replay have none)
+    if replayed is not None and len(replayed):
+        bank = np.concatenate([bank, np.asarray(replayed, dtype=np.float32)])
     variant = state["chosen"] if use == "auto" else use
     if variant == "fragment":
         return variant, lambda fragments: fragments / np.linalg.norm(fragments, axis=1, keepdims=True)
     model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
     model.load_state_dict(state["models"][variant])
     model.to(device)
-    return variant, completer(model, vectors[bank_rows], device, state["config"].get("recall_top_k"))
+    return variant, completer(model, bank, device, state["config"].get("recall_top_k"))
 
 
 def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str

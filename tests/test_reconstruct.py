@@ -237,3 +237,57 @@ def test_reconstructors_of_the_older_kind_start_afresh_and_are_refused_at_query(
     with pytest.raises(UsageError, match="older kind"):
         load_completer(paths.checkpoints / "reconstruct" / f"{DAY1}.pt", engine, paths, "jepa@2026-01-15", "auto",
                        "cpu")
+
+
+def test_reconstructors_replay_earlier_days_and_recall_them_at_query(tmp_path):
+    """Night 2 makes fragments of day-1 clips' kept keyframes too: their clips join the stored
+    patterns (kept in the checkpoint, since reembed may not have reached their day), the
+    figures say how their held-out fragments fare, and a crop of a day-1 moment is completed
+    and found on day 1 after night 2."""
+    import subprocess
+
+    from two_days import DAY1 as FIRST
+    from two_days import DAY2 as SECOND
+    from two_days import record_day
+
+    import api
+    from core.config import CONFIG_DIR, load_config
+    from ingest.binaries import ffmpeg_path
+    from models.checkpoint import load_checkpoint
+    from pipeline.runner import run_night
+
+    tiny = CONFIG_DIR / "tiny.yaml"
+    stages = ["ingest", "keep", "vision", "audio", "align", "sae", "reconstruct", "reembed"]
+    root = tmp_path / "root"
+    paths = Paths.at(root)
+    record_day(root, FIRST)
+    first = run_night(FIRST, load_config(tiny), paths, only=stages)
+    assert first.ok, first.errors
+    assert _summary(paths, FIRST)["reconstruct"]["replay"]["clips"] == 0  # nothing earlier yet
+    record_day(root, SECOND)
+    second = run_night(SECOND, load_config(tiny), paths, only=stages)
+    assert second.ok, second.errors
+    result = _summary(paths, SECOND)["reconstruct"]
+    replay = result["replay"]
+    # 24 s of day 1 in 3-second clips: 8 clips kept; a quarter of night 2's frames are replayed.
+    assert replay["days"] == 1 and replay["pool"] == 8 and 1 <= replay["clips"] <= 8, replay
+    assert result["bank"] == result["clips"] + replay["clips"]
+    assert replay["fragments"] > 0 and result["fragments"] > replay["fragments"]
+    # Held out by clip for a replayed keyframe: measured apart when any of them is held out.
+    by_origin = _summary(paths, SECOND)["metrics"]["reconstruct"]["by_origin"]
+    assert "tonight" in by_origin and set(by_origin) <= {"tonight", "earlier days"}, by_origin
+    state = load_checkpoint(paths.checkpoints / "reconstruct" / f"{SECOND}.pt")
+    assert len(state["replay_clips"]) == replay["clips"] and state["replay_bank"].shape[0] == replay["clips"]
+
+    crop = tmp_path / "crop.png"  # the top-left quarter of a day-1 moment, between stored frames
+    source = root / "data" / "raw" / FIRST.isoformat() / "VID_1.mp4"
+    subprocess.run([ffmpeg_path(), "-v", "error", "-y", "-ss", "4.5", "-i", str(source), "-frames:v", "1",
+                    "-vf", "crop=iw/2:ih/2:0:0", str(crop)], check=True, capture_output=True)
+    hits = api.query(root, fragment=crop, config=tiny, topk=3)
+    assert hits[0].model_version == f"jepa@{SECOND.isoformat()}" and hits[0].date == FIRST.isoformat(), hits[0]
+
+
+def _summary(paths: Paths, date) -> dict:
+    import json
+
+    return json.loads((paths.report(date) / "summary.json").read_text())
