@@ -18,7 +18,8 @@ def render(summary: dict, ctx) -> str | None:
         return f'<p class="muted">{h.esc(result.get("note") or "not trained tonight")}</p>'
     kinds = ", ".join(f"{n} {k}" for k, n in sorted((result.get("fragment_kinds") or {}).items()))
     parts = [h.table(["", ""], [
-        ("stored clips (Hopfield patterns)", f'{result.get("bank")} of {result.get("clips")} ({result.get("input_version")})'),
+        ("stored clips (Hopfield patterns)", f'{result.get("bank")}: {result.get("clips")} of tonight '
+                                             f'({result.get("input_version")}){_replayed(result.get("replay"))}'),
         ("fragments", f'{result.get("fragments")} from {result.get("frames")} frames ({kinds})'),
         ("continued from", result.get("resumed_from") or result.get("restart_reason") or "fresh weights"),
         ("training", f'{result.get("steps")} steps on {result.get("trained_on")} fragments, '
@@ -38,8 +39,22 @@ def render(summary: dict, ctx) -> str | None:
         parts.append(h.table(["damage", "fragments", *(LABELS[v] for v in variants)], [
             (kind, row.get("fragments"), *(f'{row[v]["top1"]} ({row[v]["top5"]})' for v in variants))
             for kind, row in by_kind.items()]))
+    by_origin = metrics.get("by_origin") or {}
+    if len(by_origin) > 1:  # replayed clips held out too: how earlier days' fragments fare beside tonight's
+        variants = [k for k in LABELS if all(k in row for row in by_origin.values())]
+        parts.append('<p>Tonight\'s frames and earlier days\' replayed keyframes apart: top 1 (top 5).</p>')
+        parts.append(h.table(["fragments of", "fragments", *(LABELS[v] for v in variants)], [
+            (origin, row.get("fragments"), *(f'{row[v]["top1"]} ({row[v]["top5"]})' for v in variants))
+            for origin, row in by_origin.items()]))
     curves = metrics.get("loss_curves") or {}
     if curves:
         parts.append(h.line_chart({f"{k} loss": v for k, v in curves.items()}, title="Reconstructor training",
                                   y_label="loss"))
     return "".join(parts)
+
+
+def _replayed(replay: dict | None) -> str:
+    if not replay or not replay.get("clips"):
+        return ""
+    return (f', {replay["clips"]} replayed from {replay["days"]} earlier day{"s" if replay["days"] != 1 else ""} '
+            f'(kept keyframes; {replay["fragments"]} fragments)')
