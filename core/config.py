@@ -408,10 +408,10 @@ class ReconstructConfig(_Section):
 
 
 class FeatureCompletionConfig(_Section):
-    """Feature-space completion (issue #16, ``bench/feature_completion.py``): a small transformer
-    that inpaints the vision encoder's tokens of a frame's hidden patches from those of a
-    visible fragment, and the sizes memories are compressed to (PCA) to measure how well they
-    keep their nearest neighbours. Measured by the bench; no stage trains it yet.
+    """Feature-space completion (issue #16, stage ``inpaint``, ``bench/feature_completion.py``): a
+    small transformer that inpaints the vision encoder's tokens of a frame's hidden patches from
+    those of a visible fragment, and the sizes memories are compressed to (PCA) to measure how
+    well they keep their nearest neighbours.
     """
 
     dim: int = Field(128, ge=8, description="the inpainter's width")
@@ -423,6 +423,7 @@ class FeatureCompletionConfig(_Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(100, ge=0)
     keep_share: float = Field(0.25, gt=0, le=1, description="share of the patches a fragment keeps visible")
+    views: int = Field(4, ge=1, description="fragments measured per held-out frame")
     pca_dims: list[int] = Field([32, 64, 128], description="sizes the memories are compressed to by PCA")
     knn_k: int = Field(10, ge=1, description="neighbours compared, compressed against original")
 

@@ -59,7 +59,7 @@ class Section:
 # the listed ones; the package's own sections go where _OWN puts them.
 GROUPS = (
     ("day", "The day", ("episodes", "dream")),
-    ("learning", "Learning", ("vision", "audio", "align", "sae", "reconstruct", "probes", "reembed",
+    ("learning", "Learning", ("vision", "audio", "align", "sae", "reconstruct", "inpaint", "probes", "reembed",
                               "journal", "openclip")),
     ("trust", "Trust", ("ingest", "keep", "retention")),
 )

@@ -149,7 +149,7 @@ def test_pca_of_vectors_in_a_small_subspace_keeps_their_neighbours_at_that_size(
 
 def test_bench_on_ffmpeg_scenes_reports_inpainted_beside_visible_recall(root, tiny_cfg):
     """Nine lavfi scenes in colour, one clip of 24 frames each, the tiny vision model; the
-    inpainter trained the tiny config's 300 steps, as in BENCHMARKS.md. Figures printed (``-s``)."""
+    inpainter trained 300 steps (the bench's ``--steps``), as in BENCHMARKS.md. Figures printed (``-s``)."""
     from stages import vision as vision_stage
 
     cfg = tiny_cfg.model_copy(update={"models": tiny_cfg.models.model_copy(update={"heldout_fraction": 0.25})})
@@ -163,7 +163,7 @@ def test_bench_on_ffmpeg_scenes_reports_inpainted_beside_visible_recall(root, ti
     engine.dispose()
 
     figures = _bench().measure(root, DAY, str(BENCH.parent.parent / "configs" / "tiny.yaml"),
-                               ["models.heldout_fraction=0.25"])
+                               ["models.heldout_fraction=0.25"], steps=300)
     recall = figures["recall"]
     print("\nR@1/R@5:", {kind: (r["top1"], r["top5"]) for kind, r in recall.items()},
           f"ratio {figures['ratio_top1']}, chance {figures['chance_top1']}, {figures['queries']} fragments;",
@@ -186,3 +186,37 @@ def test_bench_on_ffmpeg_scenes_reports_inpainted_beside_visible_recall(root, ti
     assert all(0 <= s["agreement"] <= 1 and 0 <= s["variance_kept"] <= 1 for s in frame_space["sizes"])
     # Nine clip vectors: each has the other eight as its neighbours, whatever the compression.
     assert clips["k"] == 8 and all(s["agreement"] == 1.0 for s in clips["sizes"])
+
+
+def test_the_inpaint_stage_trains_measures_continues_and_reports(tmp_path):
+    """Two tiny nights of real FFmpeg media: the stage trains the inpainter on each night's frames
+    (the second continuing the first), measures held-out block fragments three ways and the
+    PCA neighbours, saves a checkpoint and fills its report section."""
+    import json
+
+    from two_days import DAY1, DAY2, record_day
+
+    from core.config import CONFIG_DIR, load_config
+    from models.checkpoint import load_checkpoint
+    from pipeline.runner import run_night
+
+    root = tmp_path / "root"
+    paths = Paths.at(root)
+    cfg = load_config(CONFIG_DIR / "tiny.yaml", ["models.heldout_fraction=0.3"])
+    for date in (DAY1, DAY2):
+        record_day(root, date)
+        outcome = run_night(date, cfg, paths, only=["ingest", "keep", "vision", "inpaint"])
+        assert outcome.ok and outcome.states["inpaint"] == "done", outcome.errors
+    summary = json.loads((paths.report(DAY2) / "summary.json").read_text())
+    result, figures = summary["inpaint"], summary["metrics"]["inpaint"]
+    assert result["trained"] and result["resumed_from"] == DAY1.isoformat(), result
+    assert figures["steps"] == cfg.models.inpaint.steps and figures["clips"] == 8
+    assert figures["queries"] == cfg.models.inpaint.views * figures["heldout_frames"] > 0
+    assert set(figures["recall"]) == {"visible", "inpainted", "clean"}
+    assert figures["recall"]["clean"]["cosine"] == pytest.approx(1.0, abs=1e-4)
+    assert figures["top1_inpainted"] == figures["recall"]["inpainted"]["top1"]
+    assert [s["dim"] for s in figures["pca"]["vision_frame"]["sizes"]] == [8, 16, 32]
+    state = load_checkpoint(paths.checkpoints / "inpaint" / f"{DAY2}.pt", ("model", "num_patches", "enc_dim"))
+    assert (state["num_patches"], state["enc_dim"], state["input_version"]) == (64, 64, f"jepa@{DAY2}")
+    page = (paths.report(DAY2) / "index.html").read_text()
+    assert "the inpainted whole grid" in page and "Memories stored compressed" in page

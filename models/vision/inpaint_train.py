@@ -46,7 +46,7 @@ def param_groups(model: PatchInpainter, weight_decay: float) -> list[dict]:
 
 
 def train_inpainter(encoder: VisionTransformer, images: torch.Tensor, cfg: FeatureCompletionConfig,
-                    device: str, *, steps: int | None = None, seed: int = 0,
+                    device: str, *, steps: int | None = None, seed: int = 0, init: dict | None = None,
                     progress: bool = True) -> tuple[PatchInpainter, list[float]]:
     """Fit an inpainter to ``encoder``'s tokens of ``images``.
 
@@ -57,6 +57,8 @@ def train_inpainter(encoder: VisionTransformer, images: torch.Tensor, cfg: Featu
         device: ``cpu`` or ``cuda``; the encoder must already be there.
         steps: overrides ``cfg.steps``.
         seed: seeds initialisation, batches and masks.
+        init: weights to start from (last night's inpainter, same shapes); the token
+            statistics are measured again on these frames either way.
     Returns:
         ``(model, history)``: the trained inpainter in eval mode, and the loss of every step.
     Raises:
@@ -67,7 +69,10 @@ def train_inpainter(encoder: VisionTransformer, images: torch.Tensor, cfg: Featu
     steps = cfg.steps if steps is None else steps
     encoder.eval().requires_grad_(False)
     torch.manual_seed(seed)
-    model = build_inpainter(encoder, cfg).to(device)
+    model = build_inpainter(encoder, cfg)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     generator = torch.Generator().manual_seed(seed)
     grid = encoder.grid
 
