@@ -23,6 +23,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from memory.db import Base
 
 log = logging.getLogger(__name__)
+USE_WAIT_MS = 250  # how long recording a use waits for another writer
+DEFAULT_WAIT_MS = 30000  # memory/db.py's busy timeout, restored for the pooled connection
 
 
 class DayUse(Base):
@@ -44,9 +46,18 @@ def record_use(engine: Engine, dates: Iterable[str], when: dt.datetime | None = 
         index_elements=[DayUse.date],
         set_={"last_used": statement.excluded.last_used, "uses": DayUse.uses + 1})
     try:
-        with engine.begin() as connection:
-            connection.execute(statement)
-    except OperationalError as exc:  # locked by a night past the busy timeout, or read-only
+        with engine.connect() as connection:
+            # A query must not wait the memory's 30 s busy timeout on a night's write: a use is
+            # worth a quarter of a second at most.
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={USE_WAIT_MS}")
+            try:
+                connection.execute(statement)
+                connection.commit()
+            finally:
+                connection.rollback()  # nothing, after a commit; the failed write's otherwise
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={DEFAULT_WAIT_MS}")
+                connection.commit()
+    except OperationalError as exc:  # locked by a night past USE_WAIT_MS, or read-only
         log.debug("the use of %s was not recorded: %s", ", ".join(days), exc)
         return False
     return True

@@ -52,3 +52,24 @@ def test_forget_removes_the_days_use(tmp_path):
             assert [u.date for u in session.scalars(select(DayUse))] == ["2026-01-16"]
     finally:
         engine.dispose()
+
+
+def test_a_use_does_not_wait_for_a_night_holding_the_write_lock(tmp_path):
+    import sqlite3
+    import time
+
+    paths = Paths.at(tmp_path)
+    engine = open_database(paths.database)
+    night = sqlite3.connect(paths.database)
+    try:
+        night.execute("BEGIN IMMEDIATE")  # a night's write transaction in another connection
+        started = time.monotonic()
+        assert record_use(engine, ["2026-01-15"]) is False
+        assert time.monotonic() - started < 5  # not the memory's 30 s busy timeout
+        night.rollback()
+        assert record_use(engine, ["2026-01-15"])  # and the connection is usable afterwards
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        night.close()
+        engine.dispose()
