@@ -46,6 +46,7 @@ from stages.common import (
     save_night_checkpoint,
     tonight_version,
 )
+from stages.vision import downsample
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def measure(night: Night, *, steps: int | None = None, views: int | None = None,
         "visible_patches": int(keep.shape[1]), "keep_share": icfg.keep_share,
         "chance_top1": round(1 / len(rows), 4), "chance_top5": round(min(5, len(rows)) / len(rows), 4),
         "steps": len(history), "loss_first": round(history[0], 4) if history else None,
-        "loss_last": round(history[-1], 4) if history else None, "loss_curve": _downsample(history),
+        "loss_last": round(history[-1], 4) if history else None, "loss_curve": downsample(history),
         "train_seconds": round(train_seconds, 2), "recall": found,
         "ratio_top1": round(found["inpainted"]["top1"] / max(found["visible"]["top1"], 1e-12), 3),
     }
@@ -142,13 +143,6 @@ def measure(night: Night, *, steps: int | None = None, views: int | None = None,
         figures["pca"][space] = pca_knn_agreement(vectors, icfg.pca_dims, icfg.knn_k)
         figures["pca"][space]["seconds"] = round(time.perf_counter() - started, 2)
     return figures, model
-
-
-def _downsample(values: list[float], points: int = 200) -> list[float]:
-    if len(values) <= points:
-        return [round(v, 5) for v in values]
-    picks = np.linspace(0, len(values) - 1, points).round().astype(int)
-    return [round(values[i], 5) for i in picks]
 
 
 def run(night: Night) -> dict:
