@@ -4,8 +4,9 @@ Tonight's clip embeddings (space ``vision``, the vision stage's version) are the
 patterns, with a replay of earlier days: ``replay_fraction`` of the frames fragments are
 made of are earlier clips' kept keyframes, drawn evenly over the days, embedded with
 tonight's encoder as ``reembed`` embeds them (so a replayed clip's pattern is its vector in
-tonight's version), and their clips join the patterns. Up to ``max_frames`` of tonight's frames are damaged ``views_per_frame`` times
-each (:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
+tonight's version), and their clips join the patterns. Up to ``max_frames`` of tonight's
+frames (and the replayed keyframes) are damaged ``views_per_frame`` times each
+(:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
 tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
 fragment embeddings to their clip's embedding, on the frames outside the held-out set
 (continuing last night's weights when the shapes still fit), and are measured on the
