@@ -105,7 +105,7 @@ class LayoutRanker:
         cache = decode_frames([self.paths.root / p for p in pictures], self.encoder.img_size, self.device,
                               progress=False)
         for failed in cache.failed:
-            log.warning("layout: %s", failed)
+            log.warning("layout: %s: %s; its hit keeps its vector score", failed["path"], failed["reason"])
         layouts = embed_layouts(self.encoder, cache.images, grid=self.grid, bf16=self.cfg.models.jepa.bf16)
         got = dict(zip(cache.index, layouts))
         for i, picture in enumerate(pictures):

@@ -133,6 +133,7 @@ def test_queries_report_dream_and_doctor_work_sealed(sealed_night, tmp_path, mon
     found = run_cli("query", "--image", str(probe), "--json", *_options(root), env=env)
     assert found.returncode == 0, found.stderr
     assert DATE in found.stdout and '"clip_id"' in found.stdout
+    assert "layout:" not in found.stderr, found.stderr  # the hits' sealed keyframes were read and ranked
 
     journal = run_cli("query", "--journal", "a lighthouse pier", "--json", *_options(root), env=env)
     assert journal.returncode == 0, journal.stderr
