@@ -26,7 +26,8 @@ def add_memory_commands(sub, add_common) -> None:
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--clip", type=int, metavar="ID", help="a clip already in the memory "
                       "(its own vector; the clip itself is left out of the results)")
-    what.add_argument("--image", metavar="PATH", help="an image file (needs a trained vision model)")
+    what.add_argument("--image", metavar="PATH", help="an image file (needs a trained vision model); its best "
+                      "hits are ordered by layout against each hit's keyframe (memory.search.layout_rerank)")
     what.add_argument("--audio", metavar="PATH", help="a sound file (needs a trained audio model)")
     what.add_argument("--fragment", metavar="PATH",
                       help="an image of part of a moment (a crop, a glimpse, a blur): completed into "
