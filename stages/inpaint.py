@@ -58,11 +58,13 @@ class NothingToMeasure(ValueError):
     """The night cannot be measured (no vision vectors, or no frame to train or measure on)."""
 
 
-def measure(night: Night, *, steps: int | None = None, views: int | None = None, max_vectors: int = 20000,
-            init: dict | None = None, progress: bool = False) -> tuple[dict, torch.nn.Module]:
+def measure(night: Night, *, encoder=None, steps: int | None = None, views: int | None = None,
+            max_vectors: int = 20000, init: dict | None = None, progress: bool = False
+            ) -> tuple[dict, torch.nn.Module]:
     """Train the inpainter on tonight's training frames and measure both figures (module docstring).
 
     Args:
+        encoder: tonight's vision target encoder (``None``: loaded from its checkpoint).
         steps: inpainter steps (default ``models.inpaint.steps``).
         views: fragments (mask draws) per held-out frame (default ``models.inpaint.views``).
         max_vectors: vectors per space the PCA figure is measured on at most (a seeded sample).
@@ -87,7 +89,8 @@ def measure(night: Night, *, steps: int | None = None, views: int | None = None,
         raise NothingToMeasure(f"{len(frames)} frames, {int(held.sum())} held out: nothing to train or to measure "
                                "on (see models.heldout_fraction)")
     jepa = cfg.models.jepa
-    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), night.date), jepa, device)
+    if encoder is None:
+        encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), night.date), jepa, device)
     cache = decode_frames([paths.root / f.path for f in frames], encoder.img_size, device, progress=False)
     is_held = held[cache.index]
     if is_held.all() or not is_held.any():
@@ -147,31 +150,23 @@ def measure(night: Night, *, steps: int | None = None, views: int | None = None,
 
 def run(night: Night) -> dict:
     """Train and measure tonight's inpainter; save it. A night that cannot be measured says why."""
-    encoder_dims = _encoder_dims(night)
-    if encoder_dims is None:
+    path = checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date)
+    if not path.is_file():
         return {"trained": False, "note": "no vision model trained tonight"}
+    encoder = load_target_encoder(path, night.cfg.models.jepa, night.device)
     icfg = night.cfg.models.inpaint
-    resume = resume_state(night, MODEL, {"num_patches": encoder_dims[0], "enc_dim": encoder_dims[1], "dim": icfg.dim,
-                                         "depth": icfg.depth, "heads": icfg.heads}, ("model",))
+    resume = resume_state(night, MODEL, {"num_patches": encoder.num_patches, "enc_dim": encoder.dim,
+                                         "dim": icfg.dim, "depth": icfg.depth, "heads": icfg.heads}, ("model",))
     try:
-        figures, model = measure(night, init=None if resume.checkpoint is None else resume.checkpoint["model"],
-                                 progress=True)
+        figures, model = measure(night, encoder=encoder, progress=True,
+                                 init=None if resume.checkpoint is None else resume.checkpoint["model"])
     except NothingToMeasure as exc:
         return {"trained": False, "note": str(exc)}
     save_night_checkpoint(night, MODEL, {
         "model": model.state_dict(), "config": icfg.model_dump(mode="json"), "step": figures["steps"],
-        "num_patches": encoder_dims[0], "enc_dim": encoder_dims[1], "input_version": figures["vision_version"]})
+        "num_patches": encoder.num_patches, "enc_dim": encoder.dim, "input_version": figures["vision_version"]})
     log.info("inpaint: held-out 25%%-block fragments find their clip first %.2f from the visible tokens, %.2f "
              "from the inpainted grid (clean frame %.2f, chance %.2f)", figures["recall"]["visible"]["top1"],
              figures["recall"]["inpainted"]["top1"], figures["recall"]["clean"]["top1"], figures["chance_top1"])
     return {"trained": True, "model_version": model_version(MODEL, night.date), **resume.as_result(),
             "frames": figures["train_frames"] + figures["heldout_frames"], "metrics": figures}
-
-
-def _encoder_dims(night: Night) -> tuple[int, int] | None:
-    """``(patches, width)`` of tonight's vision encoder, or ``None`` when it has no checkpoint."""
-    path = checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date)
-    if not path.is_file():
-        return None
-    encoder = load_target_encoder(path, night.cfg.models.jepa, "cpu")
-    return encoder.num_patches, encoder.dim

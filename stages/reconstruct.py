@@ -43,7 +43,7 @@ from models.reconstruct.train import (
 )
 from models.together import together
 from models.vision.embed import embed_frames, load_target_encoder
-from models.vision.frames import decode_frames
+from models.vision.frames import FrameCache, decode_frames
 from stages import Night
 from stages.common import (
     checkpoint_folder,
@@ -68,18 +68,22 @@ SPACE = "vision"
 NETWORKS = 2
 
 
-def fragment_embeddings(night: Night, frame_paths: list[str], cfg, seed: int
+def tonight_encoder(night: Night):
+    """Tonight's vision target encoder, on the night's device."""
+    return load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date),
+                               night.cfg.models.jepa, night.device)
+
+
+def fragment_embeddings(night: Night, encoder, cache: FrameCache, cfg, seed: int
                         ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embeddings of ``views_per_frame`` damaged views of each frame, with tonight's encoder.
+    """Embeddings of ``views_per_frame`` damaged views of each decoded frame, with ``encoder``.
 
     Returns:
-        ``(vectors (F, D), frame_positions (F,), kinds (F,))``: the position in ``frame_paths``
-        of each fragment's frame (unreadable frames give none) and each one's kind of damage.
+        ``(vectors (F, D), frame_positions (F,), kinds (F,))``: the position in the list
+        ``cache`` was decoded from of each fragment's frame (``cache.index``: unreadable frames
+        give none) and each one's kind of damage.
     """
     jepa = night.cfg.models.jepa
-    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date), jepa,
-                                  night.device)
-    cache = decode_frames([night.paths.root / p for p in frame_paths], encoder.img_size, night.device)
     generator = torch.Generator().manual_seed(seed)
     vectors, positions, kinds = [], [], []
     chunk = cfg.embed_batch_size
@@ -102,12 +106,13 @@ class Replay:
     paths: list[str]  # keyframes, relative to the root
     days: list[str]
     vectors: np.ndarray  # (N, D): each keyframe's clean embedding, its clip's pattern
+    frames: FrameCache | None = None  # the keyframes decoded, ``index`` counting the clips above
     pool: int = 0  # earlier keyframes there were to draw from
 
 
-def replay_keyframes(night: Night, count: int, seed: int) -> Replay:
+def replay_keyframes(night: Night, encoder, count: int, seed: int) -> Replay:
     """Up to ``count`` earlier clips' kept keyframes, the same number from every earlier day
-    (:func:`models.batches.replay_by_day`), with their clean embeddings by tonight's encoder."""
+    (:func:`models.batches.replay_by_day`), with their clean embeddings by ``encoder``."""
     jepa = night.cfg.models.jepa
     root = night.paths.root
     with night.Session() as session:
@@ -118,13 +123,12 @@ def replay_keyframes(night: Night, count: int, seed: int) -> Replay:
     chosen = [(clip, path, day) for day, items in sorted(drawn.items()) for clip, path in items
               if (root / path).is_file()]
     if not chosen:
-        return Replay([], [], [], np.zeros((0, 0), np.float32), pool)
-    encoder = load_target_encoder(checkpoint_path(checkpoint_folder(night.paths, "vision"), night.date), jepa,
-                                  night.device)
+        return Replay([], [], [], np.zeros((0, 0), np.float32), pool=pool)
     cache = decode_frames([root / path for _, path, _ in chosen], encoder.img_size, night.device, progress=False)
     vectors = embed_frames(encoder, cache.images, batch_size=jepa.embed_batch_size, bf16=jepa.bf16)
     kept = [chosen[i] for i in cache.index]  # unreadable keyframes are left out
-    return Replay([c for c, _, _ in kept], [p for _, p, _ in kept], [d for _, _, d in kept], vectors, pool)
+    frames = FrameCache(cache.images, list(range(len(kept))))
+    return Replay([c for c, _, _ in kept], [p for _, p, _ in kept], [d for _, _, d in kept], vectors, frames, pool)
 
 
 def noisy_fragments(clean: np.ndarray, snrs_db: list[float], seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -213,7 +217,9 @@ def run(night: Night) -> dict:
     if len(frames) > cfg.max_frames:  # a seeded uniform sample of the night's frames
         keep = np.random.default_rng([seed, 0xF4A6]).choice(len(frames), cfg.max_frames, replace=False)
         frames = [frames[i] for i in np.sort(keep)]
-    fragments, positions, kinds = fragment_embeddings(night, [f.path for f in frames], cfg, seed)
+    encoder = tonight_encoder(night)
+    cache = decode_frames([paths.root / f.path for f in frames], encoder.img_size, device)
+    fragments, positions, kinds = fragment_embeddings(night, encoder, cache, cfg, seed)
     if len(fragments) < 3:
         return {**result, "trained": False, "note": "fewer than three frames could be read"}
     # Each fragment's own frame, clean: the MLP's and the pattern layer's completion target.
@@ -227,9 +233,9 @@ def run(night: Night) -> dict:
     clips_of = [f.clip_id for f in frames]
     held_keys = [f.frame_id for f in frames]
     wanted = round(len(frames) * cfg.replay_fraction / (1 - cfg.replay_fraction))
-    replay = replay_keyframes(night, min(wanted, cfg.bank_max - len(stored)), seed)
+    replay = replay_keyframes(night, encoder, min(wanted, cfg.bank_max - len(stored)), seed)
     if replay.clip_ids:
-        replayed, replay_positions, replay_kinds = fragment_embeddings(night, replay.paths, cfg, seed + 1)
+        replayed, replay_positions, replay_kinds = fragment_embeddings(night, encoder, replay.frames, cfg, seed + 1)
         fragments = np.concatenate([fragments, replayed])
         positions = np.concatenate([positions, replay_positions + len(frames)])
         kinds = kinds + replay_kinds
