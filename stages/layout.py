@@ -29,7 +29,7 @@ from core.paths import Paths
 from memory import Hit
 from memory.keepsakes import keyframes
 from models.checkpoint import CheckpointError
-from models.vision.embed import embed_layouts, layout_scores, load_target_encoder
+from models.vision.embed import embed_layouts, layout_scores, shared_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from stages.common import version_checkpoint
 
@@ -59,7 +59,7 @@ class LayoutRanker:
     def __init__(self, engine, paths: Paths, cfg: SleepConfig, device: str):
         self.engine, self.paths, self.cfg, self.device = engine, paths, cfg, device
         self.grid = cfg.memory.search.layout_grid
-        self.encoder = load_target_encoder(version_checkpoint(paths, "vision"), cfg.models.jepa, device)
+        self.encoder = shared_target_encoder(version_checkpoint(paths, "vision"), cfg.models.jepa, device)
         self._layouts: dict[str, np.ndarray | None] = {}  # picture (relative to the root) -> layout
 
     def layout(self, image: torch.Tensor) -> np.ndarray:

@@ -29,7 +29,7 @@ from core.vault import open_file
 from memory.media import day_frames
 from models import health
 from models.together import together
-from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.embed import embed_frames, shared_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
@@ -216,7 +216,7 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
     """
     checkpoint = version_checkpoint(paths, "vision", version)
     image = read_image(path)
-    encoder = load_target_encoder(checkpoint, cfg.models.jepa, device)
+    encoder = shared_target_encoder(checkpoint, cfg.models.jepa, device)
     frame = square_frame(image, encoder.img_size).unsqueeze(0)
     vector = embed_frames(encoder, frame, batch_size=1, bf16=cfg.models.jepa.bf16)[0]
     return model_version(MODEL, checkpoint.stem), vector

@@ -156,3 +156,28 @@ def test_layout_rerank_zero_is_the_vector_search(night, tmp_path):
     assert ([h.clip_id for h in api.query(night, clip=clip, config=TINY, topk=3)] ==
             [h.clip_id for h in api.query(night, clip=clip, config=TINY, topk=3,
                                           overrides=["memory.search.layout_rerank=0"])])
+
+
+def test_an_image_query_reads_the_vision_checkpoint_once_and_again_after_a_night_rewrites_it(
+        night, tmp_path, monkeypatch):
+    """The photo is embedded with the searched version and ordered by layout with the newest:
+    one checkpoint here, read once per process while the file is unchanged."""
+    import os
+
+    import models.vision.embed as embed
+
+    embed._remembered_encoder.cache_clear()
+    loads = []
+    real = embed.load_target_encoder
+    monkeypatch.setattr(embed, "load_target_encoder", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    photo = _photo(night, "VID_1.mp4", 4.5, tmp_path / "photo.png")
+    first = api.query(night, image=photo, config=TINY, topk=3)
+    assert len(loads) == 1, loads
+    api.query(night, image=photo, config=TINY, topk=3)
+    assert len(loads) == 1, loads  # a second query in the same process reads nothing again
+    checkpoint = Path(loads[0])
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a night wrote it again
+    again = api.query(night, image=photo, config=TINY, topk=3)
+    assert len(loads) == 2, loads
+    assert [h.clip_id for h in again] == [h.clip_id for h in first]

@@ -3,6 +3,7 @@ in the picture), or pooled over a grid of regions (what is where: :func:`embed_l
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,25 @@ def load_target_encoder(path: Path, cfg: JepaConfig, device: str) -> VisionTrans
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: target encoder does not load ({exc})") from None
     return encoder.to(device).eval()
+
+
+def shared_target_encoder(path: Path, cfg: JepaConfig, device: str) -> VisionTransformer:
+    """:func:`load_target_encoder`, kept for the process while the file is unchanged.
+
+    An image query embeds its example with the searched version and orders the hits by
+    layout with the newest (:mod:`stages.layout`): most of the time one checkpoint, which
+    was read and built twice. Keyed by the file's path, size and modification time, so a
+    night that writes the checkpoint again is seen; two encoders are kept at most. Callers
+    share the module: they must not train it or move it.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return load_target_encoder(path, cfg, device)  # its error names the file and the reason
+    return _remembered_encoder(str(path.resolve()), stat.st_size, stat.st_mtime_ns, cfg.model_dump_json(), device)
+
+
+@functools.lru_cache(maxsize=2)
+def _remembered_encoder(path: str, size: int, mtime_ns: int, cfg_json: str, device: str) -> VisionTransformer:
+    return load_target_encoder(Path(path), JepaConfig.model_validate_json(cfg_json), device)
