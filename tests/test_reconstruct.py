@@ -217,6 +217,45 @@ def test_completion_finds_the_clip_of_a_quarter_crop_on_distinct_scenes(root, ti
     assert figures["frames"] >= 40
     assert bar["best_top1"] >= 0.9 and bar["best_top1"] - bar["as_is_top1"] >= 0.2, figures["kinds"]["crop25"]
     assert bar["met"]
+    # One clip per recording here: no neighbour to forgive, so the tolerant figure is R@1 itself.
+    for variant in figures["variants"]:
+        assert figures["kinds"]["crop25"][variant]["adjacent"] == figures["kinds"]["crop25"][variant]["top1"]
+
+
+def test_the_quality_bench_forgives_only_the_clip_just_before_or_after_in_the_same_recording(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from sqlalchemy.orm import Session
+
+    from memory.schema import Clip, Source
+
+    bench_path = Path(__file__).resolve().parent.parent / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", bench_path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    engine = open_database(tmp_path / "memory.db")
+    with Session(engine) as session:
+        street = Source(date=DAY1.isoformat(), path="data/raw/street.mp4", content_hash="street",
+                        size_bytes=1, status="ok", has_video=True)
+        call = Source(date=DAY1.isoformat(), path="data/raw/call.mp4", content_hash="call",
+                      size_bytes=1, status="ok", has_video=True)
+        clips = [Clip(source=street, date=DAY1.isoformat(), index=i, start_s=3.0 * i, end_s=3.0 * i + 3) for i in range(3)]
+        clips.append(Clip(source=call, date=DAY1.isoformat(), index=0, start_s=0.0, end_s=3.0))
+        session.add_all(clips)
+        session.commit()
+        ids = [c.id for c in clips]
+        accept = bench.adjacent_clips(session, ids + [10_000])  # the last: not in the database
+    engine.dispose()
+    assert accept.tolist() == [[True, True, False, False, False],
+                               [True, True, True, False, False],
+                               [False, True, True, False, False],
+                               [False, False, False, True, False],
+                               [False, False, False, False, True]]
+    bank = np.eye(5, dtype=np.float32)
+    queries = bank[[1, 3, 0, 4]]  # nearest: street 1, call 0, street 0, the missing clip
+    targets = np.array([0, 0, 2, 4])  # street 0 (a neighbour), street 0 (another recording), street 2 (two off), itself
+    assert bench.first_hit_accepted(queries, bank, targets, accept) == 0.5
 
 
 def test_reconstructors_of_the_older_kind_start_afresh_and_are_refused_at_query(root, tiny_cfg):
