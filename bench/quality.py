@@ -92,13 +92,16 @@ def first_hit_accepted(vectors: np.ndarray, bank: np.ndarray, targets: np.ndarra
 
 
 def measure(root: Path, date: dt.date, config: str | None = None, overrides: list[str] | None = None,
-            frames_from: str = "heldout") -> dict:
+            frames_from: str = "heldout", views: int = 1) -> dict:
     """The per-kind table of one night (see the module docstring).
 
     Args:
         frames_from: ``heldout`` (the frames the reconstructors never saw damaged) or ``all``
             (every frame of the bank's clips: more figures on a small day, but the
             reconstructors trained on damaged views of most of them).
+        views: damaged views of each frame per kind (and noisy copies per SNR). On a small day
+            one view a frame makes each miss worth several points; the first view is the same
+            whatever ``views`` is.
     """
     cfg = load_config(config, overrides or [])
     paths = Paths.at(root)
@@ -135,25 +138,29 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         cache = decode_frames([paths.root / f.path for f in frames], encoder.img_size, device, progress=False)
         targets = np.array([row_of_clip[frames[i].clip_id] for i in cache.index])
         figures: dict = {"date": date.isoformat(), "vision_version": version, "frames_from": frames_from,
-                         "frames": len(cache.index),
+                         "frames": len(cache.index), "views": views,
                          "bank": len(bank), "chance_top1": round(1 / max(len(bank), 1), 4), "kinds": {}}
         # Every kind's fragments first (timed: damage and embedding), then one per-kind table, as
         # the stage measures its own (stages.reconstruct.metrics_by_kind).
         fragments, targets_all, kinds, seconds = [], [], [], {}
         for k, kind in enumerate(KINDS):
             started = time.perf_counter()
-            views = damage(cache.images.to(device), kind, torch.Generator().manual_seed(seed + k))
-            fragments.append(embed_frames(encoder, views, batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
-            targets_all.append(targets)
-            kinds += [kind] * len(targets)
+            generator = torch.Generator().manual_seed(seed + k)
+            for _ in range(views):
+                damaged = damage(cache.images.to(device), kind, generator)
+                fragments.append(embed_frames(encoder, damaged, batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
+                targets_all.append(targets)
+                kinds += [kind] * len(targets)
             seconds[kind] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         clean = embed_frames(encoder, cache.images.to(device), batch_size=jepa.embed_batch_size, bf16=jepa.bf16)
-        noisy, rows, noise_kinds = noisy_fragments(clean, rcfg.noise_snr_db, seed)
+        noise_kinds = []
+        for v in range(views):
+            noisy, rows, noise_kinds = noisy_fragments(clean, rcfg.noise_snr_db, seed + v)
+            fragments.append(noisy)
+            targets_all.append(targets[rows])
+            kinds += noise_kinds
         seconds.update(dict.fromkeys(noise_kinds, round(time.perf_counter() - started, 2)))
-        fragments.append(noisy)
-        targets_all.append(targets[rows])
-        kinds += noise_kinds
         by_kind = metrics_by_kind(models, bank, np.concatenate(fragments), np.concatenate(targets_all), kinds,
                                   device, rcfg.recall_top_k)
         order = [*KINDS, *dict.fromkeys(noise_kinds)]  # image damage first, then noise by SNR
@@ -185,6 +192,9 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--frames", choices=("heldout", "all"), default="heldout",
                         help="held-out frames only (default), or every frame of the stored clips")
+    parser.add_argument("--views", type=int, default=1, metavar="N",
+                        help="damaged views of each frame per kind (default 1; more give steadier figures on a "
+                             "small day)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args()
     root = Path(args.root)
@@ -196,9 +206,11 @@ def main() -> int:
             print(f"{root}: no reconstruct checkpoint; run a night first", file=sys.stderr)
             return 2
         date = dt.date.fromisoformat(found.stem)
-    figures = measure(root, date, args.config, args.overrides, args.frames)
+    if args.views < 1:
+        parser.error(f"--views {args.views}: must be at least 1")
+    figures = measure(root, date, args.config, args.overrides, args.frames, args.views)
     figures["machine"] = f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}"
-    print(f"{figures['date']}: {figures['frames']} {figures['frames_from']} frames against {figures['bank']} clips "
+    print(f"{figures['date']}: {figures['views']} view(s) of {figures['frames']} {figures['frames_from']} frames against {figures['bank']} clips "
           f"(chance R@1 {figures['chance_top1']:.3f}), {figures['vision_version']}")
     variants = figures["variants"]
     print(f"{'damage':10}" + "".join(f"{v + ' R@1':>15}{'R@5':>6}" for v in variants))

@@ -5,7 +5,8 @@ patterns, with a replay of earlier days: ``replay_fraction`` of the frames fragm
 made of are earlier clips' kept keyframes, drawn evenly over the days, embedded with
 tonight's encoder as ``reembed`` embeds them (so a replayed clip's pattern is its vector in
 tonight's version), and their clips join the patterns. Up to ``max_frames`` of tonight's
-frames (and the replayed keyframes) are damaged ``views_per_frame`` times each
+frames (and the replayed keyframes) are damaged ``views_per_frame`` times each, more on a
+small night (:func:`views_per_frame`; ``min_fragments``)
 (:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
 tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
 fragment embeddings to their clip's embedding, on the frames outside the held-out set
@@ -74,9 +75,27 @@ def tonight_encoder(night: Night):
                                night.cfg.models.jepa, night.device)
 
 
-def fragment_embeddings(night: Night, encoder, cache: FrameCache, cfg, seed: int
+MAX_VIEWS = 256  # damaged views of one frame at most, however small the night
+
+
+def views_per_frame(frames: int, cfg: ReconstructConfig) -> int:
+    """Damaged views drawn of each of ``frames`` pictures: ``views_per_frame``, or on a small
+    night enough for ``min_fragments`` in all (at most :data:`MAX_VIEWS`).
+
+    Why: the networks learn to recall a night's moments from views of its frames. A few views
+    of a few frames are learned by heart and fresh damage is not recalled (the demo day's 21
+    frames: 4 views a frame, 25 %-crop R@1 0.67 after the Hopfield network with configs/cpu.yaml;
+    200 views, 0.85; BENCHMARKS.md). A big night's frames already give that many.
+    """
+    if frames <= 0:
+        return cfg.views_per_frame
+    return max(cfg.views_per_frame, min(MAX_VIEWS, -(-cfg.min_fragments // frames)))
+
+
+def fragment_embeddings(night: Night, encoder, cache: FrameCache, views: int, cfg, seed: int
                         ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embeddings of ``views_per_frame`` damaged views of each decoded frame, with ``encoder``.
+    """Embeddings of ``views`` damaged views of each decoded frame (:func:`views_per_frame`),
+    with ``encoder``.
 
     Returns:
         ``(vectors (F, D), frame_positions (F,), kinds (F,))``: the position in the list
@@ -87,7 +106,7 @@ def fragment_embeddings(night: Night, encoder, cache: FrameCache, cfg, seed: int
     generator = torch.Generator().manual_seed(seed)
     vectors, positions, kinds = [], [], []
     chunk = cfg.embed_batch_size
-    for _ in range(cfg.views_per_frame):
+    for _ in range(views):
         for start in range(0, len(cache.index), chunk):
             images = cache.images[start:start + chunk].to(night.device)
             views, kind = degrade(images, cfg.crop_scale, generator)
@@ -219,7 +238,10 @@ def run(night: Night) -> dict:
         frames = [frames[i] for i in np.sort(keep)]
     encoder = tonight_encoder(night)
     cache = decode_frames([paths.root / f.path for f in frames], encoder.img_size, device)
-    fragments, positions, kinds = fragment_embeddings(night, encoder, cache, cfg, seed)
+    wanted = round(len(frames) * cfg.replay_fraction / (1 - cfg.replay_fraction))
+    replay = replay_keyframes(night, encoder, min(wanted, cfg.bank_max - len(stored)), seed)
+    views = views_per_frame(len(cache.index) + len(replay.clip_ids), cfg)  # the same for both kinds of picture
+    fragments, positions, kinds = fragment_embeddings(night, encoder, cache, views, cfg, seed)
     if len(fragments) < 3:
         return {**result, "trained": False, "note": "fewer than three frames could be read"}
     # Each fragment's own frame, clean: the MLP's and the pattern layer's completion target.
@@ -232,10 +254,9 @@ def run(night: Night) -> dict:
     # clip and the key that holds it out (a frame by its id, a replayed clip by its own).
     clips_of = [f.clip_id for f in frames]
     held_keys = [f.frame_id for f in frames]
-    wanted = round(len(frames) * cfg.replay_fraction / (1 - cfg.replay_fraction))
-    replay = replay_keyframes(night, encoder, min(wanted, cfg.bank_max - len(stored)), seed)
     if replay.clip_ids:
-        replayed, replay_positions, replay_kinds = fragment_embeddings(night, encoder, replay.frames, cfg, seed + 1)
+        replayed, replay_positions, replay_kinds = fragment_embeddings(night, encoder, replay.frames, views, cfg,
+                                                                       seed + 1)
         fragments = np.concatenate([fragments, replayed])
         positions = np.concatenate([positions, replay_positions + len(frames)])
         kinds = kinds + replay_kinds
@@ -295,6 +316,7 @@ def run(night: Night) -> dict:
              metrics["hopfield"]["top1"], metrics["pattern"]["top1"], metrics["chosen"])
     return {**result, "trained": True, "model_version": model_version(MODEL, day), "bank": len(bank),
             "frames": len(frames), "fragments": len(fragments),
+            "views_per_frame": views,
             "replay": {"clips": len(replay.clip_ids), "days": len(set(replay.days)), "pool": replay.pool,
                        "fragments": int(earlier.sum())},
             "fragment_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},

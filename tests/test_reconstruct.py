@@ -138,9 +138,11 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
     night.results["vision"] = vision_stage.run(night)
     result = reconstruct_stage.run(night)
 
-    views = cfg.models.reconstruct.views_per_frame
     assert result["trained"] and result["bank"] == result["clips"] == len(SCENES)
     noisy = len(cfg.models.reconstruct.noise_snr_db)
+    # A small night: more views a frame than views_per_frame, for min_fragments in all.
+    views = -(-cfg.models.reconstruct.min_fragments // result["frames"])
+    assert result["views_per_frame"] == views > cfg.models.reconstruct.views_per_frame
     assert result["frames"] == 16 * len(SCENES) and result["fragments"] == (views + noisy) * result["frames"]
     assert set(result["fragment_kinds"]) == {"crop", "occlude", "blur", "noise0dB", "noise5dB", "noise10dB"}
     m = result["metrics"]
@@ -177,7 +179,8 @@ def test_stage_on_ffmpeg_scenes_measures_resumes_and_serves_fragment_queries(roo
     second.results["vision"] = vision_stage.run(second)
     result2 = reconstruct_stage.run(second)
     assert result2["trained"] and result2["resumed_from"] == "2026-01-15" and result2["bank"] == 4
-    assert result2["frames"] == 40 and result2["fragments"] == 40 * (views + noisy)
+    views2 = -(-cfg.models.reconstruct.min_fragments // 40)
+    assert result2["frames"] == 40 and result2["fragments"] == 40 * (views2 + noisy)
 
 
 def test_completion_finds_the_clip_of_a_quarter_crop_on_distinct_scenes(root, tiny_cfg):
@@ -220,6 +223,18 @@ def test_completion_finds_the_clip_of_a_quarter_crop_on_distinct_scenes(root, ti
     # One clip per recording here: no neighbour to forgive, so the tolerant figure is R@1 itself.
     for variant in figures["variants"]:
         assert figures["kinds"]["crop25"][variant]["adjacent"] == figures["kinds"]["crop25"][variant]["top1"]
+
+
+def test_a_small_night_draws_more_views_a_frame_up_to_a_limit():
+    from stages.reconstruct import MAX_VIEWS, views_per_frame
+
+    cfg = ReconstructConfig(views_per_frame=2, min_fragments=4096)
+    assert views_per_frame(20000, cfg) == 2  # a big night: its frames give enough fragments
+    assert views_per_frame(1000, cfg) == 5  # 4096 / 1000, rounded up
+    assert views_per_frame(21, cfg) == 196
+    assert views_per_frame(3, cfg) == MAX_VIEWS
+    assert views_per_frame(0, cfg) == 2
+    assert views_per_frame(21, ReconstructConfig(views_per_frame=2, min_fragments=0)) == 2
 
 
 def test_the_quality_bench_forgives_only_the_clip_just_before_or_after_in_the_same_recording(tmp_path):
