@@ -29,6 +29,9 @@ def test_demo_night_ends_with_a_report_path(demo):
     assert "skipped notes.mp4: not a media file" in result.stdout
     html = page.read_text()
     assert "notes.mp4" in html and "https://" not in html
+    # 21 frames: far fewer than min_fragments, so the reconstructors drew many views of each.
+    reconstruct = summary["stages"]["reconstruct"]
+    assert "196 damaged views of each" in html, reconstruct
 
 
 def test_demo_refuses_a_root_it_did_not_make(tmp_path):

@@ -20,7 +20,7 @@ def render(summary: dict, ctx) -> str | None:
     parts = [h.table(["", ""], [
         ("stored clips (Hopfield patterns)", f'{result.get("bank")}: {result.get("clips")} of tonight '
                                              f'({result.get("input_version")}){_replayed(result.get("replay"))}'),
-        ("fragments", f'{result.get("fragments")} from {result.get("frames")} frames ({kinds})'),
+        ("fragments", f'{result.get("fragments")} from {result.get("frames")} frames{_views(result)} ({kinds})'),
         ("continued from", result.get("resumed_from") or result.get("restart_reason") or "fresh weights"),
         ("training", f'{result.get("steps")} steps on {result.get("trained_on")} fragments, '
                      f'{h.seconds(metrics.get("train_seconds"))}; Hopfield beta {metrics.get("hopfield_beta")}'),
@@ -58,3 +58,9 @@ def _replayed(replay: dict | None) -> str:
         return ""
     return (f', {replay["clips"]} replayed from {replay["days"]} earlier day{"s" if replay["days"] != 1 else ""} '
             f'(kept keyframes; {replay["fragments"]} fragments)')
+
+
+def _views(result: dict) -> str:
+    """How many damaged views of each picture (older nights did not record it)."""
+    views = result.get("views_per_frame")
+    return f", {views} damaged views of each" if views else ""
