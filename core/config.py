@@ -375,8 +375,8 @@ class ReconstructConfig(_Section):
         "fragment as it is, found its clip most often on tonight's held-out frames")
     max_frames: int = Field(20000, ge=2, description="frames of the night that fragments are made of")
     views_per_frame: int = Field(2, ge=1, description="damaged views (fragments) per frame")
-    min_fragments: int = Field(4096, ge=0, description="a small night draws more views per frame (up to "
-                               "256), so the networks train on at least this many distinct damaged views "
+    min_fragments: int = Field(16384, ge=0, description="a small night draws more views per frame (up to "
+                               "1024), so the networks train on at least this many distinct damaged views "
                                "rather than memorising a few; 0: views_per_frame always")
     crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
     hidden: int = Field(1024, ge=8, description="MLP hidden width")

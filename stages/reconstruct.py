@@ -75,7 +75,7 @@ def tonight_encoder(night: Night):
                                night.cfg.models.jepa, night.device)
 
 
-MAX_VIEWS = 256  # damaged views of one frame at most, however small the night
+MAX_VIEWS = 1024  # damaged views of one frame at most, however small the night
 
 
 def views_per_frame(frames: int, cfg: ReconstructConfig) -> int:
@@ -84,8 +84,9 @@ def views_per_frame(frames: int, cfg: ReconstructConfig) -> int:
 
     Why: the networks learn to recall a night's moments from views of its frames. A few views
     of a few frames are learned by heart and fresh damage is not recalled (the demo day's 21
-    frames: 4 views a frame, 25 %-crop R@1 0.67 after the Hopfield network with configs/cpu.yaml;
-    200 views, 0.85; BENCHMARKS.md). A big night's frames already give that many.
+    frames with configs/cpu.yaml, 25 %-crop R@1 after the Hopfield network: 4 views a frame
+    0.53, 196 views 0.84, 780 views 0.905; BENCHMARKS.md). A big night's frames already give
+    that many.
     """
     if frames <= 0:
         return cfg.views_per_frame
