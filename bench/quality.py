@@ -84,11 +84,21 @@ def adjacent_clips(session, clip_ids: list[int]) -> np.ndarray:
 
 
 def first_hit_accepted(vectors: np.ndarray, bank: np.ndarray, targets: np.ndarray, accept: np.ndarray) -> float:
-    """Share of ``vectors`` whose nearest bank row is one ``accept[target]`` allows."""
+    """Share of ``vectors`` whose nearest bank row is one ``accept[target]`` allows.
+
+    Ties count for the fragment, as R@1 counts them (``models.reconstruct.train.evaluate``
+    ranks a clip by the clips *strictly* closer): two identical clips, as repeated scenes
+    give, must not make this figure lower than R@1.
+    """
+    if not len(targets):
+        return 0.0
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     memories = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-    first = (unit @ memories.T).argmax(axis=1)
-    return round(float(accept[targets, first].mean()), 4) if len(targets) else 0.0
+    sims = unit @ memories.T
+    allowed = accept[targets]
+    best_allowed = np.where(allowed, sims, -np.inf).max(axis=1)
+    best_other = np.where(allowed, -np.inf, sims).max(axis=1)
+    return round(float((best_allowed >= best_other).mean()), 4)
 
 
 def measure(root: Path, date: dt.date, config: str | None = None, overrides: list[str] | None = None,
