@@ -74,11 +74,15 @@ def adjacent_clips(session, clip_ids: list[int]) -> np.ndarray:
     """``(B, B)`` bool: bank row ``j`` is row ``i``'s clip or the one just before or after it in
     the same recording (clips missing from the database are only their own)."""
     found = {c.id: (c.source_id, c.index) for c in session.query(Clip).filter(Clip.id.in_(clip_ids))}
-    place = [found.get(c, (None, None)) for c in clip_ids]
+    place = [found.get(c) for c in clip_ids]
+    row_at = {p: i for i, p in enumerate(place) if p is not None}  # (source, index) -> bank row
     accept = np.eye(len(clip_ids), dtype=bool)
-    for i, (source_i, index_i) in enumerate(place):
-        for j, (source_j, index_j) in enumerate(place):
-            if source_i is not None and source_i == source_j and abs(index_i - index_j) == 1:
+    for i, p in enumerate(place):
+        if p is None:
+            continue
+        for step in (-1, 1):
+            j = row_at.get((p[0], p[1] + step))
+            if j is not None:
                 accept[i, j] = True
     return accept
 

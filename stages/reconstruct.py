@@ -110,8 +110,8 @@ def fragment_embeddings(night: Night, encoder, cache: FrameCache, views: int, cf
     for _ in range(views):
         for start in range(0, len(cache.index), chunk):
             images = cache.images[start:start + chunk].to(night.device)
-            views, kind = degrade(images, cfg.crop_scale, generator)
-            vectors.append(embed_frames(encoder, views, batch_size=chunk, bf16=jepa.bf16))
+            damaged, kind = degrade(images, cfg.crop_scale, generator)
+            vectors.append(embed_frames(encoder, damaged, batch_size=chunk, bf16=jepa.bf16))
             positions.extend(cache.index[start:start + chunk])
             kinds.extend(kind)
     dim = encoder.dim
