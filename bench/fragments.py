@@ -46,12 +46,20 @@ from models.reconstruct.networks import (
 GEN_CHUNK = 250_000
 
 
+def _sync(device: str) -> None:
+    # CUDA kernels run asynchronously: a timer read before they finish times their launch only.
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def _median_ms(fn, queries: list[torch.Tensor]) -> float:
     fn(queries[0])  # warm-up
+    _sync(queries[0].device)
     times = []
     for q in queries:
         started = time.perf_counter()
         fn(q)
+        _sync(q.device)
         times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times)
 
@@ -62,9 +70,9 @@ def full_softmax(model: HopfieldReconstructor, keys: torch.Tensor, bank: torch.T
     """The whole update, streamed over the bank in chunks (log-sum-exp kept per query)."""
     q = model.queries(fragments)
     beta = model.beta
-    best = torch.full((len(q), 1), -float("inf"))
-    total = torch.zeros(len(q), 1)
-    acc = torch.zeros(len(q), bank.shape[1])
+    best = torch.full((len(q), 1), -float("inf"), device=q.device)
+    total = torch.zeros(len(q), 1, device=q.device)
+    acc = torch.zeros(len(q), bank.shape[1], device=q.device)
     for start in range(0, len(keys), chunk):
         logits = beta * q @ keys[start:start + chunk].t()
         new_best = torch.maximum(best, logits.max(dim=1, keepdim=True).values)
@@ -132,6 +140,7 @@ def main() -> int:
             single = _median_ms(fn, singles)
             started = time.perf_counter()
             fn(batch)
+            _sync(batch.device)
             per_fragment = (time.perf_counter() - started) * 1e3 / len(batch)
         figures["rows"][name] = {"single_ms": round(single, 2), "batched_ms_per_fragment": round(per_fragment, 3)}
         print(f"{name:28} {single:9.2f} ms a query   {per_fragment:8.3f} ms a fragment in batches of {len(batch)}",

@@ -220,6 +220,8 @@ class JepaConfig(_Section):
     warmup_steps: int = Field(200, ge=0)
     weight_decay: tuple[float, float] = (0.04, 0.4)
     ema_momentum: tuple[float, float] = (0.996, 1.0)
+    grad_clip: float = Field(1.0, ge=0, description="largest gradient norm of a step (0 = no clipping); "
+                             "a step whose gradient is not finite is skipped either way")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of each batch from earlier days")
     replay_max_frames: int = Field(20000, ge=0, description="earlier days' frames decoded per night")
     distill_weight: float = Field(1.0, ge=0, description="weight of the feature distillation against last "

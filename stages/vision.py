@@ -15,6 +15,7 @@ network's shape starts the encoder afresh, with the reason in the result
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,10 @@ def downsample(values: list[float], points: int = CURVE_POINTS) -> list[float]:
 def _day_frames(night: Night) -> list[tuple[int, int, str]]:
     with night.Session() as session:
         return [(f.frame_id, f.clip_id, f.path) for f in day_frames(session, night.day)]
+
+
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
 
 
 def _final(losses: list[float]) -> float:
@@ -138,14 +143,19 @@ def run(night: Night) -> dict:
     if collapse:
         log.warning("vision: embeddings may be collapsing: effective rank %.1f < %.1f "
                     "(%.0f%% of the rank they could reach)", rank, floor, 100 * cfg.rank_warn_share)
+    # A step skipped for a gradient that was not finite has a NaN or inf loss: the curves
+    # leave it out (JSON has no NaN) and skipped_steps counts it.
+    losses = _finite(result.losses)
+    distill_losses = _finite(result.distill_losses) if result.distill_losses is not None else None
     metrics = {
-        "final_loss": _final(result.losses),
-        "loss_curve": downsample(result.losses),
+        "final_loss": _final(losses) if losses else None,
+        "loss_curve": downsample(losses),
         "distill_loss": distill_metrics(
-            cfg.distill_weight, _final(result.distill_losses) if result.distill_losses else None,
-            downsample(result.distill_losses) if result.distill_losses is not None else None, resume,
+            cfg.distill_weight, _final(distill_losses) if distill_losses else None,
+            downsample(distill_losses) if distill_losses is not None else None, resume,
             "models.jepa.distill_weight"),
         "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
         "global_step": result.global_step,
         "train_seconds": round(result.seconds, 2),
         "images_per_second": round(result.images_per_second, 1),

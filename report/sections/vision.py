@@ -33,6 +33,7 @@ def render(summary: dict, ctx) -> str | None:
         ("replay frames from earlier days", replay_line(result.get("replay_frames"), result.get("replay"))),
         ("distillation (CaSSLe)", distill_line(distill)),
         ("steps tonight / in all", f'{m.get("steps")} / {m.get("global_step")}'),
+        ("steps skipped (gradient not finite)", m.get("skipped_steps", 0)),
         ("final loss", m.get("final_loss")),
         ("training speed", f'{m.get("images_per_second")} images/s'),
         ("torch.compile", _compile_state(m)),
