@@ -102,3 +102,23 @@ def test_a_night_whose_gradient_is_never_finite_stops_with_advice(tmp_path, monk
     with pytest.raises(FloatingPointError, match=r"from 5 to 8 .*lower models\.jepa\.lr"):
         train_night(cfg, _batch(cfg), None, date=dt.date(2026, 1, 15), checkpoint_dir=tmp_path,
                     device="cpu", progress=False)
+
+
+def test_training_never_runs_cudnn_attention():
+    """cuDNN's attention kernel gave the non-finite gradients on the H200 (and slow first
+    steps): the training step turns it off around the forward, whose choice the backward
+    follows, and leaves the process's setting as it was."""
+    cfg = _cfg()
+    trainer = JepaTrainer(cfg, "cpu")
+    seen = []
+    forward = trainer.model.forward
+
+    def recording_forward(*args):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return forward(*args)
+
+    trainer.loss_fn = recording_forward
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    trainer.step(_batch(cfg), 0, 1)
+    assert seen == [(False, True)]
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
