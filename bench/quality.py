@@ -50,12 +50,12 @@ from memory.store import load_vectors
 from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import _blur, _occlude
 from models.reconstruct.networks import build
-from models.reconstruct.train import complete
+from models.reconstruct.train import complete, recall_scores, unit_bank
 from models.vision.embed import embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, random_resized_crop
 from stages import Night
 from stages.common import checkpoint_folder, heldout_mask, night_seed
-from stages.reconstruct import metrics_by_kind, noisy_fragments
+from stages.reconstruct import noisy_fragments
 
 KINDS = ("crop25", "occlude", "blur")
 
@@ -71,38 +71,49 @@ def damage(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch
 
 
 def adjacent_clips(session, clip_ids: list[int]) -> np.ndarray:
-    """``(B, B)`` bool: bank row ``j`` is row ``i``'s clip or the one just before or after it in
-    the same recording (clips missing from the database are only their own)."""
-    found = {c.id: (c.source_id, c.index) for c in session.query(Clip).filter(Clip.id.in_(clip_ids))}
+    """``(B, 3)`` bank rows each bank row ``i`` accepts as its first hit: itself and the clips
+    just before and after it in the same recording, ``-1`` where there is none (a clip missing
+    from the database is only its own). Three rows a clip, not a ``B x B`` matrix: a bank of
+    50,000 clips takes 1.2 MB."""
+    found = {}
+    for start in range(0, len(clip_ids), 10_000):  # SQLite limits the parameters of one IN (...)
+        chunk = clip_ids[start:start + 10_000]
+        found.update({c.id: (c.source_id, c.index) for c in session.query(Clip).filter(Clip.id.in_(chunk))})
     place = [found.get(c) for c in clip_ids]
     row_at = {p: i for i, p in enumerate(place) if p is not None}  # (source, index) -> bank row
-    accept = np.eye(len(clip_ids), dtype=bool)
+    accept = np.full((len(clip_ids), 3), -1, dtype=np.int64)
+    accept[:, 0] = np.arange(len(clip_ids))
     for i, p in enumerate(place):
         if p is None:
             continue
-        for step in (-1, 1):
-            j = row_at.get((p[0], p[1] + step))
-            if j is not None:
-                accept[i, j] = True
+        for column, step in ((1, -1), (2, 1)):
+            accept[i, column] = row_at.get((p[0], p[1] + step), -1)
     return accept
 
 
-def first_hit_accepted(vectors: np.ndarray, bank: np.ndarray, targets: np.ndarray, accept: np.ndarray) -> float:
-    """Share of ``vectors`` whose nearest bank row is one ``accept[target]`` allows.
+def first_hit_accepted(vectors: np.ndarray, memories: np.ndarray, targets: np.ndarray, accept: np.ndarray,
+                       chunk: int = 1024) -> float:
+    """Share of ``vectors`` whose nearest row of the unit ``memories`` is one that
+    ``accept[target]`` (:func:`adjacent_clips`) lists.
 
-    Ties count for the fragment, as R@1 counts them (``models.reconstruct.train.evaluate``
+    Ties count for the fragment, as R@1 counts them (:func:`models.reconstruct.train.recall_scores`
     ranks a clip by the clips *strictly* closer): two identical clips, as repeated scenes
     give, must not make this figure lower than R@1.
     """
     if not len(targets):
         return 0.0
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    memories = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-    sims = unit @ memories.T
-    allowed = accept[targets]
-    best_allowed = np.where(allowed, sims, -np.inf).max(axis=1)
-    best_other = np.where(allowed, -np.inf, sims).max(axis=1)
-    return round(float((best_allowed >= best_other).mean()), 4)
+    hits = 0
+    for start in range(0, len(unit), chunk):
+        sims = unit[start:start + chunk] @ memories.T  # (Q, B)
+        allowed = accept[targets[start:start + chunk]]  # (Q, 3), -1: none
+        valid = allowed >= 0
+        near = np.where(valid, np.take_along_axis(sims, np.where(valid, allowed, 0), axis=1), -np.inf)
+        others = sims.copy()
+        rows = np.nonzero(valid)[0]
+        others[rows, allowed[valid]] = -np.inf
+        hits += int((near.max(axis=1) >= others.max(axis=1)).sum())
+    return round(hits / len(targets), 4)
 
 
 def measure(root: Path, date: dt.date, config: str | None = None, overrides: list[str] | None = None,
@@ -175,20 +186,23 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
             targets_all.append(targets[rows])
             kinds += noise_kinds
         seconds.update(dict.fromkeys(noise_kinds, round(time.perf_counter() - started, 2)))
-        by_kind = metrics_by_kind(models, bank, np.concatenate(fragments), np.concatenate(targets_all), kinds,
-                                  device, rcfg.recall_top_k)
+        # Each fragment completed once by each variant, against the unit bank as the stage
+        # measures (models.reconstruct.train.evaluate); every figure below reads these.
+        everything, all_targets, kinds_arr = np.concatenate(fragments), np.concatenate(targets_all), np.asarray(kinds)
+        memories = unit_bank(bank)
+        completed = {"fragment": everything, **{v: complete(m, everything, memories, device, rcfg.recall_top_k)
+                                                for v, m in models.items()}}
         order = [*KINDS, *dict.fromkeys(noise_kinds)]  # image damage first, then noise by SNR
         figures["variants"] = ["fragment", *models]
-        figures["kinds"] = {kind: {**{v: dict(by_kind[kind][v]) for v in figures["variants"]}, "seconds": seconds[kind]}
-                            for kind in order}
-        everything, all_targets, kinds_arr = np.concatenate(fragments), np.concatenate(targets_all), np.asarray(kinds)
-        completed = {"fragment": everything, **{v: complete(m, everything, bank, device, rcfg.recall_top_k)
-                                                for v, m in models.items()}}
+        figures["kinds"] = {}
         for kind in order:
             rows_k = kinds_arr == kind
+            figures["kinds"][kind] = {"seconds": seconds[kind]}
             for v in figures["variants"]:
-                figures["kinds"][kind][v]["adjacent"] = first_hit_accepted(completed[v][rows_k], bank,
-                                                                           all_targets[rows_k], accept)
+                scores = recall_scores(completed[v][rows_k], memories, all_targets[rows_k])
+                figures["kinds"][kind][v] = {
+                    "top1": scores["top1"], "top5": scores["top5"],
+                    "adjacent": first_hit_accepted(completed[v][rows_k], memories, all_targets[rows_k], accept)}
         crop = figures["kinds"]["crop25"]
         best = max(models, key=lambda v: crop[v]["top1"])
         figures["bar"] = {"best": best, "best_top1": crop[best]["top1"], "as_is_top1": crop["fragment"]["top1"],

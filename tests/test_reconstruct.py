@@ -262,18 +262,17 @@ def test_the_quality_bench_forgives_only_the_clip_just_before_or_after_in_the_sa
         ids = [c.id for c in clips]
         accept = bench.adjacent_clips(session, ids + [10_000])  # the last: not in the database
     engine.dispose()
-    assert accept.tolist() == [[True, True, False, False, False],
-                               [True, True, True, False, False],
-                               [False, True, True, False, False],
-                               [False, False, False, True, False],
-                               [False, False, False, False, True]]
+    # Each bank row: itself, the clip before, the clip after (-1: none).
+    assert accept.tolist() == [[0, -1, 1], [1, 0, 2], [2, 1, -1], [3, -1, -1], [4, -1, -1]]
     bank = np.eye(5, dtype=np.float32)
     queries = bank[[1, 3, 0, 4]]  # nearest: street 1, call 0, street 0, the missing clip
     targets = np.array([0, 0, 2, 4])  # street 0 (a neighbour), street 0 (another recording), street 2 (two off), itself
     assert bench.first_hit_accepted(queries, bank, targets, accept) == 0.5
+    assert bench.first_hit_accepted(queries, bank, targets, accept, chunk=3) == 0.5  # chunked alike
     # A tie between the own clip and another recording's counts for the fragment, as R@1 counts it.
     twins = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)  # two clips with one vector
-    assert bench.first_hit_accepted(np.array([[1.0, 0.0]]), twins, np.array([0]), np.eye(2, dtype=bool)) == 1.0
+    alone = np.array([[0, -1, -1], [1, -1, -1]])
+    assert bench.first_hit_accepted(np.array([[1.0, 0.0]]), twins, np.array([0]), alone) == 1.0
 
 
 def test_reconstructors_of_the_older_kind_start_afresh_and_are_refused_at_query(root, tiny_cfg):

@@ -163,24 +163,32 @@ def evaluate(models: dict[str, torch.nn.Module], bank: np.ndarray, fragments: np
         each entry has ``cosine`` (mean cosine to the clip's embedding) and ``top1``/``top5``
         (share whose own clip is the nearest / among the five nearest of all stored clips).
     """
-    memories = _unit(bank, "cpu").numpy()
-    targets = np.asarray(targets)
-
-    def scores(vectors: np.ndarray, chunk: int = 1024) -> dict:
-        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        own, rank = np.zeros(len(unit)), np.zeros(len(unit), dtype=int)
-        for i in range(0, len(unit), chunk):  # a chunk of fragments against every clip at a time
-            sims = unit[i:i + chunk] @ memories.T
-            own[i:i + chunk] = sims[np.arange(len(sims)), targets[i:i + chunk]]
-            rank[i:i + chunk] = (sims > own[i:i + chunk, None]).sum(axis=1)  # clips strictly closer
-        return {"cosine": round(float(own.mean()), 4), "top1": round(float((rank == 0).mean()), 4),
-                "top5": round(float((rank < 5).mean()), 4)}
-
-    out = {"fragment": scores(np.asarray(fragments, dtype=np.float32)),
+    memories = unit_bank(bank)
+    out = {"fragment": recall_scores(np.asarray(fragments, dtype=np.float32), memories, targets),
            "chance_top1": round(1 / len(memories), 6), "fragments": len(targets)}
     for v, model in models.items():
-        out[v] = scores(complete(model, fragments, memories, device, top_k))
+        out[v] = recall_scores(complete(model, fragments, memories, device, top_k), memories, targets)
     return out
+
+
+def unit_bank(bank: np.ndarray) -> np.ndarray:
+    """The stored clips as unit vectors: what fragments are completed against and ranked among."""
+    return _unit(bank, "cpu").numpy()
+
+
+def recall_scores(vectors: np.ndarray, memories: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> dict:
+    """``cosine`` (mean cosine to the own clip), ``top1`` and ``top5`` (share whose own clip is
+    nearest / among the five nearest of the unit ``memories``). A clip's rank counts the clips
+    *strictly* closer, so a tie with the own clip counts for the fragment."""
+    targets = np.asarray(targets)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    own, rank = np.zeros(len(unit)), np.zeros(len(unit), dtype=int)
+    for i in range(0, len(unit), chunk):  # a chunk of fragments against every clip at a time
+        sims = unit[i:i + chunk] @ memories.T
+        own[i:i + chunk] = sims[np.arange(len(sims)), targets[i:i + chunk]]
+        rank[i:i + chunk] = (sims > own[i:i + chunk, None]).sum(axis=1)  # clips strictly closer
+    return {"cosine": round(float(own.mean()), 4), "top1": round(float((rank == 0).mean()), 4),
+            "top5": round(float((rank < 5).mean()), 4)}
 
 
 def choose(metrics: dict, use: str) -> str:
