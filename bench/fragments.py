@@ -1,7 +1,7 @@
 """Completion latency per ``query --fragment`` at a million stored patterns.
 
     python bench/fragments.py [--patterns 1000000] [--dim 256] [--assoc-dim 256] [--top-k 256]
-                              [--queries 50] [--batch 64] [--device cpu] [--json]
+                              [--queries 50] [--batch 64] [--device cpu] [--search auto] [--json]
 
 The Hopfield reconstructor (default-config sizes) holds ``--patterns`` stored clip
 embeddings (random unit vectors: latency does not depend on what they show). Timed, each
@@ -9,9 +9,10 @@ the median over ``--queries`` single-fragment queries, then per fragment in batc
 
 - ``faiss-flat``: the baseline, a plain exact top-10 search of the fragment among the stored
   vectors (``IndexFlatIP``), which is what ``query --fragment`` costs with no completion;
-- ``hopfield top-k``: the query network, a FAISS search of its ``top_k`` nearest keys and the
+- ``hopfield top-k``: the query network, a search of its ``top_k`` nearest keys and the
   softmax over those (:class:`models.reconstruct.networks.HopfieldRecall`, what the query
-  path uses), plus the one-off cost of computing and indexing every stored key;
+  path uses; ``--search``: a FAISS flat index, or torch's ``topk`` on the device, which
+  ``auto`` takes on CUDA), plus the one-off cost of computing and indexing every stored key;
 - ``hopfield full``: the same update with the softmax over every stored pattern, in chunks
   (what the network did before top-k preselection), for comparison;
 - ``mlp``: the MLP reconstructor, which holds no patterns.
@@ -94,6 +95,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--batch", type=int, default=64, help="fragments per batch for the batched figures")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--search", choices=("auto", "faiss", "torch"), default="auto",
+                        help="where the Hopfield keys are searched (auto: torch on CUDA, FAISS elsewhere)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -114,9 +117,9 @@ def main() -> int:
         hopfield.set_statistics(bank[:10_000], bank[:10_000])
     mlp = MLPReconstructor(args.dim, args.hidden).to(device).eval()
     started = time.perf_counter()
-    recall = HopfieldRecall(hopfield, bank, args.top_k)
+    recall = HopfieldRecall(hopfield, bank, args.top_k, search=args.search)
     index_seconds = time.perf_counter() - started
-    print(f"keys computed and indexed in {index_seconds:.1f}s", flush=True)
+    print(f"keys computed and indexed in {index_seconds:.1f}s (searched with {recall.search})", flush=True)
 
     flat = faiss.IndexFlatIP(args.dim)
     flat.add(np.ascontiguousarray(bank.cpu().numpy()))
@@ -134,7 +137,7 @@ def main() -> int:
     }
     figures: dict = {"patterns": args.patterns, "dim": args.dim, "assoc_dim": args.assoc_dim, "top_k": args.top_k,
                      "device": device, "index_seconds": round(index_seconds, 2),
-                     "key_bytes": int(recall.index.ntotal * args.assoc_dim * 4), "rows": {}}
+                     "key_bytes": int(recall.count * args.assoc_dim * 4), "search": recall.search, "rows": {}}
     for name, fn in rows.items():
         with torch.no_grad():
             single = _median_ms(fn, singles)

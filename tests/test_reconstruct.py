@@ -103,6 +103,24 @@ def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
     few = complete(hopfield, fragments[held], bank, "cpu", top_k=4)
     assert (few @ bank.T).argmax(1).tolist() == (full @ bank.T).argmax(1).tolist()
 
+    # The keys searched with torch (what a GPU uses) give the same recall as the FAISS index;
+    # in chunks of queries as in one.
+    import torch
+    import torch.nn.functional as F
+
+    from models.reconstruct.networks import HopfieldRecall
+
+    memories = F.normalize(torch.as_tensor(bank), dim=-1)
+    queries = F.normalize(torch.as_tensor(fragments[held]), dim=-1)
+    by_faiss = HopfieldRecall(hopfield, memories, 4, search="faiss")
+    by_torch = HopfieldRecall(hopfield, memories, 4, search="torch")
+    assert (by_faiss.search, by_torch.search) == ("faiss", "torch")
+    assert HopfieldRecall(hopfield, memories, 4).search == "faiss"  # auto, on a CPU
+    torch.testing.assert_close(by_torch(queries), by_faiss(queries), atol=1e-5, rtol=1e-5)
+    cosines, rows = by_torch._top(hopfield.queries(queries).float(), rows_at_once=3)
+    assert rows.shape == (len(queries), 4)
+    torch.testing.assert_close(cosines, by_faiss._top(hopfield.queries(queries).float())[0], atol=1e-5, rtol=1e-5)
+
 
 def test_choose_prefers_the_fragment_as_it_is_when_completion_does_not_help():
     m = {"fragment": {"top1": 0.4}, "mlp": {"top1": 0.4}, "hopfield": {"top1": 0.3}}

@@ -193,29 +193,54 @@ class HopfieldReconstructor(_Standardised):
 class HopfieldRecall:
     """The Hopfield update over a large memory: softmax over each query's ``top_k`` keys only.
 
-    The stored patterns' keys are computed once and held in a FAISS inner-product index
-    (exact, flat); a query takes its ``top_k`` best keys and the softmax over those. With a
-    large ``beta`` the rest of the softmax is negligible (a key ``d`` lower in cosine weighs
-    ``exp(-beta * d)`` as much), so this is the full update at a cost that does not grow
-    with the softmax over every memory.
+    The stored patterns' keys are computed once; a query takes its ``top_k`` best keys and
+    the softmax over those. With a large ``beta`` the rest of the softmax is negligible (a key
+    ``d`` lower in cosine weighs ``exp(-beta * d)`` as much), so this is the full update at a
+    cost that does not grow with the softmax over every memory.
+
+    Where the keys are searched (``search``): ``faiss``, an exact inner-product index in RAM
+    (``IndexFlatIP``), or ``torch``, one matrix product and ``torch.topk`` on the bank's own
+    device. ``auto`` takes torch on a GPU and FAISS elsewhere: on an H200 the whole softmax
+    over a million patterns in GPU memory took 0.88 ms a query, the FAISS search of the
+    CPU index 19.8 ms (BENCHMARKS.md, "The first GPU").
     """
 
-    def __init__(self, model: HopfieldReconstructor, bank: torch.Tensor, top_k: int, batch_size: int = 65536):
-        import faiss
-
+    def __init__(self, model: HopfieldReconstructor, bank: torch.Tensor, top_k: int, batch_size: int = 65536,
+                 search: str = "auto"):
+        if search not in ("auto", "faiss", "torch"):
+            raise ValueError(f"search {search!r}: expected auto, faiss or torch")
         self.model, self.top_k = model, min(top_k, len(bank))
         self.bank = bank
-        self.index = faiss.IndexFlatIP(model.key.out_features)
+        self.search = ("torch" if bank.device.type == "cuda" else "faiss") if search == "auto" else search
+        self.count = len(bank)
+        self.index, self.keys = None, None
         with torch.no_grad():
-            for start in range(0, len(bank), batch_size):
-                self.index.add(np.ascontiguousarray(model.keys(bank[start:start + batch_size]).float().cpu().numpy()))
+            chunks = (model.keys(bank[start:start + batch_size]).float() for start in range(0, len(bank), batch_size))
+            if self.search == "torch":
+                self.keys = torch.cat(list(chunks))  # (N, A) on the bank's device
+            else:
+                import faiss
+
+                self.index = faiss.IndexFlatIP(model.key.out_features)
+                for keys in chunks:
+                    self.index.add(np.ascontiguousarray(keys.cpu().numpy()))
+
+    @torch.no_grad()
+    def _top(self, q: torch.Tensor, rows_at_once: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cosines, rows)`` of each query's ``top_k`` keys, each ``(B, k)``."""
+        if self.keys is not None:
+            # A few hundred queries at a time: their scores against a million keys take 1 GB.
+            parts = [torch.topk(q[i:i + rows_at_once] @ self.keys.T, self.top_k, dim=-1)
+                     for i in range(0, len(q), rows_at_once)]
+            return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+        cosines, rows = self.index.search(np.ascontiguousarray(q.cpu().numpy()), self.top_k)
+        return torch.from_numpy(cosines), torch.from_numpy(rows)
 
     @torch.no_grad()
     def __call__(self, fragments: torch.Tensor) -> torch.Tensor:
-        q = self.model.queries(fragments).float().cpu().numpy()
-        cosines, rows = self.index.search(np.ascontiguousarray(q), self.top_k)
-        weights = torch.softmax(self.model.beta.float().cpu() * torch.from_numpy(cosines), dim=-1)
-        picked = self.bank[torch.from_numpy(rows).to(self.bank.device)]  # (B, k, D)
+        cosines, rows = self._top(self.model.queries(fragments).float())
+        weights = torch.softmax(self.model.beta.float().to(cosines.device) * cosines, dim=-1)
+        picked = self.bank[rows.to(self.bank.device)]  # (B, k, D)
         return (weights.to(picked.device, picked.dtype)[:, :, None] * picked).sum(dim=1)
 
 
