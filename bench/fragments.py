@@ -11,8 +11,8 @@ the median over ``--queries`` single-fragment queries, then per fragment in batc
   vectors (``IndexFlatIP``), which is what ``query --fragment`` costs with no completion;
 - ``hopfield top-k``: the query network, a search of its ``top_k`` nearest keys and the
   softmax over those (:class:`models.reconstruct.networks.HopfieldRecall`, what the query
-  path uses; ``--search``: a FAISS flat index, or torch's ``topk`` on the device, which
-  ``auto`` takes on CUDA), plus the one-off cost of computing and indexing every stored key;
+  path uses; ``--search``: torch's ``topk`` of one matrix product on the device, the default,
+  or a FAISS flat index), plus the one-off cost of computing and indexing every stored key;
 - ``hopfield full``: the same update with the softmax over every stored pattern, in chunks
   (what the network did before top-k preselection), for comparison;
 - ``mlp``: the MLP reconstructor, which holds no patterns.
@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64, help="fragments per batch for the batched figures")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--search", choices=("auto", "faiss", "torch"), default="auto",
-                        help="where the Hopfield keys are searched (auto: torch on CUDA, FAISS elsewhere)")
+                        help="where the Hopfield keys are searched (auto: torch)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)

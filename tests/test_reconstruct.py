@@ -103,8 +103,8 @@ def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
     few = complete(hopfield, fragments[held], bank, "cpu", top_k=4)
     assert (few @ bank.T).argmax(1).tolist() == (full @ bank.T).argmax(1).tolist()
 
-    # The keys searched with torch (what a GPU uses) give the same recall as the FAISS index;
-    # in chunks of queries as in one.
+    # The keys searched with torch (the default) give the same recall as the FAISS index; in
+    # chunks of queries as in one.
     import torch
     import torch.nn.functional as F
 
@@ -115,7 +115,7 @@ def test_both_reconstructors_learn_how_fragments_relate_to_their_clips():
     by_faiss = HopfieldRecall(hopfield, memories, 4, search="faiss")
     by_torch = HopfieldRecall(hopfield, memories, 4, search="torch")
     assert (by_faiss.search, by_torch.search) == ("faiss", "torch")
-    assert HopfieldRecall(hopfield, memories, 4).search == "faiss"  # auto, on a CPU
+    assert HopfieldRecall(hopfield, memories, 4).search == "torch"  # auto
     torch.testing.assert_close(by_torch(queries), by_faiss(queries), atol=1e-5, rtol=1e-5)
     cosines, rows = by_torch._top(hopfield.queries(queries).float(), rows_at_once=3)
     assert rows.shape == (len(queries), 4)

@@ -198,11 +198,12 @@ class HopfieldRecall:
     ``d`` lower in cosine weighs ``exp(-beta * d)`` as much), so this is the full update at a
     cost that does not grow with the softmax over every memory.
 
-    Where the keys are searched (``search``): ``faiss``, an exact inner-product index in RAM
-    (``IndexFlatIP``), or ``torch``, one matrix product and ``torch.topk`` on the bank's own
-    device. ``auto`` takes torch on a GPU and FAISS elsewhere: on an H200 the whole softmax
-    over a million patterns in GPU memory took 0.88 ms a query, the FAISS search of the
-    CPU index 19.8 ms (BENCHMARKS.md, "The first GPU").
+    Where the keys are searched (``search``): ``torch`` (``auto``), one matrix product and
+    ``torch.topk`` on the bank's own device, or ``faiss``, an exact inner-product index in RAM
+    (``IndexFlatIP``). Both are exact. At a million patterns on 2 CPU cores torch took 41 ms a
+    query against FAISS's 81 (4.9 ms against 33 a fragment in batches of 64); on an H200 the
+    whole softmax over a million keys in GPU memory took 0.88 ms, FAISS's CPU index 19.8
+    (BENCHMARKS.md, "Completion latency at a million stored patterns").
     """
 
     def __init__(self, model: HopfieldReconstructor, bank: torch.Tensor, top_k: int, batch_size: int = 65536,
@@ -211,7 +212,7 @@ class HopfieldRecall:
             raise ValueError(f"search {search!r}: expected auto, faiss or torch")
         self.model, self.top_k = model, min(top_k, len(bank))
         self.bank = bank
-        self.search = ("torch" if bank.device.type == "cuda" else "faiss") if search == "auto" else search
+        self.search = "torch" if search == "auto" else search
         self.count = len(bank)
         self.index, self.keys = None, None
         with torch.no_grad():
