@@ -20,6 +20,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from core.config import DreamConfig
+from core.progress import bar_off
 from dream.decoder import (
     DreamDecoder,
     diffusion_loss,
@@ -92,7 +93,7 @@ def train_decoder(images: torch.Tensor, cond: np.ndarray, cfg: DreamConfig, devi
     objective = ranks.wrap(Objective(model, diffusion_loss))
     started = time.perf_counter()
     it = 0
-    bar = tqdm(total=total, desc="dream", unit="step", disable=not progress or not ranks.main, leave=False)
+    bar = tqdm(total=total, desc="dream", unit="step", disable=bar_off(progress, not ranks.main), leave=False)
     while it < total:
         whole = torch.randint(len(frames), (batch,), generator=generator)
         scale = ranks.scale(len(whole))

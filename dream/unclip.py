@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from core.config import UnclipConfig
 from core.errors import UsageError
+from core.progress import bar_off
 
 if TYPE_CHECKING:
     from diffusers import StableUnCLIPImg2ImgPipeline
@@ -106,7 +107,7 @@ class UnclipDreamer:
             embeds = embeds / embeds.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.cfg.embed_norm
         dtype = self.prompt_embeds.dtype
         prompt = self.prompt_embeds.expand(len(embeds), -1, -1)  # (N, tokens, width)
-        self.pipe.set_progress_bar_config(disable=not progress)
+        self.pipe.set_progress_bar_config(disable=bar_off(progress))
         # The unconditional half of guidance is the same empty prompt with a zero image embedding
         # (the pipeline adds that zero itself): what it does when given neither prompt.
         images = self.pipe(image_embeds=embeds.to(self.device, dtype), prompt_embeds=prompt,
@@ -139,7 +140,7 @@ def decode_embeddings(dreamer: UnclipDreamer, embeddings: np.ndarray | torch.Ten
     size = batch_size or dreamer.cfg.batch_size
     starts = range(0, len(embeddings), size)
     batches = [dreamer.decode(embeddings[s:s + size], generator)
-               for s in tqdm(starts, desc="unclip", unit="batch", disable=not progress or len(starts) <= 1,
+               for s in tqdm(starts, desc="unclip", unit="batch", disable=bar_off(progress, len(starts) <= 1),
                              leave=False)]
     return torch.cat(batches) if batches else dreamer.decode(embeddings, generator)
 

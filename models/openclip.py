@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from core.config import OpenClipConfig
+from core.progress import bar_off
 from core.sealed import SealedFileError
 from core.vault import open_file
 
@@ -68,7 +69,7 @@ class Clip:
         """Unit image embeddings of the readable files, their positions, and the unreadable ones."""
         vectors, kept, failed = [], [], []
         for start in tqdm(range(0, len(paths), batch_size), desc="openclip", unit="batch",
-                          disable=not progress or len(paths) <= batch_size, leave=False):
+                          disable=bar_off(progress, len(paths) <= batch_size), leave=False):
             batch = []
             for i, path in enumerate(paths[start:start + batch_size], start):
                 try:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from core.config import CpcConfig, SleepConfig
 from core.errors import UsageError
 from core.paths import Paths
+from core.progress import bar_off
 from core.sealed import SealedFileError, is_sealed
 from core.vault import read_file
 from ingest.binaries import ffmpeg_path
@@ -95,7 +96,7 @@ def load_waves(refs: list[SegmentRef], paths: Paths, sample_rate: int, *, desc: 
     """Read segments; a file that cannot be read is recorded with its reason and left out."""
     kept, waves, skipped = [], [], []
     keyring = paths.vault
-    for ref in tqdm(refs, desc=desc, unit="file", leave=False, disable=len(refs) < 200):
+    for ref in tqdm(refs, desc=desc, unit="file", leave=False, disable=bar_off(True, len(refs) < 200)):
         try:
             waves.append(read_wav(paths.root / ref.path, sample_rate, keyring))
         except AudioReadError as exc:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from core.atomic import sweep_tmp
 from core.paths import Paths
+from core.progress import bar_off
 from core.sealed import SealedFileError
 from core.vault import open_file
 from memory.keepsakes import (
@@ -133,7 +134,7 @@ def run(night: Night) -> dict:
     skipped: list[dict] = []
     written = {"keyframes": 0, "snippets": 0}
     bytes_written = 0
-    for clip_id in tqdm(clip_ids, desc="keep", unit="clip", leave=False, disable=len(clip_ids) < 200):
+    for clip_id in tqdm(clip_ids, desc="keep", unit="clip", leave=False, disable=bar_off(True, len(clip_ids) < 200)):
         before = earlier.get(clip_id)
         keyframe = before.keyframe if before else None
         snippet = before.snippet if before else None

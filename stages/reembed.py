@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from core.config import SaeConfig
 from core.errors import UsageError
+from core.progress import bar_off
 from memory import (
     EmbeddingRow,
     activate_if_complete,
@@ -337,7 +338,7 @@ def reembed(night: Night, targets: dict[str, str], *, max_minutes: float | None 
              ", ".join(sorted({r.version for r in runs.values()})) or "nothing")
 
     encoders, cache, stopped = _Encoders(night), {}, False
-    for day in tqdm(days, desc="reembed", unit="day", disable=len(days) < 2):
+    for day in tqdm(days, desc="reembed", unit="day", disable=bar_off(True, len(days) < 2)):
         for space, state in runs.items():
             if day not in state.todo:
                 continue

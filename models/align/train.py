@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import AlignConfig
+from core.progress import bar_off
 from models.align.heads import AlignModel
 from models.batches import TrainResult, night_batches
 from models.checkpoint import restore_training
@@ -83,7 +84,7 @@ def train_alignment(vision: np.ndarray, audio: np.ndarray, cfg: AlignConfig, dev
     ranks = current()
     network = ranks.wrap(model)
     started = time.perf_counter()
-    for it in tqdm(range(total), desc="align", unit="step", disable=not progress or not ranks.main, leave=False):
+    for it in tqdm(range(total), desc="align", unit="step", disable=bar_off(progress, not ranks.main), leave=False):
         whole = next(batches)
         scale = ranks.scale(len(whole))
         idx = ranks.split(whole).to(device)

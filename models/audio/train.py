@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import CpcConfig
+from core.progress import bar_off
 from models.audio.cpc import CpcModel, chance_loss
 from models.checkpoint import restore_training
 from models.distill import (
@@ -181,7 +182,7 @@ def train_cpc(features: list[torch.Tensor], cfg: CpcConfig, device: str, *, seed
     network = ranks.wrap(model)
     history: list[dict] = []
     started = time.perf_counter()
-    bar = tqdm(range(total), desc="cpc", unit="step", disable=not progress or not ranks.main, leave=False)
+    bar = tqdm(range(total), desc="cpc", unit="step", disable=bar_off(progress, not ranks.main), leave=False)
     for it in bar:
         lr = get_lr(it, total, cfg)
         for group in optimizer.param_groups:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.config import ReconstructConfig
+from core.progress import bar_off
 from models import schedules
 from models.batches import night_batches
 from models.distributed import Objective, current
@@ -97,7 +98,7 @@ def train_reconstructors(bank: np.ndarray, fragments: np.ndarray, targets: np.nd
     # a fragment's loss needs only the stored memories, so N processes take one's step.
     ranks = current()
     losses = {v: ranks.wrap(Objective(m, type(m).loss), find_unused=True) for v, m in models.items()}
-    for it in tqdm(range(total), desc="reconstruct", unit="step", disable=not progress or not ranks.main,
+    for it in tqdm(range(total), desc="reconstruct", unit="step", disable=bar_off(progress, not ranks.main),
                    leave=False):
         whole = next(batches)
         scale = ranks.scale(len(whole))

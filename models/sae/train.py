@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import SaeConfig
+from core.progress import bar_off
 from models import schedules
 from models.batches import TrainResult, night_batches
 from models.checkpoint import restore_training
@@ -65,7 +66,7 @@ def train_sae(vectors: np.ndarray, cfg: SaeConfig, device: str, *, seed: int = 0
     ranks = current()
     network = ranks.wrap(model, find_unused=cfg.aux_k > 0)  # AuxK's path is idle while no neuron is dead
     started = time.perf_counter()
-    for it in tqdm(range(total), desc="sae", unit="step", disable=not progress or not ranks.main, leave=False):
+    for it in tqdm(range(total), desc="sae", unit="step", disable=bar_off(progress, not ranks.main), leave=False):
         whole = next(batches)
         scale = ranks.scale(len(whole))
         idx = ranks.split(whole).to(device)

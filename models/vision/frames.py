@@ -21,6 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm import tqdm
 
+from core.progress import bar_off
 from core.sealed import SealedFileError
 from core.vault import Vault, vault_of
 from models.vision.jepa import PIXEL_MEAN, PIXEL_STD
@@ -75,7 +76,7 @@ def decode_frames(paths: list[Path], size: int, device: str = "cpu", chunk: int 
     decode_device = "cuda" if device.startswith("cuda") else "cpu"
     vaults: dict[Path, Vault] = {}
     for start in tqdm(range(0, len(paths), chunk), desc="decode frames", unit="chunk",
-                      disable=not progress or len(paths) <= chunk, leave=False):
+                      disable=bar_off(progress, len(paths) <= chunk), leave=False):
         batch = list(range(start, min(start + chunk, len(paths))))
         data: dict[int, torch.Tensor] = {}
         for i in batch:

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import FeatureCompletionConfig
+from core.progress import bar_off
 from models import schedules
 from models.vision.frames import normalise
 from models.vision.inpaint import PatchInpainter, inpaint_loss, random_patch_mask
@@ -86,7 +87,7 @@ def train_inpainter(encoder: VisionTransformer, images: torch.Tensor, cfg: Featu
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     history: list[float] = []
     model.train()
-    for step in tqdm(range(steps), desc="inpaint", unit="step", disable=not progress, leave=False):
+    for step in tqdm(range(steps), desc="inpaint", unit="step", disable=bar_off(progress), leave=False):
         lr = schedules.warmup_cosine(step, steps, min(cfg.warmup_steps, steps), 0.0, cfg.lr, cfg.lr * 0.01)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from core.config import JepaConfig
+from core.progress import bar_off
 from models import schedules
 from models.checkpoint import CheckpointError, save_checkpoint
 from models.distill import predictor_groups, without_distill_groups
@@ -315,7 +316,7 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
     warm_time = started
     trainer.model.train()
     skipped_logged = step_logged = 0
-    for i in tqdm(range(steps), desc="jepa", unit="step", disable=not progress or not trainer.ranks.main, leave=False):
+    for i in tqdm(range(steps), desc="jepa", unit="step", disable=bar_off(progress, not trainer.ranks.main), leave=False):
         rows = torch.randint(len(today), (n_today,), generator=_generator(cfg.seed + 1, trainer.global_step))
         batch = today.gather(rows)
         if n_replay:
