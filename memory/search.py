@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ from memory.shards import (
 )
 
 log = logging.getLogger(__name__)
+# Rounds of three attempts a search makes while writers keep replacing the shards it reads.
+MAX_SHARD_RACES = 20
 
 
 @dataclass(frozen=True)
@@ -432,7 +435,7 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
     if model_version is None or topk <= 0:
         return []
     exclude = set(exclude_clip_ids)
-    attempt = 0
+    attempt = races = 0
     while attempt < 3:
         attempt += 1
         with Session(engine) as session:
@@ -478,10 +481,16 @@ def search(engine: Engine, paths: Paths, *, space: str, query: np.ndarray, topk:
                 if attempt == 3:
                     session.rollback()  # out of the snapshot: is the row still there now?
                     gone = _missing_shards(session, paths, shards)
-                    if not gone:
-                        raise
                     for path in gone:
                         _damaged(path, "file missing")
+                    if not gone:
+                        # No row names a missing file now: a writer replaced the shard under
+                        # each attempt (a busy machine makes a reader lose the race three
+                        # times running). Wait a moment for it and read the list again.
+                        races += 1
+                        if races > MAX_SHARD_RACES:
+                            raise
+                        time.sleep(0.01 * races)
                     attempt = 2
     return []
 

@@ -92,3 +92,35 @@ def test_a_reader_survives_its_shard_being_replaced(root, index, reorder):
         assert session.scalars(select(Shard.path).where(Shard.date == DAY)).all() == [written[-1]]
     assert doctor(paths)["problems"] == []
     engine.dispose()
+
+
+def test_a_search_that_loses_the_race_three_times_running_reads_the_list_again(root, monkeypatch):
+    """On a busy machine (CI, two cores) a reader lost the race with a replacing writer on all
+    three attempts and raised FileNotFoundError to its caller, though no row named a missing
+    file. It now waits a moment and reads the list again, up to MAX_SHARD_RACES rounds."""
+    import importlib
+
+    search_module = importlib.import_module("memory.search")  # the module, not memory.search()
+
+    paths = Paths.at(root)
+    engine = open_database(paths.database)
+    clip_ids = add_day(engine, paths, DAY, CLIPS)
+    _write(engine, paths, clip_ids, 0, False)
+    candidates, lost = search_module._candidates, []
+
+    def losing(*args, **kwargs):
+        if len(lost) < 7:  # the first seven reads find the file replaced
+            lost.append(1)
+            raise FileNotFoundError("replaced under the reader")
+        return candidates(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_candidates", losing)
+    query = memory_workers.replace_vectors(0, CLIPS)[5]
+    hits = search_module.search(engine, paths, space="vision", query=query, topk=3, model_version=VERSION)
+    assert len(lost) == 7 and hits and hits[0].clip_id == clip_ids[5]
+
+    lost.clear()
+    monkeypatch.setattr(search_module, "MAX_SHARD_RACES", 1)  # a writer that never stops: say so
+    with pytest.raises(FileNotFoundError):
+        search_module.search(engine, paths, space="vision", query=query, topk=3, model_version=VERSION)
+    engine.dispose()
