@@ -12,7 +12,7 @@
 #              training capped by GPU_DREAM_MINUTES, default 2; unset it for the config's own)
 #   quality    bench/quality.py on that night: every frame, 5 damaged views of each
 #   jepa       bench/jepa.py (our I-JEPA step against a stock timm ViT, bf16; eager unless
-#              GPU_JEPA_COMPILE=1)
+#              GPU_JEPA_COMPILE=1, which compiles both, ours with static masks)
 #   cpc        bench/cpc.py (CPC training and embedding throughput)
 # bench/reembed.py is left out: it makes its keyframes with FFmpeg.
 #
@@ -44,9 +44,12 @@ step() {  # step NAME SECONDS COMMAND...; leaves the command's exit status in rc
 
 night_sets=()
 if [ -n "${GPU_DREAM_MINUTES-2}" ]; then night_sets+=(--set "dream.max_minutes=${GPU_DREAM_MINUTES-2}"); fi
-# torch 2.11 on an H200 failed to compile the JEPA loss at its second step (the trainer went on
-# eagerly after 50 s): GPU_JEPA_COMPILE=1 tries it again.
-if [ "${GPU_JEPA_COMPILE:-0}" != 1 ]; then night_sets+=(--set models.jepa.compile=false); fi
+# torch 2.11 on an H200 failed to compile the JEPA loss at its second step (the first graph with
+# dynamic token counts; the trainer went on eagerly after 50 s). GPU_JEPA_COMPILE=1 compiles
+# with models.jepa.static_masks (one shape every step, one graph: it compiles on torch 2.9.1's
+# CPU inductor, where dynamic shapes fail too).
+if [ "${GPU_JEPA_COMPILE:-0}" != 1 ]; then night_sets+=(--set models.jepa.compile=false)
+else night_sets+=(--set models.jepa.static_masks=true); fi
 if [ "${GPU_SMOKE:-0}" = 1 ]; then
     device=cpu
     fragments_args=(--patterns 20000 --queries 3)
@@ -59,7 +62,8 @@ if [ "${GPU_SMOKE:-0}" = 1 ]; then
 else
     device=cuda
     fragments_args=()
-    jepa_args=(--steps 30 --warmup 5); [ "${GPU_JEPA_COMPILE:-0}" = 1 ] || jepa_args+=(--no-compile)
+    jepa_args=(--steps 50 --warmup 20)
+    if [ "${GPU_JEPA_COMPILE:-0}" = 1 ]; then jepa_args+=(--static-masks); else jepa_args+=(--no-compile); fi
     cpc_args=()
 fi
 

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile for both")
+    parser.add_argument("--static-masks", action="store_true",
+                        help="models.jepa.static_masks: one token count every step (one compiled graph)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here; use --device cpu --tiny for a smoke run")
     cfg = load_config(CONFIG_DIR / ("tiny.yaml" if args.tiny else "default.yaml")).models.jepa
-    update = {"compile": cfg.compile and not args.no_compile}
+    update = {"compile": cfg.compile and not args.no_compile, "static_masks": args.static_masks}
     if args.batch_size:
         update["batch_size"] = args.batch_size
     cfg = cfg.model_copy(update=update)

@@ -222,6 +222,8 @@ class JepaConfig(_Section):
     ema_momentum: tuple[float, float] = (0.996, 1.0)
     grad_clip: float = Field(1.0, ge=0, description="largest gradient norm of a step (0 = no clipping); "
                              "a step whose gradient is not finite is skipped either way")
+    static_masks: bool = Field(False, description="the same number of context and target patches every "
+                               "step, so torch.compile builds one graph of fixed shapes (models/vision/masks.py)")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of each batch from earlier days")
     replay_max_frames: int = Field(20000, ge=0, description="earlier days' frames decoded per night")
     distill_weight: float = Field(1.0, ge=0, description="weight of the feature distillation against last "

@@ -59,6 +59,25 @@ def test_masks_are_a_function_of_the_step():
     assert not (a.context.shape == c.context.shape and torch.equal(a.context, c.context))
 
 
+def test_static_masks_keep_one_shape_hide_every_target_and_follow_the_step():
+    """models.jepa.static_masks: one (context, target) size at every step, so torch.compile
+    builds one graph; the context size is the dynamic masks' median cut, not their smallest."""
+    static, dynamic = _collator(static=True), _collator()
+    nc, nt = static.static_sizes
+    assert nt == 25  # the smallest 0.15-0.2 block at aspect 0.75-1.5 on 14 x 14 (5 x 5)
+    typical = np.median([dynamic(128, step).context.shape[1] for step in range(40)])
+    assert 0.8 * typical <= nc <= 1.2 * typical, (nc, typical)
+    for step in range(40):
+        masks = static(32, step)
+        assert masks.context.shape == (32, nc) and masks.targets.shape == (4, 32, nt)
+        for b in range(32):
+            assert not set(masks.context[b].tolist()) & set(masks.targets[:, b].flatten().tolist())
+        assert (masks.context.diff(dim=1) > 0).all() and (masks.targets.diff(dim=2) > 0).all()
+    again = _collator(static=True)(32, 7)
+    assert torch.equal(again.context, static(32, 7).context) and torch.equal(again.targets, static(32, 7).targets)
+    assert _collator().static_sizes is None
+
+
 def test_masks_keep_min_keep_even_when_targets_cover_much():
     masks = _collator(grid=8, target_scale=(0.2, 0.2), min_keep=12)(64, 3)
     assert masks.context.shape[1] >= 12

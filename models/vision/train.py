@@ -87,7 +87,8 @@ class JepaTrainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay[0]), lr=cfg.lr,
                                            fused=self.device.type == "cuda")
         self.masks = MultiBlockMaskCollator(self.model.encoder.grid, cfg.num_targets, cfg.target_scale,
-                                            cfg.target_aspect, cfg.context_scale, cfg.min_keep, cfg.seed)
+                                            cfg.target_aspect, cfg.context_scale, cfg.min_keep, cfg.seed,
+                                            static=cfg.static_masks)
         self.global_step = 0
         # Steps whose gradient was not finite (skipped by _clip_or_skip), on the device.
         self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -101,9 +102,13 @@ class JepaTrainer:
         # change from step to step; after the first change dynamo recompiles once with
         # dynamic token counts instead of once per shape.
         self.network: torch.nn.Module = self.model
-        self.loss_fn = torch.compile(self.model) if self.compile else self.model
+        self.loss_fn = self._compiled(self.model) if self.compile else self.model
         # Why the compiled loss was given up for eager mode tonight, if it was (see _loss).
         self.compile_fallback: str | None = None
+
+    def _compiled(self, network: torch.nn.Module):
+        # Static masks give every step the same shapes: one graph, never a dynamic one.
+        return torch.compile(network, dynamic=False if self.cfg.static_masks else None)
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_dict(self, date: dt.date) -> dict:
@@ -184,7 +189,7 @@ class JepaTrainer:
 
         if self.ranks.distributed and self.network is self.model:
             self.network = self.ranks.wrap(self.model)
-            self.loss_fn = torch.compile(self.network) if self.compile else self.network
+            self.loss_fn = self._compiled(self.network) if self.compile else self.network
         loss, distill = self._loss(images, masks, self.ranks.scale(batch.shape[0]))
         loss, distill = self.ranks.mean(loss), self.ranks.mean(distill)
         self._clip_or_skip()
