@@ -71,8 +71,8 @@ def _place(rng: np.random.Generator, grid: int, size: tuple[int, int], shape: tu
     return rows[..., :, None] & cols[..., None, :]
 
 
-# Static masks: the context size is what the batches of this many probe draws, of this many
-# images, all reached (drawn with their own tag: never a training step's masks).
+# Static masks: the context size is the median of the cuts of this many probe batches of this
+# many images (drawn with their own tag: never a training step's masks).
 STATIC_PROBE_STEPS, STATIC_PROBE_BATCH, STATIC_PROBE_TAG = 32, 128, 0x57A7
 
 

@@ -100,7 +100,8 @@ class JepaTrainer:
         # The model, under DDP when several processes train together (wrapped at the first
         # step, after a distillation predictor may have joined it). Context and target sizes
         # change from step to step; after the first change dynamo recompiles once with
-        # dynamic token counts instead of once per shape.
+        # dynamic token counts instead of once per shape (with models.jepa.static_masks they
+        # never change: one graph of fixed shapes).
         self.network: torch.nn.Module = self.model
         self.loss_fn = self._compiled(self.model) if self.compile else self.model
         # Why the compiled loss was given up for eager mode tonight, if it was (see _loss).
@@ -337,7 +338,7 @@ def train_night(cfg: JepaConfig, frames: torch.Tensor, replay: torch.Tensor | No
             if skipped - skipped_logged == i + 1 - step_logged:
                 raise FloatingPointError(
                     f"jepa: the gradient was not finite at every step from {step_logged + 1} to {i + 1} "
-                    f"(loss {value}); lower models.jepa.lr (now {cfg.lr:g}) or models.jepa.grad_clip")
+                    f"(loss {value}); lower models.jepa.lr (now {cfg.lr:g}), or set models.jepa.bf16: false")
             if skipped > skipped_logged:
                 log.warning("jepa: %d step(s) up to step %d had a gradient that was not finite and were skipped",
                             skipped - skipped_logged, i + 1)
