@@ -1,6 +1,6 @@
 """How well a night's memory recalls a moment from a fragment of it, per kind of damage.
 
-    python bench/quality.py ROOT [--date D] [--config C] [--json]
+    python bench/quality.py ROOT [--date D] [--config C] [--frames heldout|trained|all] [--views N] [--json]
 
 On the night's held-out frames (the ones the reconstructors never saw damaged: the same
 split as stage ``reconstruct``), each frame is damaged three ways, one kind at a time:
@@ -49,13 +49,13 @@ from memory.schema import Clip
 from memory.store import load_vectors
 from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import _blur, _occlude
-from models.reconstruct.networks import build
+from models.reconstruct.networks import build, fragment_width
 from models.reconstruct.train import complete, recall_scores, unit_bank
-from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.embed import embed_fragments, embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, random_resized_crop
 from stages import Night
 from stages.common import checkpoint_folder, heldout_mask, night_seed
-from stages.reconstruct import noisy_fragments
+from stages.reconstruct import NETWORKS, noisy_fragments, without_layout
 
 KINDS = ("crop25", "occlude", "blur")
 
@@ -121,8 +121,8 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
     """The per-kind table of one night (see the module docstring).
 
     Args:
-        frames_from: ``heldout`` (the frames the reconstructors never saw damaged) or ``all``
-            (every frame of the bank's clips: more figures on a small day, but the
+        frames_from: ``heldout`` (the frames the reconstructors never saw damaged), ``trained``
+            (the others: fresh damage of stored moments) or ``all`` (every frame of the bank's clips: more figures on a small day, but the
             reconstructors trained on damaged views of most of them).
         views: damaged views of each frame per kind (and noisy copies per SNR). On a small day
             one view a frame makes each miss worth several points; the first view is the same
@@ -136,6 +136,9 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         night = Night(date, cfg, paths, engine, make_sessionmaker(engine), device, logging.getLogger("bench"))
         state = load_checkpoint(checkpoint_path(checkpoint_folder(paths, "reconstruct"), date),
                                 ("models", "config", "input_version", "bank_rows", "dim"))
+        if state.get("networks", 1) != NETWORKS:
+            raise SystemExit(f"{root}: the {date} reconstructors are of an older kind; run its reconstruct stage "
+                             f"again (sleep.py --date {date} --only reconstruct --force)")
         version = state["input_version"]
         rows, vectors = load_vectors(engine, paths, space="vision", model_version=version, date=date.isoformat())
         bank_rows = np.asarray(state["bank_rows"])
@@ -156,8 +159,8 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
             accept = adjacent_clips(session, bank_clips)
         seed = night_seed(night)
         held = heldout_mask([f.frame_id for f in frames], cfg.models.heldout_fraction, seed)
-        if frames_from == "heldout":
-            frames = [f for f, h in zip(frames, held) if h]
+        if frames_from != "all":  # held out: never seen damaged; trained: fresh damage of frames it trained on
+            frames = [f for f, h in zip(frames, held) if h == (frames_from == "heldout")]
         jepa = cfg.models.jepa
         encoder = load_target_encoder(checkpoint_path(checkpoint_folder(paths, "vision"), date), jepa, device)
         cache = decode_frames([paths.root / f.path for f in frames], encoder.img_size, device, progress=False)
@@ -173,7 +176,8 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
             generator = torch.Generator().manual_seed(seed + k)
             for _ in range(views):
                 damaged = damage(cache.images.to(device), kind, generator)
-                fragments.append(embed_frames(encoder, damaged, batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
+                fragments.append(embed_fragments(encoder, damaged, grid=rcfg.fragment_grid, batch_size=jepa.embed_batch_size,
+                                                 bf16=jepa.bf16))
                 targets_all.append(targets)
                 kinds += [kind] * len(targets)
             seconds[kind] = round(time.perf_counter() - started, 2)
@@ -182,7 +186,7 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         noise_kinds = []
         for v in range(views):
             noisy, rows, noise_kinds = noisy_fragments(clean, rcfg.noise_snr_db, seed + v)
-            fragments.append(noisy)
+            fragments.append(without_layout(noisy, fragment_width(clean.shape[1], rcfg.fragment_grid)))
             targets_all.append(targets[rows])
             kinds += noise_kinds
         seconds.update(dict.fromkeys(noise_kinds, round(time.perf_counter() - started, 2)))
@@ -190,7 +194,7 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         # measures (models.reconstruct.train.evaluate); every figure below reads these.
         everything, all_targets, kinds_arr = np.concatenate(fragments), np.concatenate(targets_all), np.asarray(kinds)
         memories = unit_bank(bank)
-        completed = {"fragment": everything, **{v: complete(m, everything, memories, device, rcfg.recall_top_k)
+        completed = {"fragment": everything[:, :memories.shape[1]], **{v: complete(m, everything, memories, device, rcfg.recall_top_k)
                                                 for v, m in models.items()}}
         order = [*KINDS, *dict.fromkeys(noise_kinds)]  # image damage first, then noise by SNR
         figures["variants"] = ["fragment", *models]
@@ -218,8 +222,9 @@ def main() -> int:
     parser.add_argument("--date", help="the night (default: the newest reconstruct checkpoint's)")
     parser.add_argument("--config", help="the config the night ran with (default: configs/default.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--frames", choices=("heldout", "all"), default="heldout",
-                        help="held-out frames only (default), or every frame of the stored clips")
+    parser.add_argument("--frames", choices=("heldout", "trained", "all"), default="heldout",
+                        help="held-out frames only (default), the frames the reconstructors trained on (fresh "
+                             "damage of stored moments), or every frame of the stored clips")
     parser.add_argument("--views", type=int, default=1, metavar="N",
                         help="damaged views of each frame per kind (default 1; more give steadier figures on a "
                              "small day)")

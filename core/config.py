@@ -383,6 +383,10 @@ class ReconstructConfig(_Section):
                                "1024), so the networks train on at least this many distinct damaged views "
                                "rather than memorising a few; 0: views_per_frame always")
     crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
+    fragment_grid: int = Field(4, ge=0, le=8, description="a fragment is described by its mean embedding and "
+                               "the encoder's tokens averaged over this grid x grid layout (0: the mean only)")
+    damage_mix: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="relative shares of crops, grey "
+                                                   "blocks and blurs among the damaged views")
     hidden: int = Field(1024, ge=8, description="MLP hidden width")
     assoc_dim: int = Field(256, ge=4, description="Hopfield query/key width")
     beta: float = Field(16.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
@@ -392,6 +396,8 @@ class ReconstructConfig(_Section):
     noise_snr_db: list[float] = Field([0.0, 5.0, 10.0], description="embedding-space Gaussian noise as a "
                                       "corruption: one noisy fragment per frame at each of these SNRs (dB, "
                                       "of what tells the frame from the memories' mean); [] = none")
+    noise_share: float = Field(0.25, ge=0, le=1, description="share of every training batch drawn afresh as a "
+                               "frame's clean embedding plus Gaussian noise at one of noise_snr_db")
     bank_max: int = Field(50000, ge=2, description="clips stored as patterns at most")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of the frames fragments are made of "
                                    "drawn from earlier days' kept keyframes (their clips join the stored patterns)")
@@ -411,6 +417,8 @@ class ReconstructConfig(_Section):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
+        if min(self.damage_mix) < 0 or sum(self.damage_mix) <= 0:
+            raise ValueError(f"damage_mix must be three shares >= 0 (crop, block, blur), not all 0, got {self.damage_mix}")
         return self
 
 

@@ -37,7 +37,7 @@ from dream.train import train_decoder
 from models.checkpoint import checkpoint_path
 from models.reconstruct.fragments import degrade
 from models.together import together
-from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.embed import embed_fragments, embed_frames, load_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from stages import Night
 from stages.common import (
@@ -168,7 +168,7 @@ def run(night: Night) -> dict:
     """
     from memory.media import day_frames, frame_moments
     from memory.store import load_vectors
-    from stages.reconstruct import load_completer
+    from stages.reconstruct import fragment_grid_of, load_completer
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
     if cfg.backend == "unclip":
@@ -226,16 +226,17 @@ def run(night: Night) -> dict:
     # Recalls, and the round trip measured on them.
     recall_from = "fragment as it is (no reconstructor tonight)"
     reconstructor = checkpoint_path(checkpoint_folder(paths, "reconstruct"), night.date)
-    completer = None
+    completer, grid = None, 0
     if reconstructor.exists():
         recall_from, completer = load_completer(reconstructor, night.engine, paths, version,
                                                 night.cfg.models.reconstruct.use, device)
+        grid = fragment_grid_of(reconstructor)
     sample = np.sort(rng.choice(len(cond), min(EVAL_DREAMS, len(cond)), replace=False))
     originals = decode_frames([paths.root / path_of[rows[chosen[i]].frame_id] for i in sample],
                               encoder.img_size, device, progress=False).images
     views, kinds = degrade(originals.to(device), night.cfg.models.reconstruct.crop_scale,
                            torch.Generator().manual_seed(cfg.seed))
-    fragments = embed_frames(encoder, views, batch_size=64, bf16=jepa.bf16)
+    fragments = embed_fragments(encoder, views, grid=grid, batch_size=64, bf16=jepa.bf16)
     completed = completer(fragments) if completer else fragments
     recalls = draw(decoder, completed)
     row_of_clip = {int(c): i for i, c in enumerate(clip_ids)}

@@ -7,8 +7,9 @@ tonight's encoder as ``reembed`` embeds them (so a replayed clip's pattern is it
 tonight's version), and their clips join the patterns. Up to ``max_frames`` of tonight's
 frames (and the replayed keyframes) are damaged ``views_per_frame`` times each, more on a
 small night (:func:`views_per_frame`; ``min_fragments``)
-(:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and embedded with
-tonight's vision encoder; the MLP and the Hopfield reconstructor learn to map those
+(:mod:`models.reconstruct.fragments`: a small crop, a grey block, a blur) and described with
+tonight's vision encoder (the mean embedding and a ``fragment_grid`` layout of its tokens,
+:func:`models.vision.embed.embed_fragments`); the MLP and the Hopfield reconstructor learn to map those
 fragment embeddings to their clip's embedding, on the frames outside the held-out set
 (continuing last night's weights when the shapes still fit), and are measured on the
 held-out frames' fragments beside the fragments left as they are (held out by frame, not
@@ -33,7 +34,7 @@ from memory.keepsakes import day_keepsakes, keepsake_days
 from models.batches import replay_by_day
 from models.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from models.reconstruct.fragments import degrade
-from models.reconstruct.networks import build
+from models.reconstruct.networks import build, fragment_width
 from models.reconstruct.train import (
     VARIANTS,
     bank_rows,
@@ -43,7 +44,7 @@ from models.reconstruct.train import (
     train_reconstructors,
 )
 from models.together import together
-from models.vision.embed import embed_frames, load_target_encoder
+from models.vision.embed import embed_fragments, embed_frames, load_target_encoder
 from models.vision.frames import FrameCache, decode_frames
 from stages import Night
 from stages.common import (
@@ -64,9 +65,9 @@ log = logging.getLogger(__name__)
 MODEL = model_of("reconstruct")
 SPACE = "vision"
 # The networks' generation: 2 added the recall cross-entropy, the Hopfield MLP query and the
-# pattern layer. Weights of generation 1 (checkpoints that do not record it) do not load
+# pattern layer; 3 describes a fragment by its mean and a layout (fragment_grid). Weights of older generations (checkpoints that do not record it) do not load
 # into these networks: a night starts them afresh, a query says to run a night.
-NETWORKS = 2
+NETWORKS = 3
 
 
 def tonight_encoder(night: Night):
@@ -95,11 +96,12 @@ def views_per_frame(frames: int, cfg: ReconstructConfig) -> int:
 
 def fragment_embeddings(night: Night, encoder, cache: FrameCache, views: int, cfg, seed: int
                         ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embeddings of ``views`` damaged views of each decoded frame (:func:`views_per_frame`),
-    with ``encoder``.
+    """Descriptions of ``views`` damaged views of each decoded frame (:func:`views_per_frame`),
+    with ``encoder``: the mean embedding and a ``fragment_grid`` layout
+    (:func:`models.vision.embed.embed_fragments`).
 
     Returns:
-        ``(vectors (F, D), frame_positions (F,), kinds (F,))``: the position in the list
+        ``(vectors (F, W), frame_positions (F,), kinds (F,))``: the position in the list
         ``cache`` was decoded from of each fragment's frame (``cache.index``: unreadable frames
         give none) and each one's kind of damage.
     """
@@ -110,12 +112,12 @@ def fragment_embeddings(night: Night, encoder, cache: FrameCache, views: int, cf
     for _ in range(views):
         for start in range(0, len(cache.index), chunk):
             images = cache.images[start:start + chunk].to(night.device)
-            damaged, kind = degrade(images, cfg.crop_scale, generator)
-            vectors.append(embed_frames(encoder, damaged, batch_size=chunk, bf16=jepa.bf16))
+            damaged, kind = degrade(images, cfg.crop_scale, generator, cfg.damage_mix)
+            vectors.append(embed_fragments(encoder, damaged, grid=cfg.fragment_grid, batch_size=chunk, bf16=jepa.bf16))
             positions.extend(cache.index[start:start + chunk])
             kinds.extend(kind)
-    dim = encoder.dim
-    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), np.asarray(positions), kinds
+    width = fragment_width(encoder.dim, cfg.fragment_grid)
+    return (np.concatenate(vectors) if vectors else np.zeros((0, width), np.float32)), np.asarray(positions), kinds
 
 
 @dataclass
@@ -174,6 +176,14 @@ def noisy_fragments(clean: np.ndarray, snrs_db: list[float], seed: int) -> tuple
     return np.concatenate(vectors).astype(np.float32), np.concatenate(rows), kinds
 
 
+def without_layout(vectors: np.ndarray, width: int) -> np.ndarray:
+    """Bare embeddings ``(N, D)`` as ``width``-wide fragment descriptions whose layout is missing
+    (``NaN``: noise in embedding space has no picture to lay out)."""
+    out = np.full((len(vectors), width), np.nan, dtype=np.float32)
+    out[:, :vectors.shape[1]] = vectors
+    return out
+
+
 def metrics_by_kind(models: dict, bank: np.ndarray, fragments: np.ndarray, targets: np.ndarray, kinds: list[str],
                     device: str, top_k: int) -> dict:
     """:func:`evaluate` of every kind of damage on its own: ``{kind: {variant: {top1, top5}}}``."""
@@ -203,8 +213,9 @@ def resume_reconstructors(night: Night, dim: int, cfg: ReconstructConfig):
     """Whether tonight continues last night's networks: not when a size or their generation
     (:data:`NETWORKS`) changed; the reason is logged and reported."""
     return resume_state(night, MODEL, {"dim": dim, "hidden": cfg.hidden, "assoc_dim": cfg.assoc_dim,
-                                       "patterns": cfg.patterns, "networks": NETWORKS},
-                        ("models", "step", "dim", "config"), defaults={"networks": 1, "patterns": None})
+                                       "patterns": cfg.patterns, "networks": NETWORKS,
+                                       "fragment_grid": cfg.fragment_grid},
+                        ("models", "step", "dim", "config"), defaults={"networks": 1, "patterns": None, "fragment_grid": 0})
 
 
 def run(night: Night) -> dict:
@@ -274,6 +285,7 @@ def run(night: Night) -> dict:
         if cfg.noise_snr_db:
             framed = np.unique(positions)
             noisy, rows_n, kinds_n = noisy_fragments(pictures_clean[framed], cfg.noise_snr_db, seed)
+            noisy = without_layout(noisy, fragments.shape[1])
             fragments = np.concatenate([fragments, noisy])
             positions = np.concatenate([positions, framed[rows_n]])
             kinds = kinds + kinds_n
@@ -321,6 +333,8 @@ def run(night: Night) -> dict:
             "replay": {"clips": len(replay.clip_ids), "days": len(set(replay.days)), "pool": replay.pool,
                        "fragments": int(earlier.sum())},
             "fragment_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
+            # Drawn during training, on top of the fragments above (models.reconstruct.train.FreshNoise).
+            "fresh_noise_share": cfg.noise_share if clean is not None and cfg.noise_snr_db else 0.0,
             "trained_on": int(train.sum()), **resume.as_result(),
             "steps": trained.steps, "metrics": metrics}
 
@@ -361,12 +375,18 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     if replayed is not None and len(replayed):
         bank = np.concatenate([bank, np.asarray(replayed, dtype=np.float32)])
     variant = state["chosen"] if use == "auto" else use
-    if variant == "fragment":
-        return variant, lambda fragments: fragments / np.linalg.norm(fragments, axis=1, keepdims=True)
-    model = build(variant, int(state["dim"]), ReconstructConfig.model_validate(state["config"]))
+    dim = int(state["dim"])
+    if variant == "fragment":  # the mean embedding, as it is (a description's first dim columns)
+        return variant, lambda fragments: fragments[:, :dim] / np.linalg.norm(fragments[:, :dim], axis=1, keepdims=True)
+    model = build(variant, dim, ReconstructConfig.model_validate(state["config"]))
     model.load_state_dict(state["models"][variant])
     model.to(device)
     return variant, completer(model, bank, device, state["config"].get("recall_top_k"))
+
+
+def fragment_grid_of(checkpoint: Path) -> int:
+    """The layout a reconstructor checkpoint describes fragments with (0: older ones, the mean only)."""
+    return int((load_checkpoint(checkpoint).get("config") or {}).get("fragment_grid", 0))
 
 
 def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str
@@ -386,10 +406,10 @@ def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engin
         UsageError: unreadable image, no reconstructor yet, or one trained for an older
             vision model than the newest.
     """
-    version, fragment = encode_image_file(path, cfg, paths, device)
     checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
     if checkpoint is None:
         raise UsageError(f"{paths.checkpoints / MODEL}: no reconstructor yet; run a night first")
+    version, fragment = encode_image_file(path, cfg, paths, device, grid=fragment_grid_of(checkpoint))
     use = cfg.models.reconstruct.use
     variant, completer = load_completer(checkpoint, engine, paths, version, use, device)
     log.info("--fragment: completed with %s (%s)", variant if variant != "fragment" else "nothing: the fragment as it is",

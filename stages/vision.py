@@ -30,7 +30,7 @@ from core.vault import open_file
 from memory.media import day_frames
 from models import health
 from models.together import together
-from models.vision.embed import embed_frames, shared_target_encoder
+from models.vision.embed import embed_fragments, embed_frames, shared_target_encoder
 from models.vision.frames import decode_frames, square_frame
 from models.vision.jepa import ARCH_KEYS, build_encoder
 from models.vision.train import CHECKPOINT_KEYS, train_night
@@ -207,7 +207,7 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: str,
-                      version: str | None = None) -> tuple[str, np.ndarray]:
+                      version: str | None = None, grid: int = 0) -> tuple[str, np.ndarray]:
     """Embed an image the way the night embedded its frames.
 
     Args:
@@ -217,6 +217,8 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
         device: ``"cpu"`` or ``"cuda"``.
         version: embed with the checkpoint of this version (``"jepa@{date}"``); ``None``
             takes the newest.
+        grid: also describe the picture's ``grid x grid`` layout after the vector, as the
+            reconstructors take fragments (:func:`models.vision.embed.embed_fragments`).
     Returns:
         ``(model_version, vector)``: ``"jepa@{date}"`` of the checkpoint used and a
         ``(dim,)`` float32 vector, to search the ``vision`` or ``vision_frame`` space.
@@ -228,5 +230,5 @@ def encode_image_file(path: str | Path, cfg: SleepConfig, paths: Paths, device: 
     image = read_image(path)
     encoder = shared_target_encoder(checkpoint, cfg.models.jepa, device)
     frame = square_frame(image, encoder.img_size).unsqueeze(0)
-    vector = embed_frames(encoder, frame, batch_size=1, bf16=cfg.models.jepa.bf16)[0]
+    vector = embed_fragments(encoder, frame, grid=grid, batch_size=1, bf16=cfg.models.jepa.bf16)[0]
     return model_version(MODEL, checkpoint.stem), vector

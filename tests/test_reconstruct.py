@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from jepa_media import SCENES, insert_day, make_scene_frames
 
 from core.config import ReconstructConfig
@@ -42,6 +43,85 @@ def test_damaged_views_are_deterministic_and_of_the_three_kinds():
             assert OCCLUDED_SHARE[0] - 0.1 <= grey <= OCCLUDED_SHARE[1] + 0.1
         else:
             assert grey == 0
+
+
+def test_the_damage_mix_sets_the_share_of_each_kind():
+    images = torch.randint(0, 256, (600, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    _, kinds = degrade(images, (0.1, 0.4), torch.Generator().manual_seed(1), (1.0, 0.0, 0.0))
+    assert set(kinds) == {"crop"}
+    _, kinds = degrade(images, (0.1, 0.4), torch.Generator().manual_seed(1), (6.0, 1.0, 1.0))
+    assert 0.65 < kinds.count("crop") / len(kinds) < 0.85  # 6 of 8 expected
+    assert kinds.count("occlude") > 30 and kinds.count("blur") > 30
+    with pytest.raises(ValueError, match="damage_mix"):
+        ReconstructConfig(damage_mix=(0.0, 0.0, 0.0))
+
+
+def test_fresh_noise_adds_noisy_copies_of_the_batch_frames_at_the_configured_snrs():
+    from models.reconstruct.train import FreshNoise
+
+    g = torch.Generator().manual_seed(0)
+    cleans = F.normalize(torch.randn(200, 64, generator=g) * 0.1 + 1.0, dim=-1)
+    views, targets = torch.randn(40, 64, generator=g), torch.arange(40)
+    power = float((cleans - cleans.mean(0)).pow(2).mean())
+    for snr in (0.0, 10.0):
+        noise = FreshNoise(cleans, ReconstructConfig(noise_snr_db=[snr], noise_share=0.5), seed=3)
+        batch, t, c = noise.extend(views, targets, cleans[:40])
+        assert batch.shape == (60, 64) and torch.equal(batch[:40], views)
+        assert torch.equal(t[40:], targets[:20]) and torch.equal(c[40:], cleans[:20])
+        assert torch.allclose(batch[40:].norm(dim=-1), torch.ones(20), atol=1e-5)
+        # Before normalising, each row is its clean vector plus noise of power signal / 10^(snr/10).
+        drawn = FreshNoise(cleans, ReconstructConfig(noise_snr_db=[snr], noise_share=0.5), seed=3)
+        again, _, _ = drawn.extend(views, targets, cleans[:40])
+        assert torch.equal(batch, again)  # seeded
+        cosine = (batch[40:] * cleans[:20]).sum(-1).mean()
+        expected = 1 / (1 + 64 * power / 10 ** (snr / 10)) ** 0.5
+        assert abs(float(cosine) - expected) < 0.05
+    # A step's second draw differs from its first: fresh noise, not a fixed copy.
+    assert not torch.equal(noise.extend(views, targets, cleans[:40])[0][40:], batch[40:])
+    unchanged = FreshNoise(cleans, ReconstructConfig(noise_share=0.0), seed=3).extend(views, targets, cleans[:40])
+    assert unchanged[0] is views
+    assert FreshNoise(cleans, ReconstructConfig(noise_snr_db=[]), seed=3).extend(views, targets, cleans[:40])[0] is views
+
+
+def test_a_fragment_is_described_by_its_mean_embedding_and_a_layout():
+    from core.config import JepaConfig
+    from models.vision.embed import embed_fragments, embed_frames
+    from models.vision.jepa import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder(JepaConfig(img_size=32, patch_size=8, dim=16, depth=1, heads=2)).eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = embed_frames(encoder, images, bf16=False)
+    for grid in (2, 4):
+        described = embed_fragments(encoder, images, grid=grid, bf16=False)
+        assert described.shape == (5, 16 * (1 + grid * grid))
+        np.testing.assert_allclose(described[:, :16], plain, rtol=1e-5, atol=1e-6)  # what a search compares
+        regions = described[:, 16:].reshape(5, grid * grid, 16)
+        np.testing.assert_allclose(np.linalg.norm(regions, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(embed_fragments(encoder, images, grid=0, bf16=False), plain, rtol=1e-6)
+
+
+def test_a_fragment_without_a_layout_counts_as_an_average_one():
+    """Noise in embedding space and stored clip vectors have no layout: as bare vectors or with
+    NaN in its place, the networks see the layout at its average, and the statistics skip it."""
+    from models.reconstruct.networks import build, fragment_width
+
+    cfg = ReconstructConfig(hidden=16, assoc_dim=8, patterns=8, fragment_grid=2)
+    width = fragment_width(8, 2)
+    g = torch.Generator().manual_seed(0)
+    described = torch.randn(30, width, generator=g)
+    bare = torch.randn(10, 8, generator=g)
+    missing = torch.cat([bare, torch.full((10, width - 8), float("nan"))], dim=1)
+    for variant in ("mlp", "hopfield", "pattern"):
+        model = build(variant, 8, cfg)
+        model.set_statistics(torch.cat([described, missing]), torch.randn(6, 8, generator=g))
+        assert torch.isfinite(model.fragment_mean).all() and torch.isfinite(model.fragment_std).all()
+        torch.testing.assert_close(model.fragment_mean[8:], described[:, 8:].mean(0))  # NaN rows left out
+        torch.testing.assert_close(model.standard_fragments(bare), model.standard_fragments(missing))
+        assert (model.standard_fragments(bare)[:, 8:] == 0).all()
+        bank = torch.randn(6, 8, generator=g)
+        torch.testing.assert_close(model(bare, bank), model(missing, bank))
+        assert torch.isfinite(model(missing, bank)).all()
 
 
 def test_the_hopfield_completion_is_a_blend_of_the_stored_memories():
@@ -300,14 +380,15 @@ def test_reconstructors_of_the_older_kind_start_afresh_and_are_refused_at_query(
     from stages.reconstruct import load_completer, resume_reconstructors
 
     cfg = tiny_cfg.models.reconstruct
-    old_config = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("patterns",)}
+    old_config = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("patterns", "fragment_grid")}
     paths = Paths.at(root)
     save_checkpoint(paths.checkpoints / "reconstruct", DAY1, {
         "models": {"mlp": {}, "hopfield": {}}, "step": 10, "dim": 64, "config": old_config, "date": str(DAY1),
         "input_version": "jepa@2026-01-15", "bank_rows": torch.arange(3), "chosen": "hopfield"})
     engine = open_database(paths.database)
     resume = resume_reconstructors(_night(DAY2, tiny_cfg, paths, engine), 64, cfg)
-    assert resume.checkpoint is None and "networks 1 -> 2" in resume.restart_reason
+    assert resume.checkpoint is None and "networks 1 -> 3" in resume.restart_reason
+    assert f"fragment_grid 0 -> {cfg.fragment_grid}" in resume.restart_reason
     with pytest.raises(UsageError, match="older kind"):
         load_completer(paths.checkpoints / "reconstruct" / f"{DAY1}.pt", engine, paths, "jepa@2026-01-15", "auto",
                        "cpu")

@@ -49,18 +49,20 @@ def _blur(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def degrade(images: torch.Tensor, crop_scale: tuple[float, float], generator: torch.Generator
-            ) -> tuple[torch.Tensor, list[str]]:
+def degrade(images: torch.Tensor, crop_scale: tuple[float, float], generator: torch.Generator,
+            mix: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, list[str]]:
     """One damaged view of each image: a small crop, a grey block over much of it, or a blur.
 
     Args:
         images: ``(B, 3, S, S)`` uint8 on any device.
         crop_scale: (low, high) share of the area a crop keeps.
         generator: a CPU generator; the result is a pure function of it and the images.
+        mix: relative shares of the kinds, in :data:`KINDS` order.
     Returns:
         ``(B, 3, S, S)`` uint8 views on the images' device, and the kind of each.
     """
-    kind = torch.randint(len(KINDS), (images.shape[0],), generator=generator)
+    kind = torch.multinomial(torch.tensor(mix, dtype=torch.float), images.shape[0], replacement=True,
+                             generator=generator)
     out = torch.empty_like(images)
     crop = _crop(images, crop_scale, generator)
     occluded = _occlude(images, generator)

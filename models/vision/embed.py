@@ -57,6 +57,27 @@ def embed_layouts(encoder: VisionTransformer, images: torch.Tensor, *, grid: int
     return _pooled(encoder, images, regions, (grid * grid, encoder.dim), batch_size, bf16)
 
 
+def embed_fragments(encoder: VisionTransformer, images: torch.Tensor, *, grid: int, batch_size: int = 256,
+                    bf16: bool = True) -> np.ndarray:
+    """Describe uint8 pictures of fragments for the reconstructors: the mean of the encoder's
+    tokens (what :func:`embed_frames` gives, the first ``dim`` columns), then the tokens
+    averaged over each region of a ``grid x grid`` layout, each region unit length.
+
+    Returns:
+        ``(N, dim * (1 + grid * grid))`` float32; ``grid`` 0 gives :func:`embed_frames`.
+    """
+    if grid == 0:
+        return embed_frames(encoder, images, batch_size=batch_size, bf16=bf16)
+
+    def describe(tokens: torch.Tensor) -> torch.Tensor:
+        side = int(round(tokens.shape[1] ** 0.5))
+        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+        regions = F.normalize(F.adaptive_avg_pool2d(maps.float(), grid).flatten(2).transpose(1, 2), dim=-1)
+        return torch.cat([tokens.mean(dim=1), regions.flatten(1)], dim=1)
+
+    return _pooled(encoder, images, describe, (encoder.dim * (1 + grid * grid),), batch_size, bf16)
+
+
 def layout_scores(query: np.ndarray, layouts: np.ndarray) -> np.ndarray:
     """How alike ``query`` ``(R, D)`` and each of ``layouts`` ``(K, R, D)`` are: the mean cosine
     of corresponding regions, ``(K,)`` in [-1, 1]."""

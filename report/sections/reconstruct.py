@@ -20,7 +20,8 @@ def render(summary: dict, ctx) -> str | None:
     parts = [h.table(["", ""], [
         ("stored clips (Hopfield patterns)", f'{result.get("bank")}: {result.get("clips")} of tonight '
                                              f'({result.get("input_version")}){_replayed(result.get("replay"))}'),
-        ("fragments", f'{result.get("fragments")} from {result.get("frames")} frames{_views(result)} ({kinds})'),
+        ("fragments", f'{result.get("fragments")} from {result.get("frames")} frames{_views(result)} ({kinds})'
+                      f'{_fresh_noise(result)}'),
         ("continued from", result.get("resumed_from") or result.get("restart_reason") or "fresh weights"),
         ("training", f'{result.get("steps")} steps on {result.get("trained_on")} fragments, '
                      f'{h.seconds(metrics.get("train_seconds"))}; Hopfield beta {metrics.get("hopfield_beta")}'),
@@ -64,3 +65,9 @@ def _views(result: dict) -> str:
     """How many damaged views of each picture (older nights did not record it)."""
     views = result.get("views_per_frame")
     return f", {views} damaged views of each" if views else ""
+
+
+def _fresh_noise(result: dict) -> str:
+    """The noisy fragments drawn afresh each step (older nights did not draw them)."""
+    share = result.get("fresh_noise_share")
+    return f"; each step adds {share:.0%} more, clean frames with fresh noise" if share else ""
