@@ -122,8 +122,9 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
 
     Args:
         frames_from: ``heldout`` (the frames the reconstructors never saw damaged), ``trained``
-            (the others: fresh damage of stored moments) or ``all`` (every frame of the bank's clips: more figures on a small day, but the
-            reconstructors trained on damaged views of most of them).
+            (the others: fresh damage of stored moments) or ``all`` (every frame of the bank's
+            clips: more figures on a small day, but the reconstructors trained on damaged views
+            of most of them).
         views: damaged views of each frame per kind (and noisy copies per SNR). On a small day
             one view a frame makes each miss worth several points; the first view is the same
             whatever ``views`` is.
@@ -176,8 +177,8 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
             generator = torch.Generator().manual_seed(seed + k)
             for _ in range(views):
                 damaged = damage(cache.images.to(device), kind, generator)
-                fragments.append(embed_fragments(encoder, damaged, grid=rcfg.fragment_grid, batch_size=jepa.embed_batch_size,
-                                                 bf16=jepa.bf16))
+                fragments.append(embed_fragments(encoder, damaged, grid=rcfg.fragment_grid,
+                                                 batch_size=jepa.embed_batch_size, bf16=jepa.bf16))
                 targets_all.append(targets)
                 kinds += [kind] * len(targets)
             seconds[kind] = round(time.perf_counter() - started, 2)
@@ -194,8 +195,9 @@ def measure(root: Path, date: dt.date, config: str | None = None, overrides: lis
         # measures (models.reconstruct.train.evaluate); every figure below reads these.
         everything, all_targets, kinds_arr = np.concatenate(fragments), np.concatenate(targets_all), np.asarray(kinds)
         memories = unit_bank(bank)
-        completed = {"fragment": everything[:, :memories.shape[1]], **{v: complete(m, everything, memories, device, rcfg.recall_top_k)
-                                                for v, m in models.items()}}
+        # As it is: the mean embedding, the first columns of a description (what a search compares).
+        completed = {"fragment": everything[:, :memories.shape[1]],
+                     **{v: complete(m, everything, memories, device, rcfg.recall_top_k) for v, m in models.items()}}
         order = [*KINDS, *dict.fromkeys(noise_kinds)]  # image damage first, then noise by SNR
         figures["variants"] = ["fragment", *models]
         figures["kinds"] = {}

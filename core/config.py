@@ -385,8 +385,9 @@ class ReconstructConfig(_Section):
     crop_scale: tuple[float, float] = Field((0.1, 0.4), description="share of the area a crop fragment keeps")
     fragment_grid: int = Field(4, ge=0, le=8, description="a fragment is described by its mean embedding and "
                                "the encoder's tokens averaged over this grid x grid layout (0: the mean only)")
-    damage_mix: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="relative shares of crops, grey "
-                                                   "blocks and blurs among the damaged views")
+    damage_mix: tuple[float, float, float] = Field((2.0, 1.0, 1.0), description="relative shares of crops, grey "
+                                                   "blocks and blurs among the damaged views (crops are the "
+                                                   "hardest to recall)")
     hidden: int = Field(1024, ge=8, description="MLP hidden width")
     assoc_dim: int = Field(256, ge=4, description="Hopfield query/key width")
     beta: float = Field(16.0, gt=0, description="Hopfield inverse temperature at the start (learned)")
@@ -418,7 +419,8 @@ class ReconstructConfig(_Section):
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
         if min(self.damage_mix) < 0 or sum(self.damage_mix) <= 0:
-            raise ValueError(f"damage_mix must be three shares >= 0 (crop, block, blur), not all 0, got {self.damage_mix}")
+            raise ValueError(f"damage_mix must be three shares >= 0 (crop, block, blur), not all 0, "
+                             f"got {self.damage_mix}")
         return self
 
 
