@@ -168,7 +168,7 @@ def run(night: Night) -> dict:
     """
     from memory.media import day_frames, frame_moments
     from memory.store import load_vectors
-    from stages.reconstruct import fragment_grid_of, load_completer
+    from stages.reconstruct import fragment_grid_of, load_completer, read_reconstructors
 
     cfg, day, paths, device = night.cfg.dream, night.day, night.paths, night.device
     if cfg.backend == "unclip":
@@ -228,9 +228,10 @@ def run(night: Night) -> dict:
     reconstructor = checkpoint_path(checkpoint_folder(paths, "reconstruct"), night.date)
     completer, grid = None, 0
     if reconstructor.exists():
+        state = read_reconstructors(reconstructor)
         recall_from, completer = load_completer(reconstructor, night.engine, paths, version,
-                                                night.cfg.models.reconstruct.use, device)
-        grid = fragment_grid_of(reconstructor)
+                                                night.cfg.models.reconstruct.use, device, state)
+        grid = fragment_grid_of(state)
     sample = np.sort(rng.choice(len(cond), min(EVAL_DREAMS, len(cond)), replace=False))
     originals = decode_frames([paths.root / path_of[rows[chosen[i]].frame_id] for i in sample],
                               encoder.img_size, device, progress=False).images

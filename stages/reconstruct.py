@@ -343,12 +343,13 @@ def run(night: Night) -> dict:
 REQUIRED = ("models", "config", "input_version", "bank_rows", "date", "dim", "chosen")
 
 
-def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: str, device: str
-                   ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: str, device: str,
+                   state: dict | None = None) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     """The completion a reconstructor checkpoint offers for fragments of ``version``'s vectors.
 
     Args:
         use: ``models.reconstruct.use``; ``auto`` takes what that night measured best.
+        state: the checkpoint already read (:func:`read_reconstructors`), so it is read once.
     Returns:
         ``(name, complete)``: ``"mlp"``, ``"hopfield"`` or ``"fragment"`` (completion did not
         help that night: fragments stay as they are), and ``(N, D) -> (N, D)`` unit vectors.
@@ -358,7 +359,7 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     """
     from memory.store import load_vectors
 
-    state = load_checkpoint(checkpoint, REQUIRED)
+    state = read_reconstructors(checkpoint) if state is None else state
     if state.get("networks", 1) != NETWORKS:
         raise UsageError(f"{checkpoint}: reconstructors of an older kind, which this version no longer reads; "
                          f"run a night to train new ones (sleep.py --date DATE --only reconstruct)")
@@ -384,9 +385,14 @@ def load_completer(checkpoint: Path, engine, paths: Paths, version: str, use: st
     return variant, completer(model, bank, device, state["config"].get("recall_top_k"))
 
 
-def fragment_grid_of(checkpoint: Path) -> int:
-    """The layout a reconstructor checkpoint describes fragments with (0: older ones, the mean only)."""
-    return int((load_checkpoint(checkpoint).get("config") or {}).get("fragment_grid", 0))
+def read_reconstructors(checkpoint: Path) -> dict:
+    """A reconstructor checkpoint, checked for what :func:`load_completer` needs."""
+    return load_checkpoint(checkpoint, REQUIRED)
+
+
+def fragment_grid_of(state: dict) -> int:
+    """The layout a reconstructor checkpoint's fragments are described with (0: older ones, the mean only)."""
+    return int((state.get("config") or {}).get("fragment_grid", 0))
 
 
 def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engine, device: str
@@ -409,9 +415,10 @@ def encode_fragment_file(path: str | Path, cfg: SleepConfig, paths: Paths, engin
     checkpoint = latest_checkpoint(paths.checkpoints / MODEL)
     if checkpoint is None:
         raise UsageError(f"{paths.checkpoints / MODEL}: no reconstructor yet; run a night first")
-    version, fragment = encode_image_file(path, cfg, paths, device, grid=fragment_grid_of(checkpoint))
+    state = read_reconstructors(checkpoint)
+    version, fragment = encode_image_file(path, cfg, paths, device, grid=fragment_grid_of(state))
     use = cfg.models.reconstruct.use
-    variant, completer = load_completer(checkpoint, engine, paths, version, use, device)
+    variant, completer = load_completer(checkpoint, engine, paths, version, use, device, state)
     log.info("--fragment: completed with %s (%s)", variant if variant != "fragment" else "nothing: the fragment as it is",
              "measured best on that night's held-out frames" if use == "auto" else "models.reconstruct.use")
     return version, completer(fragment[None])[0]

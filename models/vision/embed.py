@@ -48,13 +48,16 @@ def embed_layouts(encoder: VisionTransformer, images: torch.Tensor, *, grid: int
     Returns:
         ``(N, grid * grid, dim)`` float32, regions in row-major order.
     """
-    def regions(tokens: torch.Tensor) -> torch.Tensor:
-        side = int(round(tokens.shape[1] ** 0.5))
-        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)  # (B, D, side, side)
-        pooled = F.adaptive_avg_pool2d(maps.float(), grid).flatten(2).transpose(1, 2)  # (B, grid*grid, D)
-        return F.normalize(pooled, dim=-1)
+    return _pooled(encoder, images, lambda tokens: _regions(tokens, grid), (grid * grid, encoder.dim), batch_size,
+                   bf16)
 
-    return _pooled(encoder, images, regions, (grid * grid, encoder.dim), batch_size, bf16)
+
+def _regions(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, grid * grid, D)``: patch tokens ``(B, N, D)`` averaged over each region, unit length."""
+    side = int(round(tokens.shape[1] ** 0.5))
+    maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)  # (B, D, side, side)
+    pooled = F.adaptive_avg_pool2d(maps.float(), grid).flatten(2).transpose(1, 2)  # (B, grid*grid, D)
+    return F.normalize(pooled, dim=-1)
 
 
 def embed_fragments(encoder: VisionTransformer, images: torch.Tensor, *, grid: int, batch_size: int = 256,
@@ -70,10 +73,7 @@ def embed_fragments(encoder: VisionTransformer, images: torch.Tensor, *, grid: i
         return embed_frames(encoder, images, batch_size=batch_size, bf16=bf16)
 
     def describe(tokens: torch.Tensor) -> torch.Tensor:
-        side = int(round(tokens.shape[1] ** 0.5))
-        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
-        regions = F.normalize(F.adaptive_avg_pool2d(maps.float(), grid).flatten(2).transpose(1, 2), dim=-1)
-        return torch.cat([tokens.mean(dim=1), regions.flatten(1)], dim=1)
+        return torch.cat([tokens.mean(dim=1), _regions(tokens, grid).flatten(1)], dim=1)
 
     return _pooled(encoder, images, describe, (encoder.dim * (1 + grid * grid),), batch_size, bf16)
 
